@@ -1,0 +1,319 @@
+"""The one typed, validated configuration.
+
+A config is built from a preset (package data), then params.yaml overrides, then ``--set key=value``
+overrides. Every knob has one dotted name (``train.lr``) used in all three places and as the MLflow
+param name. Validation happens here and nowhere else: a bad key or value raises ``ConfigError`` naming
+the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "tinyimagenet")
+ARCHS = ("lenet300_100", "resnet18", "resnet34", "resnet101", "vgg11_bn", "vgg16_bn")
+NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip")
+RETRAIN_MODES = ("lottery", "finetune", "lr_rewind", "scratch", "reinit", "oneshot")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message names the key and the allowed values."""
+
+
+def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None = None,
+          hi: float | None = None, lo_open: bool = False, hi_open: bool = False, help: str = "",
+          factory: Any = None) -> Any:
+    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, help=help)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = _spec("mnist5k", choices=DATASETS, help="dataset")
+    root: str = _spec("data", help="folder holding downloaded datasets (relative to the project root)")
+    downsample: int = _spec(1, lo=1, help="average-pool factor applied to images (2: 28x28 -> 14x14)")
+    standardize: bool = _spec(True, help="subtract the train mean and divide by the train std per channel")
+    train_size: int = _spec(0, lo=0, help="stratified train subset size; 0 keeps the whole train split")
+    test_size: int = _spec(1000, lo=1, help="held-out test size for datasets without a test split (mnist5k)")
+    split_seed: int = _spec(0, lo=0, help="seed of the train/test split and of subsets; fixed across seeds")
+    augment: str = _spec("auto", choices=("auto", "none", "crop_flip"),
+                         help="train augmentation; auto = crop+flip for colour images, none otherwise")
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = _spec("none", choices=NOISE_KINDS, help="label noise on the train split")
+    ratio: float = _spec(0.0, lo=0.0, hi=1.0, hi_open=True, help="fraction of train samples corrupted")
+    seed: int | None = _spec(None, lo=0, help="seed of the noise draw; null follows the top-level seed")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _spec("lenet300_100", choices=ARCHS, help="backbone")
+    init: str = _spec("default", choices=("default", "kaiming_normal"),
+                      help="weight init of conv/linear layers; default keeps the framework's")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = _spec("sgd", choices=("sgd", "adam"))
+    lr: float = _spec(0.1, lo=0.0, lo_open=True)
+    momentum: float = _spec(0.0, lo=0.0, hi=1.0, hi_open=True)
+    weight_decay: float = _spec(0.0, lo=0.0)
+    schedule: str = _spec("constant", choices=("constant", "multistep", "cosine"))
+    milestones: list[int] = _spec(factory=list, lo=0, help="epochs at which multistep multiplies lr by gamma")
+    gamma: float = _spec(0.1, lo=0.0, hi=1.0, lo_open=True)
+    epochs: int = _spec(10, lo=0)
+    batch_size: int = _spec(128, lo=1)
+    eval_batch_size: int = _spec(1024, lo=1)
+    train_eval_size: int = _spec(0, lo=0, help="fixed train subset for train accuracy; 0 = all")
+    device: str = _spec("auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    threads: int = _spec(1, lo=0, help="torch CPU threads; 0 leaves torch's default")
+    deterministic: bool = _spec(False, help="torch.use_deterministic_algorithms")
+
+
+@dataclass
+class PruneConfig:
+    criterion: str = _spec("magnitude", choices=("magnitude", "gradient", "random"))
+    scope: str = _spec("global", choices=("global", "layer"))
+    rate: float = _spec(0.2, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                        help="fraction of the remaining prunable weights removed per round")
+    rounds: int = _spec(10, lo=0)
+    exclude: list[str] | None = _spec(None, help="parameter names kept dense; null = the arch's default")
+    gradient_batches: int = _spec(10, lo=1, help="batches accumulated by the gradient criterion")
+
+
+@dataclass
+class RetrainConfig:
+    mode: str = _spec("lottery", choices=RETRAIN_MODES)
+    rewind_step: int = _spec(0, lo=0, help="lottery rewind point (0 = dense initialisation)")
+    rewind_unit: str = _spec("iterations", choices=("iterations", "epochs"))
+    finetune_lr: float = _spec(0.001, lo=0.0, lo_open=True)
+    finetune_epochs: int = _spec(0, lo=0, help="epochs of finetune rounds; 0 = train.epochs")
+    masks_from: str | None = _spec(None, help="reinit: run name or ID of the lottery trajectory")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = _spec(None, help="MLflow tracking URI; null = sqlite mlflow.db at the project root")
+    experiment: str = _spec("sddkit")
+    run_name: str | None = _spec(None, help="parent run name; null = the retrain mode")
+
+
+@dataclass
+class AnalysisConfig:
+    interpolation_threshold: float = _spec(95.0, lo=0.0, hi=100.0, lo_open=True,
+                                           help="train_acc_noisy (%) below which the net no longer interpolates")
+
+
+@dataclass
+class Config:
+    preset: str = _spec("quick", help="the preset this config starts from")
+    seed: int = _spec(0, lo=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, the names used by params.yaml, --set and MLflow params."""
+        return dict(_flatten(dataclasses.asdict(self)))
+
+    def identity_hash(self) -> str:
+        """Hash of what determines the results: seeds included; paths, device and labels excluded."""
+        science = {k: v for k, v in self.flat().items() if k not in NOT_IDENTITY}
+        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return self.tracking.run_name or self.retrain.mode
+
+    @property
+    def noise_seed(self) -> int:
+        return self.seed if self.noise.seed is None else self.noise.seed
+
+
+# Keys that do not change results: where things live, how fast they run, what they are called.
+NOT_IDENTITY = frozenset({"preset", "data.root", "train.device", "train.threads", "train.eval_batch_size",
+                          "tracking.uri", "tracking.experiment", "tracking.run_name"})
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# ---------------------------------------------------------------- presets and loading
+
+def preset_names() -> list[str]:
+    folder = resources.files("sddkit") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_tree(name: str) -> dict:
+    if name not in preset_names():
+        raise ConfigError(f"preset: unknown preset {name!r}; allowed: {', '.join(preset_names())}")
+    text = (resources.files("sddkit") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def preset_description(name: str) -> str:
+    return str(preset_tree(name).get("description", ""))
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from --set; the value is read as YAML so ``0.2``, ``true``, ``[80,120]`` are typed."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set noise.ratio=0.4")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def load_config(params: dict | None = None, preset: str | None = None,
+                overrides: list[str] | dict | None = None) -> Config:
+    """preset (params['preset'] unless given) <- params <- overrides, then validate."""
+    params = dict(params or {})
+    name = preset or params.pop("preset", None) or "quick"
+    params.pop("preset", None)
+    tree = preset_tree(name)
+    tree.pop("description", None)
+    tree = _deep_merge(tree, params)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_assignment, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    tree["preset"] = name
+    return build(Config, tree, "")
+
+
+def read_params_file(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path.name}: expected a mapping of keys, got {type(tree).__name__}")
+    tree.pop("sddkit_stages", None)  # DVC pipeline settings live beside the config, not in it
+    return tree
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[leaf] = value
+
+
+# ---------------------------------------------------------------- validation
+
+def build(cls: type, tree: Any, prefix: str):
+    """Build dataclass ``cls`` from a nested dict, checking every key, type and range."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section of keys, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        allowed = ", ".join(prefix + name for name in fields)
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed keys here: {allowed}")
+    values = {}
+    for name, value in tree.items():
+        hint, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(hint):
+            values[name] = build(hint, value, key + ".")
+        else:
+            values[name] = check_value(key, value, hint, fields[name].metadata)
+    return cls(**values)
+
+
+def check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: expected a list of {args[0].__name__}")
+        return [check_value(f"{key}[{i}]", v, args[0], meta) for i, v in enumerate(value)]
+    value = _coerce(key, value, hint)
+    _check_range(key, value, meta)
+    return value
+
+
+def _coerce(key: str, value: Any, hint: type) -> Any:
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[hint]
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: expected {hint.__name__}")
+    return float(value) if hint is float else value
+
+
+def _check_range(key: str, value: Any, meta: typing.Mapping) -> None:
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} = {value!r}: not allowed; allowed values: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    too_low = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+    too_high = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
+    if too_low or too_high:
+        raise ConfigError(f"{key} = {value!r}: out of range; allowed: {_range_text(meta)}")
+
+
+def _range_text(meta: typing.Mapping) -> str:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    left = "" if lo is None else f"{lo} {'<' if meta.get('lo_open') else '≤'} "
+    right = "" if hi is None else f" {'<' if meta.get('hi_open') else '≤'} {hi}"
+    return f"{left}value{right}"
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, type, help) for every knob, for docs and `sddkit keys`."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + f.name + ".")
+            else:
+                rows.append((prefix + f.name, str(hints[f.name]).replace("typing.", ""), f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows

@@ -1,0 +1,95 @@
+"""Splits on the training device and batched preprocessing.
+
+Small datasets live whole on the device (uint8 where the source is uint8); normalisation and augmentation
+run per batch there, with a seeded generator: no DataLoader, no worker processes, no per-image PIL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sddkit import sources
+from sddkit.config import DataConfig
+
+
+@dataclass
+class Splits:
+    x_train: torch.Tensor       # (N, C, H, W), uint8 or float32, on the device
+    y_train_clean: torch.Tensor  # the true labels
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor          # (1, C, 1, 1) per-channel statistics of the train split, on the 0..1 scale
+    std: torch.Tensor
+    augment: bool = False
+    coarse_train: torch.Tensor | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return (x - self.mean) / self.std
+
+    def train_batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Normalised (and, when enabled, augmented) train images at ``idx``."""
+        x = self.normalise(self.x_train[idx])
+        return crop_flip(x, gen) if self.augment and gen is not None else x
+
+    def to(self, device: torch.device) -> "Splits":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return Splits(**moved)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and horizontal flip, for a whole batch at once."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = torch.rand(n, generator=gen, device=gen.device).to(x.device) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """A fixed, class-balanced subset of ``size`` indices (the whole range when size is 0 or too big)."""
+    n = len(labels)
+    if size == 0 or size >= n:
+        return torch.arange(n)
+    classes = int(labels.max()) + 1
+    if size % classes:
+        raise sources.DatasetError(f"data.train_size = {size}: use a multiple of the {classes} classes")
+    idx = sources.stratified_indices(labels.numpy(), size // classes, np.random.default_rng(seed))
+    return torch.from_numpy(idx)
+
+
+def prepare(cfg: DataConfig, root: Path) -> Splits:
+    """Load ``cfg.name``, subset, downsample and compute normalisation statistics (on the CPU)."""
+    src = sources.load(cfg.name, root / cfg.root, cfg.test_size, cfg.split_seed)
+    keep = stratified_subset(src.y_train, cfg.train_size, cfg.split_seed)
+    x_train, x_test = src.x_train[keep], src.x_test
+    if cfg.downsample > 1:
+        # Pooling yields floats; keep them on the 0..1 scale so normalise() treats both paths alike.
+        x_train = F.avg_pool2d(x_train.float() / 255.0, cfg.downsample)
+        x_test = F.avg_pool2d(x_test.float() / 255.0, cfg.downsample)
+    mean, std = channel_stats(x_train) if cfg.standardize else (torch.zeros(1), torch.ones(1))
+    colour = x_train.shape[1] == 3
+    augment = cfg.augment == "crop_flip" or (cfg.augment == "auto" and colour)
+    coarse = src.coarse_train[keep] if src.coarse_train is not None else None
+    return Splits(x_train, src.y_train[keep], x_test, src.y_test, src.num_classes,
+                  mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), augment, coarse)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)

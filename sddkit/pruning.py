@@ -1,0 +1,85 @@
+"""Masks: scoring, pruning to a target density, and applying them.
+
+Knows nothing of data: the gradient criterion receives gradients already accumulated by ``train``.
+A mask is a bool tensor per prunable weight; True keeps the weight.
+"""
+from __future__ import annotations
+
+import torch
+
+Masks = dict[str, torch.Tensor]
+
+
+def dense_masks(weights: dict[str, torch.Tensor]) -> Masks:
+    return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+
+
+def density_after(rounds: int, rate: float) -> float:
+    """Fraction of prunable weights left after ``rounds`` rounds removing ``rate`` of the remaining."""
+    return (1.0 - rate) ** rounds
+
+
+def score(weights: dict[str, torch.Tensor], criterion: str, gradients: dict[str, torch.Tensor] | None = None,
+          gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Importance per weight: |w|, |w · ∂L/∂w| or uniform noise (one fresh draw per tensor)."""
+    if criterion == "magnitude":
+        return {n: w.detach().abs() for n, w in weights.items()}
+    if criterion == "gradient":
+        if gradients is None:
+            raise ValueError("the gradient criterion needs accumulated gradients")
+        return {n: (w.detach() * gradients[n]).abs() for n, w in weights.items()}
+    if criterion == "random":
+        # One generator drawn from in sequence: two same-shaped tensors never get the same scores.
+        return {n: torch.rand(w.shape, generator=gen, device=gen.device if gen else "cpu").to(w.device)
+                for n, w in weights.items()}
+    raise ValueError(f"prune.criterion = {criterion!r}: unknown")
+
+
+def prune(scores: dict[str, torch.Tensor], masks: Masks, density: float, scope: str) -> Masks:
+    """Keep the highest-scoring live weights so that ``density`` of the prunable weights remain.
+
+    ``global``: one ranking over all tensors, round(density · total) kept. ``layer``: each tensor keeps
+    round(density · numel) of its own. Pruned weights never come back (their score is −inf).
+    """
+    live = {n: torch.where(masks[n], scores[n].float(), torch.tensor(float("-inf"), device=scores[n].device))
+            for n in scores}
+    if scope == "layer":
+        return {n: _keep_top(s.flatten(), round(density * s.numel())).view_as(s) for n, s in live.items()}
+    if scope != "global":
+        raise ValueError(f"prune.scope = {scope!r}: unknown")
+    flat = torch.cat([s.flatten().cpu() for s in live.values()])
+    keep = _keep_top(flat, round(density * flat.numel()))
+    out, start = {}, 0
+    for n, s in live.items():
+        out[n] = keep[start:start + s.numel()].view_as(s).to(s.device)
+        start += s.numel()
+    return out
+
+
+def _keep_top(scores: torch.Tensor, count: int) -> torch.Tensor:
+    count = min(count, int(torch.isfinite(scores).sum()))
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep[torch.topk(scores, count, sorted=False).indices] = True
+    return keep
+
+
+def sparsity(masks: Masks) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+
+
+def layer_sparsity(masks: Masks) -> dict[str, float]:
+    return {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
+
+
+class MaskApplier:
+    """Zeroes pruned weights with one fused multiply, called once after each optimizer step."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], masks: Masks):
+        self.weights = [weights[n] for n in masks]
+        self.factors = [m.to(device=weights[n].device, dtype=weights[n].dtype) for n, m in masks.items()]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if self.weights:
+            torch._foreach_mul_(self.weights, self.factors)

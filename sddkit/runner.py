@@ -1,0 +1,117 @@
+"""What ``sddkit run`` does: open (or find) the trajectory's MLflow run, drive the engine with rich
+progress, then write the closing summary, table and files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sddkit import analysis, results, trajectory
+from sddkit.config import Config
+from sddkit.sources import DatasetError
+from sddkit.paths import tracking_uri
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun
+
+USER_ERRORS = (DatasetError, TrackingError)
+console = Console(stderr=True)
+
+
+class RichReporter(trajectory.Reporter):
+    """Two bars: rounds of the trajectory, epochs of the current round, with live accuracies."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.rounds = progress.add_task("rounds", total=None, info="")
+        self.epochs = progress.add_task("epochs", total=None, info="")
+
+    def round_started(self, round_index, rounds, sparsity, epochs):
+        self.progress.update(self.rounds, total=rounds + 1, completed=round_index,
+                             description=f"round {round_index}/{rounds}", info=f"sparsity {100 * sparsity:.2f}%")
+        self.progress.reset(self.epochs, total=epochs, description="epoch", info="")
+
+    def epoch_done(self, round_index, row):
+        self.progress.update(self.epochs, advance=1, info=f"train {row['train_acc_running']:.1f}%  "
+                                                          f"test {row['test_acc']:.1f}%")
+
+    def round_done(self, round_index, metrics):
+        self.progress.update(self.rounds, completed=round_index + 1,
+                             info=f"test {metrics['test_acc']:.1f}%  train(noisy) {metrics['train_acc_noisy']:.1f}%")
+
+
+def make_progress() -> Progress:
+    return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False)
+
+
+def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
+                   quiet: bool = False) -> tuple[TrajectoryRun, list[dict]]:
+    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
+    external = tracker_masks(tracker, cfg)  # resolve reinit's source before writing anything
+    store = tracker.open_trajectory(cfg, force=force)
+    console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}) -> run {store.run_id} "
+                  f"in {tracker.uri}", highlight=False)
+    if store.finished:
+        console.print("already finished: reporting the stored rounds (use --force for a new trajectory)")
+        rows = store.completed
+    else:
+        if store.completed:
+            console.print(f"continuing after round {len(store.completed) - 1}")
+        rows = drive(cfg, root, store, external, quiet)
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold)
+    files = results.trajectory_files(rows, ph, cfg.name)
+    if not store.finished:
+        store.finish(files, results.summary(rows, ph), {"sddkit.phases": phase_tag(rows, ph)})
+    if results_dir is not None:
+        results.write_folder(results_dir, files)
+    if not quiet:
+        print_table(rows, ph)
+    return store, rows
+
+
+def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool) -> list[dict]:
+    try:
+        if quiet:
+            return trajectory.run(cfg, root, store, external_masks=external)
+        with make_progress() as progress:
+            return trajectory.run(cfg, root, store, RichReporter(progress), external)
+    except KeyboardInterrupt:
+        store.stop("KILLED")
+        console.print(f"interrupted after round {len(store.completed) - 1}: rerun the same command to continue")
+        raise SystemExit(130)
+    except BaseException:
+        store.stop("FAILED")
+        raise
+
+
+def tracker_masks(tracker: Tracker, cfg: Config):
+    if cfg.retrain.mode != "reinit":
+        return None
+    from sddkit.tracking import lottery_masks
+    return lottery_masks(tracker, cfg)
+
+
+def phase_tag(rows: list[dict], ph: analysis.Phases) -> str:
+    parts = []
+    for name in ("dense", "minimum", "peak", "last"):
+        index = getattr(ph, name)
+        if index is not None:
+            parts.append(f"{name}={rows[index]['test_acc']:.1f}@{100 * rows[index]['sparsity']:.2f}%")
+    return " ".join(parts)
+
+
+def print_table(rows: list[dict], ph: analysis.Phases) -> None:
+    table = Table(title="trajectory")
+    for column in ("round", "sparsity %", "train noisy %", "train clean %", "memorized %", "test %", "phase"):
+        table.add_column(column, justify="right")
+    marks = {getattr(ph, n): n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) is not None}
+    for r in rows:
+        i = int(r["round"])
+        mark = f"{ph.label(i)}" + (f" ◀ {marks[i]}" if i in marks else "")
+        table.add_row(str(i), f"{100 * r['sparsity']:.2f}", f"{r['train_acc_noisy']:.1f}",
+                      f"{r['train_acc_clean']:.1f}", f"{r['memorized']:.1f}", f"{r['test_acc']:.1f}", mark)
+    Console().print(table)
+    margins = analysis.double_descent_margins(rows, ph)
+    Console().print(f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
+                    f"drop {margins['drop']:.1f} points", highlight=False)

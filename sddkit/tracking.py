@@ -1,0 +1,326 @@
+"""MLflow storage: one parent run per trajectory, one nested run per round, and the lookups that
+resume, ``compare`` and ``load_mask``/``load_weights`` rely on.
+
+The tracking URI is always explicit (``paths.tracking_uri``): by default sqlite ``mlflow.db`` at the
+project root, with artifacts under ``<project root>/mlruns``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from sddkit.config import Config
+from sddkit.paths import project_root, tracking_uri
+
+TRAJECTORY, ROUND = "trajectory", "round"
+PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
+                  "memorized", "learning_distance", "distance_from_start", "round_seconds")
+
+
+class TrackingError(RuntimeError):
+    """A run that cannot be found or read; the message says which and what to do."""
+
+
+class Tracker:
+    def __init__(self, uri: str, root: Path):
+        self.uri, self.root = uri, root
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        if not create:
+            return None
+        # A local store keeps artifacts under <root>/mlruns, never wherever the process happens to run.
+        location = (self.root / "mlruns").as_uri() if self.uri.startswith(("sqlite:", "file:")) else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a concurrent process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def trajectories(self, experiment: str, filter_string: str = "") -> list:
+        exp = self.experiment_id(experiment, create=False)
+        if exp is None:
+            return []
+        query = f"tags.`sddkit.kind` = '{TRAJECTORY}'" + (f" and {filter_string}" if filter_string else "")
+        return list(self.client.search_runs([exp], query, order_by=["attributes.start_time DESC"],
+                                            max_results=5000))
+
+    def open_trajectory(self, cfg: Config, force: bool = False) -> "TrajectoryRun":
+        """The unfinished run of this config to continue, the finished one to report, or a new one."""
+        existing = self.trajectories(cfg.tracking.experiment,
+                                     f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
+        if existing and not force:
+            return TrajectoryRun(self, existing[0].info.run_id)
+        exp = self.experiment_id(cfg.tracking.experiment)
+        run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root), run_name=cfg.name)
+        run_id = run.info.run_id
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in cfg.flat().items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100])
+        return TrajectoryRun(self, run_id)
+
+    def round_runs(self, parent_id: str, finished_only: bool = True) -> list:
+        exp = self.client.get_run(parent_id).info.experiment_id
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`sddkit.kind` = '{ROUND}'"
+        runs = self.client.search_runs([exp], query, max_results=5000)
+        if finished_only:
+            runs = [r for r in runs if r.info.status == "FINISHED"]
+        return sorted(runs, key=lambda r: int(r.data.tags["sddkit.round"]))
+
+    def download(self, run_id: str, path: str, dst: str) -> Path:
+        try:
+            return Path(self.client.download_artifacts(run_id, path, dst))
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"run {run_id}: artifact {path!r} is missing ({exc.__class__.__name__}); "
+                                f"rerun the trajectory with --force to rebuild it") from exc
+
+
+class TrajectoryRun:
+    """A parent run; implements ``trajectory.Store``."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.client, self.run_id = tracker, tracker.client, run_id
+        run = self.client.get_run(run_id)
+        self.finished = run.info.status == "FINISHED"
+        self.experiment_id = run.info.experiment_id
+        self._close_interrupted_rounds()
+        self.completed = [round_row(r) for r in self._contiguous_rounds()]
+
+    def _close_interrupted_rounds(self) -> None:
+        for r in self.tracker.round_runs(self.run_id, finished_only=False):
+            if r.info.status == "RUNNING":  # a round cut off mid-way: it is redone, never counted
+                self.client.set_terminated(r.info.run_id, "KILLED")
+
+    def _contiguous_rounds(self) -> list:
+        rounds = self.tracker.round_runs(self.run_id)
+        done = []
+        for expected, r in enumerate(rounds):
+            if int(r.data.tags["sddkit.round"]) != expected:
+                break
+            done.append(r)
+        return done
+
+    # ---- trajectory.Store
+    def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
+        self.client.log_batch(self.run_id, metrics=[Metric("noise_realised_rate", realised_rate, now_ms(), 0)])
+        self._log_bytes(self.run_id, "noisy_labels.npy", _npy(noisy.cpu().numpy()))
+
+    def save_state(self, name: str, state: dict) -> None:
+        self._log_bytes(self.run_id, f"state/{name}.pt", _torch_bytes(state))
+
+    def load_state(self, name: str) -> dict | None:
+        listed = {f.path for f in self.client.list_artifacts(self.run_id, "state")}
+        if f"state/{name}.pt" not in listed:
+            return None
+        return read_torch(self.tracker, self.run_id, f"state/{name}.pt")
+
+    def load_round(self, round_index: int):
+        run_id = self._round_id(round_index)
+        return read_mask(self.tracker, run_id), read_torch(self.tracker, run_id, "weights.pt")
+
+    def log_round(self, round_index, metrics, history, masks, weights, start) -> None:
+        tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
+        name = f"{self.client.get_run(self.run_id).info.run_name}/round-{round_index:02d}"
+        child = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        stamp = now_ms()
+        epoch_metrics = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"])
+                         for row in history for k, v in row.items() if k != "epoch"]
+        round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
+        for i in range(0, len(epoch_metrics + round_metrics), 1000):
+            self.client.log_batch(child, metrics=(epoch_metrics + round_metrics)[i:i + 1000])
+        self._log_bytes(child, "mask.npz", pack_mask(masks))
+        self._log_bytes(child, "weights.pt", _torch_bytes(weights))
+        if start is not None:
+            self._log_bytes(child, "start_weights.pt", _torch_bytes(start))
+        self._log_bytes(child, "metrics.json", json.dumps(metrics, indent=1).encode())
+        self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, round_index)
+                                                    for k in PARENT_METRICS if k in metrics])
+        self.completed.append(metrics)
+
+    # ---- end of a trajectory
+    def finish(self, files: dict[str, bytes], summary: dict[str, float], tags: dict[str, str]) -> None:
+        for name, content in files.items():
+            self._log_bytes(self.run_id, name, content)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in summary.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.finished = True
+
+    def stop(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def _round_id(self, round_index: int) -> str:
+        for r in self.tracker.round_runs(self.run_id):
+            if int(r.data.tags["sddkit.round"]) == round_index:
+                return r.info.run_id
+        raise TrackingError(f"trajectory run {self.run_id} has no finished round {round_index}")
+
+    def _log_bytes(self, run_id: str, name: str, content: bytes) -> None:
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / filename).write_bytes(content)
+            self.client.log_artifact(run_id, str(Path(tmp) / filename), folder or None)
+
+
+def round_row(run) -> dict:
+    """A finished round run's metrics, as the trajectory engine produced them."""
+    row = {k: v for k, v in run.data.metrics.items() if not k.startswith("epoch/")}
+    row["round"] = int(row.get("round", run.data.tags["sddkit.round"]))
+    return row
+
+
+# ---------------------------------------------------------------- artifacts
+
+def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
+    """Bit-packed bool masks: 1 bit a weight, with each tensor's shape alongside."""
+    arrays = {}
+    for name, mask in masks.items():
+        arrays[f"bits:{name}"] = np.packbits(mask.cpu().numpy().astype(bool).ravel())
+        arrays[f"shape:{name}"] = np.asarray(mask.shape, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
+    with np.load(io.BytesIO(content)) as arrays:
+        out = {}
+        for key in arrays.files:
+            if key.startswith("shape:"):
+                name, shape = key[len("shape:"):], tuple(arrays[key])
+                bits = np.unpackbits(arrays[f"bits:{name}"], count=int(np.prod(shape)))
+                out[name] = torch.from_numpy(bits.astype(bool).reshape(shape))
+        return out
+
+
+def read_mask(tracker: Tracker, run_id: str) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as tmp:
+        content = tracker.download(run_id, "mask.npz", tmp).read_bytes()
+    try:
+        return unpack_mask(content)
+    except (ValueError, KeyError, OSError, EOFError) as exc:
+        raise TrackingError(f"run {run_id}: mask.npz is corrupt ({exc}); rerun with --force") from exc
+
+
+def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracker.download(run_id, path, tmp)
+        try:
+            return torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise TrackingError(f"run {run_id}: {path} is corrupt or unreadable ({exc.__class__.__name__}); "
+                                f"rerun the trajectory with --force to rebuild it") from exc
+
+
+def load_mask(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
+    root = project_root()
+    return read_mask(Tracker(tracking_uri(uri, root), root), run_id)
+
+
+def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
+    root = project_root()
+    return read_torch(Tracker(tracking_uri(uri, root), root), run_id, "weights.pt")
+
+
+def _torch_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- provenance
+
+def trajectory_tags(cfg: Config, root: Path) -> dict[str, str]:
+    commit = git_commit(root)
+    return {
+        "sddkit.kind": TRAJECTORY,
+        "sddkit.config_hash": cfg.identity_hash(),
+        "sddkit.name": cfg.name,
+        "sddkit.preset": cfg.preset,
+        "sddkit.retrain_mode": cfg.retrain.mode,
+        "sddkit.criterion": cfg.prune.criterion,
+        "sddkit.noise_kind": cfg.noise.kind,
+        "sddkit.noise_ratio": str(cfg.noise.ratio),
+        "sddkit.seed": str(cfg.seed),
+        "sddkit.deterministic": str(cfg.train.deterministic),
+        "sddkit.git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "sddkit.versions": package_versions(),
+    }
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> str:
+    names = ("sddkit", "torch", "torchvision", "timm", "mlflow", "numpy")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return " ".join(found)
+
+
+# ---------------------------------------------------------------- lookups by name
+
+def find_trajectories(tracker: Tracker, selector: str, experiment: str) -> list:
+    """Trajectories whose run ID, run name or ``sddkit.name`` tag is ``selector`` (newest first)."""
+    runs = tracker.trajectories(experiment)
+    return [r for r in runs if selector in (r.info.run_id, r.info.run_name, r.data.tags.get("sddkit.name"))]
+
+
+def known_names(tracker: Tracker, experiment: str) -> list[str]:
+    return sorted({r.info.run_name for r in tracker.trajectories(experiment)})
+
+
+def lottery_masks(tracker: Tracker, cfg: Config):
+    """reinit's mask source: round r -> the mask of round r of the named lottery trajectory (same seed)."""
+    selector = cfg.retrain.masks_from or "lottery"
+    found = find_trajectories(tracker, selector, cfg.tracking.experiment)
+    same_seed = [r for r in found if r.data.tags.get("sddkit.seed") == str(cfg.seed)] or \
+        [r for r in found if r.info.run_id == selector]
+    if not same_seed:
+        names = ", ".join(known_names(tracker, cfg.tracking.experiment)) or "none yet"
+        raise TrackingError(f"retrain.masks_from = {selector!r}: no trajectory with that name or ID and "
+                            f"seed {cfg.seed} in experiment {cfg.tracking.experiment!r} (runs: {names}); "
+                            f"run the lottery trajectory first")
+    source = same_seed[0]
+    rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
+    missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
+    if missing:
+        raise TrackingError(f"retrain.masks_from = {selector!r}: run {source.info.run_id} has no finished "
+                            f"round {missing[0]}; finish that trajectory or lower prune.rounds")
+    return lambda r: read_mask(tracker, rounds[r])

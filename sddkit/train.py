@@ -1,0 +1,162 @@
+"""Fit and evaluate. Knows nothing of MLflow or pruning policy: masks arrive as a callable applied once
+after each optimizer step, progress leaves through ``on_epoch``/``on_step`` callbacks.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sddkit.config import TrainConfig
+from sddkit.data import Splits
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device = {name!r}, but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision on the CPU (where bf16 is slow and changes results)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Generators:
+    order: torch.Generator     # the shuffle of each epoch
+    augment: torch.Generator   # crops and flips
+
+
+def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig, gens: Generators,
+        apply_masks: Callable[[], None] = lambda: None,
+        on_step: Callable[[int], None] | None = None,
+        on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train for ``cfg.epochs`` epochs on ``labels`` with a fresh optimizer; return per-epoch metrics.
+
+    ``on_step(step)`` is called before each optimizer step (step 0 = the starting weights), so a caller
+    can capture the weights at a rewind point.
+    """
+    device = splits.x_train.device
+    optimizer = make_optimizer(cfg, model.parameters())
+    n = len(labels)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    history, step = [], 0
+    apply_masks()
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gens.order).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for start in range(0, n, cfg.batch_size):
+            if on_step is not None:
+                on_step(step)
+            if cfg.schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+            idx = order[start:start + cfg.batch_size]
+            x, y = splits.train_batch(idx, gens.augment), labels[idx]
+            with autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_masks()
+            # Accumulate on the device: no host sync inside the loop.
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            step += 1
+        row = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / n,
+               "train_acc_running": 100.0 * float(correct) / n}
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        history.append(row)
+    if on_step is not None:
+        on_step(step)
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Float32 logits for the raw images ``x`` (normalised here, never augmented)."""
+    model.eval()
+    device = splits.x_train.device
+    outs = []
+    for start in range(0, len(x), batch_size):
+        with autocast(device):
+            outs.append(model(splits.normalise(x[start:start + batch_size])).float())
+    return torch.cat(outs) if outs else torch.zeros(0, splits.num_classes, device=device)
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    return float(F.cross_entropy(logits, y)), 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
+def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: TrainConfig,
+                   train_idx: torch.Tensor) -> dict[str, float]:
+    """The round's metrics: train accuracy against noisy and true labels, memorisation, test loss/acc.
+
+    Train accuracy is measured without augmentation on the fixed subset ``train_idx``.
+    """
+    logits = predict(model, splits, splits.x_train[train_idx], cfg.eval_batch_size)
+    clean, noisy_sub = splits.y_train_clean[train_idx], noisy[train_idx]
+    corrupted = clean != noisy_sub
+    test_loss, test_acc = loss_and_accuracy(predict(model, splits, splits.x_test, cfg.eval_batch_size),
+                                            splits.y_test)
+    return {
+        "train_loss_noisy": loss_and_accuracy(logits, noisy_sub)[0],
+        "train_acc_noisy": loss_and_accuracy(logits, noisy_sub)[1],
+        "train_acc_clean": loss_and_accuracy(logits, clean)[1],
+        "memorized": loss_and_accuracy(logits[corrupted], noisy_sub[corrupted])[1],
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+    }
+
+
+def accumulate_gradients(model: nn.Module, splits: Splits, labels: torch.Tensor, names: list[str],
+                         batches: int, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """∂L/∂w summed over ``batches`` seeded training batches (for the gradient criterion)."""
+    params = dict(model.named_parameters())
+    model.train()
+    model.zero_grad(set_to_none=True)
+    order = torch.randperm(len(labels), generator=gen).to(splits.x_train.device)
+    for b in range(batches):
+        idx = order[(b * batch_size) % len(labels):][:batch_size]
+        with autocast(splits.x_train.device):
+            loss = F.cross_entropy(model(splits.normalise(splits.x_train[idx])), labels[idx])
+        loss.backward()
+    grads = {n: params[n].grad.detach().clone() for n in names}
+    model.zero_grad(set_to_none=True)
+    return grads

@@ -1,0 +1,215 @@
+"""The one trajectory engine: dense training, then R rounds of prune → restart → retrain → evaluate.
+
+The retraining mode is a row of ``retrain.MODES``; persistence goes through a ``Store`` (the MLflow
+implementation lives in ``tracking``), so this module never imports MLflow. Every round's randomness is
+drawn from generators derived from (seed, round), so a trajectory resumed after any round ends with
+exactly the metrics of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from sddkit import analysis, data, models, noise, pruning, retrain, seeds, train
+from sddkit.config import Config
+
+State = dict[str, torch.Tensor]
+
+
+class Store(Protocol):
+    """Where a trajectory's rounds are kept; ``tracking.TrajectoryRun`` is the real one."""
+
+    completed: list[dict]  # the metric rows of the rounds already done, in order
+
+    def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None: ...
+    def save_state(self, name: str, state: State) -> None: ...
+    def load_state(self, name: str) -> State | None: ...
+    def load_round(self, round_index: int) -> tuple[pruning.Masks, State]: ...
+    def log_round(self, round_index: int, metrics: dict, history: list[dict], masks: pruning.Masks,
+                  weights: State, start: State | None) -> None: ...
+
+
+class Reporter:
+    """Progress hooks; the CLI draws them with rich. The base class stays silent."""
+
+    def round_started(self, round_index: int, rounds: int, sparsity: float, epochs: int) -> None: ...
+    def epoch_done(self, round_index: int, row: dict) -> None: ...
+    def round_done(self, round_index: int, metrics: dict) -> None: ...
+
+
+@dataclass
+class Context:
+    """Everything a round needs that does not change between rounds."""
+    cfg: Config
+    splits: data.Splits
+    noisy: torch.Tensor
+    model: nn.Module
+    names: list[str]
+    init: State
+    train_idx: torch.Tensor
+    rewind: State | None = None
+    dense_final: State | None = None
+    external_masks: Callable[[int], pruning.Masks] | None = None
+    reporter: Reporter = field(default_factory=Reporter)
+
+
+def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
+        external_masks: Callable[[int], pruning.Masks] | None = None) -> list[dict]:
+    """Run (or continue) the trajectory of ``cfg``; returns the per-round metric rows."""
+    ctx = setup(cfg, root, store, reporter or Reporter(), external_masks)
+    rows = list(store.completed)
+    masks, previous = pruning.dense_masks(weights_of(ctx.model, ctx.names)), None
+    if rows:
+        masks, previous = store.load_round(len(rows) - 1)
+        ctx.rewind = store.load_state("rewind")
+        ctx.dense_final = store.load_round(0)[1] if retrain.MODES[cfg.retrain.mode].masks == "oneshot" else None
+    for r in range(len(rows), cfg.prune.rounds + 1):
+        masks, previous, metrics = run_round(ctx, store, r, masks, previous)
+        rows.append(metrics)
+    return rows
+
+
+def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
+          external_masks: Callable[[int], pruning.Masks] | None) -> Context:
+    configure_torch(cfg)
+    device = train.resolve_device(cfg.train.device)
+    splits = data.prepare(cfg.data, root)
+    noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
+                          splits.num_classes, cfg.data.name, splits.coarse_train)
+    if not store.completed:
+        store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
+    splits, noisy = splits.to(device), noisy.to(device)
+    model = fresh_model(cfg, splits, 0).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
+    names = list(models.prunable(model, exclude))
+    init = store.load_state("init")
+    if init is None:
+        init = snapshot(model)
+        store.save_state("init", init)
+    train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
+                                       cfg.data.split_seed).to(device)
+    return Context(cfg, splits, noisy, model, names, init, train_idx,
+                   external_masks=external_masks, reporter=reporter)
+
+
+def configure_torch(cfg: Config) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module:
+    """A newly initialised model from the init generator of ``round_index`` (round 0: the dense init)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds.derive(cfg.seed, "init", round_index))
+        return models.build(cfg.model.arch, splits.num_classes, splits.input_shape, cfg.model.init)
+
+
+def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous: State | None):
+    cfg, model, started = ctx.cfg, ctx.model, time.perf_counter()
+    if r > 0:
+        masks = next_masks(ctx, r, masks, previous)
+    schedule = retrain.schedule(cfg, r)
+    start = start_weights(ctx, r, previous)
+    model.load_state_dict(start)
+    apply_masks = pruning.MaskApplier(dict(model.named_parameters()), masks)
+    apply_masks()
+    start = snapshot(model)
+    ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks), schedule.epochs)
+    gens = train.Generators(seeds.generator(cfg.seed, "order", r),
+                            seeds.generator(cfg.seed, "augment", r, ctx.splits.x_train.device))
+    history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks,
+                        on_step=rewind_capture(ctx, r), on_epoch=lambda e, row: epoch_metrics(ctx, r, row))
+    if r == 0:
+        store.save_state("rewind", ctx.rewind)
+        ctx.dense_final = snapshot(model)
+    final = snapshot(model)
+    metrics = round_metrics(ctx, r, masks, start, final)
+    metrics["round_seconds"] = time.perf_counter() - started
+    # Keep the start weights only where they differ from what the parent already holds.
+    keep_start = r > 0 and retrain.MODES[cfg.retrain.mode].start != "rewind"
+    store.log_round(r, metrics, history, masks, final, start if keep_start else None)
+    ctx.reporter.round_done(r, metrics)
+    return masks, final, metrics
+
+
+def next_masks(ctx: Context, r: int, masks: pruning.Masks, previous: State) -> pruning.Masks:
+    """Round r's mask: pruned from round r−1's weights, from the dense weights (oneshot), or given."""
+    cfg, policy = ctx.cfg, retrain.MODES[ctx.cfg.retrain.mode].masks
+    if policy == "external":
+        return {n: m.to(ctx.init[n].device) for n, m in ctx.external_masks(r).items()}
+    source = ctx.dense_final if policy == "oneshot" else previous
+    if policy == "oneshot":
+        masks = pruning.dense_masks({n: source[n] for n in ctx.names})
+    ctx.model.load_state_dict(source)
+    weights = weights_of(ctx.model, ctx.names)
+    gradients = None
+    if cfg.prune.criterion == "gradient":
+        gradients = train.accumulate_gradients(ctx.model, ctx.splits, ctx.noisy, ctx.names,
+                                               cfg.prune.gradient_batches, cfg.train.batch_size,
+                                               seeds.generator(cfg.seed, "gradient", r))
+    gen = seeds.generator(cfg.seed, "random_mask", r)
+    scores = pruning.score(weights, cfg.prune.criterion, gradients, gen)
+    return pruning.prune(scores, masks, pruning.density_after(r, cfg.prune.rate), cfg.prune.scope)
+
+
+def start_weights(ctx: Context, r: int, previous: State | None) -> State:
+    start = retrain.MODES[ctx.cfg.retrain.mode].start
+    if r == 0:
+        return ctx.init
+    if start == "rewind":
+        return ctx.rewind
+    if start == "previous":
+        return previous
+    return fresh_model(ctx.cfg, ctx.splits, r).to(ctx.init[ctx.names[0]].device).state_dict()
+
+
+def rewind_capture(ctx: Context, r: int) -> Callable[[int], None] | None:
+    """In round 0, keep the weights at the rewind step (the last step if the schedule is shorter)."""
+    if r != 0:
+        return None
+    steps_per_epoch = math.ceil(len(ctx.noisy) / ctx.cfg.train.batch_size)
+    target = retrain.rewind_iteration(ctx.cfg, steps_per_epoch)
+    total = steps_per_epoch * ctx.cfg.train.epochs
+
+    def capture(step: int) -> None:
+        if step == min(target, total):
+            ctx.rewind = snapshot(ctx.model)
+    return capture
+
+
+def epoch_metrics(ctx: Context, r: int, row: dict) -> None:
+    logits = train.predict(ctx.model, ctx.splits, ctx.splits.x_test, ctx.cfg.train.eval_batch_size)
+    row["test_loss"], row["test_acc"] = train.loss_and_accuracy(logits, ctx.splits.y_test)
+    ctx.reporter.epoch_done(r, row)
+
+
+def round_metrics(ctx: Context, r: int, masks: pruning.Masks, start: State, final: State) -> dict:
+    metrics = {"round": r, "sparsity": pruning.sparsity(masks)}
+    metrics["remaining"] = 1.0 - metrics["sparsity"]
+    metrics.update(train.evaluate_round(ctx.model, ctx.splits, ctx.noisy, ctx.cfg.train, ctx.train_idx))
+    metrics["learning_distance"] = analysis.learning_distance(ctx.init, final, masks)
+    metrics["distance_from_start"] = analysis.learning_distance(start, final, masks)
+    metrics.update({f"sparsity/{n}": s for n, s in pruning.layer_sparsity(masks).items()})
+    return metrics
+
+
+def weights_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n] for n in names}
+
+
+def snapshot(model: nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
