@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from sddkit.cli import main
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys; from sddkit.cli import main; "
+            "heavy = [m for m in ('torch', 'mlflow', 'timm', 'torchvision') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(project):
+    result = CliRunner().invoke(main, ["run", "--set", "noise.ratio=1.5"])
+    assert result.exit_code == 2
+    assert "noise.ratio = 1.5: out of range; allowed: 0.0 ≤ value < 1.0" in result.output
+    assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()
+
+
+def test_bad_params_file_key_is_named(project):
+    (project / "params.yaml").write_text("preset: quick\ntrain:\n  epoch: 3\n")
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 2 and "train.epoch: unknown key" in result.output
+    assert not (project / "mlflow.db").exists()
+
+
+def test_presets_and_keys_list_without_running(project):
+    result = CliRunner().invoke(main, ["presets"])
+    assert result.exit_code == 0 and "quick" in result.output
+    result = CliRunner().invoke(main, ["keys"])
+    assert result.exit_code == 0 and "noise.ratio" in result.output
