@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import yaml
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "tinyimagenet")
 ARCHS = ("lenet300_100", "resnet18", "resnet34", "resnet101", "vgg11_bn", "vgg16_bn")
 NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip")
+STAGES_KEY = "sddkit_stages"  # params.yaml section of DVC pipeline settings (not a trajectory's config)
 RETRAIN_MODES = ("lottery", "finetune", "lr_rewind", "scratch", "reinit", "oneshot")
 
 
@@ -118,6 +120,15 @@ class AnalysisConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``sddkit compare`` settings: ``sddkit_stages.compare`` in params.yaml, beside the trajectory config
+    (so changing them reruns only DVC's compare stage)."""
+    interpolation_threshold: float | None = _spec(None, lo=0.0, hi=100.0, lo_open=True,
+                                                  help="threshold of the compared curves' phases; null = each "
+                                                       "run's own analysis.interpolation_threshold")
+
+
+@dataclass
 class Config:
     preset: str = _spec("quick", help="the preset this config starts from")
     seed: int = _spec(0, lo=0)
@@ -136,7 +147,15 @@ class Config:
 
     def identity_hash(self) -> str:
         """Hash of what determines the results: seeds included; paths, device and labels excluded."""
-        science = {k: v for k, v in self.flat().items() if k not in NOT_IDENTITY}
+        return self._hash_without(NOT_IDENTITY)
+
+    def group_hash(self) -> str:
+        """The identity without ``seed``: the replicates of one config share it. A pinned ``noise.seed``
+        stays in it (null stays null), so replicates over a fixed noise draw form their own group."""
+        return self._hash_without(NOT_IDENTITY | {"seed"})
+
+    def _hash_without(self, excluded: frozenset[str]) -> str:
+        science = {k: v for k, v in self.flat().items() if k not in excluded}
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -163,6 +182,24 @@ def _flatten(tree: dict, prefix: str = ""):
 
 # ---------------------------------------------------------------- presets and loading
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; researchers write learning rates that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def preset_names() -> list[str]:
     folder = resources.files("sddkit") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -172,7 +209,7 @@ def preset_tree(name: str) -> dict:
     if name not in preset_names():
         raise ConfigError(f"preset: unknown preset {name!r}; allowed: {', '.join(preset_names())}")
     text = (resources.files("sddkit") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return read_yaml(text) or {}
 
 
 def preset_description(name: str) -> str:
@@ -185,7 +222,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set noise.ratio=0.4")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), read_yaml(raw)
     except yaml.YAMLError:
         return key.strip(), raw
 
@@ -203,17 +240,42 @@ def load_config(params: dict | None = None, preset: str | None = None,
     for key, value in items:
         _set_dotted(tree, key, value)
     tree["preset"] = name
-    return build(Config, tree, "")
+    return check_combination(build(Config, tree, ""))
+
+
+# Datasets with an asymmetric-noise class map (noise.ASYMMETRIC_MAPS, and CIFAR-100's super-classes).
+ASYMMETRIC_DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
+
+
+def check_combination(cfg: Config) -> Config:
+    """Rules that tie two keys together, checked before any run is opened."""
+    if cfg.noise.kind == "asymmetric" and cfg.data.name not in ASYMMETRIC_DATASETS:
+        raise ConfigError(f"noise.kind = 'asymmetric': no class map for data.name = {cfg.data.name!r}; "
+                          f"defined for {', '.join(ASYMMETRIC_DATASETS)} (use pairflip or random instead)")
+    return cfg
 
 
 def read_params_file(path: Path) -> dict:
+    tree = _read_tree(path)
+    tree.pop(STAGES_KEY, None)  # DVC pipeline settings live beside the config, not in it
+    return tree
+
+
+def read_compare_settings(path: Path | None) -> CompareConfig:
+    """``sddkit_stages.compare`` of a params file; defaults where the file or the key is absent."""
+    stages = (_read_tree(path).get(STAGES_KEY) if path and path.is_file() else None) or {}
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{STAGES_KEY}: expected a section of keys, got {stages!r}")
+    return build(CompareConfig, stages.get("compare") or {}, f"{STAGES_KEY}.compare.")
+
+
+def _read_tree(path: Path) -> dict:
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{path.name}: expected a mapping of keys, got {type(tree).__name__}")
-    tree.pop("sddkit_stages", None)  # DVC pipeline settings live beside the config, not in it
     return tree
 
 
@@ -303,17 +365,36 @@ def _range_text(meta: typing.Mapping) -> str:
     return f"{left}value{right}"
 
 
+def leaf_fields(cls: type | None = None, prefix: str = ""):
+    """(dotted key, type hint, dataclass field) for every knob."""
+    hints = typing.get_type_hints(cls or Config)
+    for f in dataclasses.fields(cls or Config):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaf_fields(hints[f.name], prefix + f.name + ".")
+        else:
+            yield prefix + f.name, hints[f.name], f
+
+
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, type, help) for every knob, for docs and `sddkit keys`."""
-    rows = []
+    return [(key, str(hint).replace("typing.", ""), f.metadata.get("help", "")) for key, hint, f in leaf_fields()]
 
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], prefix + f.name + ".")
-            else:
-                rows.append((prefix + f.name, str(hints[f.name]).replace("typing.", ""), f.metadata.get("help", "")))
 
-    walk(Config, "")
-    return rows
+def from_params(params: dict[str, str]) -> Config:
+    """The config a run logged as MLflow params (``str(value)``, lists as JSON), validated again.
+
+    Params that are not config keys (logged by other tools) are ignored; keys the run lacks take the
+    preset's value."""
+    hints = {key: hint for key, hint, _ in leaf_fields()}
+    overrides = {key: _param_value(text, hints[key]) for key, text in params.items()
+                 if key in hints and key != "preset"}
+    return load_config(preset=params.get("preset"), overrides=overrides)
+
+
+def _param_value(text: str, hint: Any) -> Any:
+    """Undo ``str()``: 'None' -> None where allowed, text stays text, the rest (numbers, bools, lists) as YAML."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = len(inner) < len(typing.get_args(hint))
+    if optional and text == "None":
+        return None
+    return text if (inner[0] if optional else hint) is str else yaml.safe_load(text)

@@ -37,9 +37,12 @@ class Splits:
         return (x - self.mean) / self.std
 
     def train_batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Normalised (and, when enabled, augmented) train images at ``idx``."""
-        x = self.normalise(self.x_train[idx])
-        return crop_flip(x, gen) if self.augment and gen is not None else x
+        """Augmented (when enabled), then normalised train images at ``idx``.
+
+        Cropping the raw images pads them with black, as torchvision's RandomCrop(padding=4) does in the
+        paper's pipeline, and moves uint8 bytes rather than floats."""
+        x = self.x_train[idx]
+        return self.normalise(crop_flip(x, gen) if self.augment and gen is not None else x)
 
     def to(self, device: torch.device) -> "Splits":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
@@ -80,14 +83,19 @@ def prepare(cfg: DataConfig, root: Path) -> Splits:
     x_train, x_test = src.x_train[keep], src.x_test
     if cfg.downsample > 1:
         # Pooling yields floats; keep them on the 0..1 scale so normalise() treats both paths alike.
-        x_train = F.avg_pool2d(x_train.float() / 255.0, cfg.downsample)
-        x_test = F.avg_pool2d(x_test.float() / 255.0, cfg.downsample)
+        x_train, x_test = downsample(x_train, cfg.downsample), downsample(x_test, cfg.downsample)
     mean, std = channel_stats(x_train) if cfg.standardize else (torch.zeros(1), torch.ones(1))
     colour = x_train.shape[1] == 3
     augment = cfg.augment == "crop_flip" or (cfg.augment == "auto" and colour)
     coarse = src.coarse_train[keep] if src.coarse_train is not None else None
     return Splits(x_train, src.y_train[keep], x_test, src.y_test, src.num_classes,
                   mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), augment, coarse)
+
+
+def downsample(x: torch.Tensor, factor: int, chunk: int = 8192) -> torch.Tensor:
+    """Average-pool uint8 images by ``factor`` into floats on the 0..1 scale, a chunk at a time so that
+    Tiny ImageNet (100,000 x 3 x 64 x 64) never exists whole as float32."""
+    return torch.cat([F.avg_pool2d(part.float() / 255.0, factor) for part in x.split(chunk)])
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sddkit.config import ASYMMETRIC_DATASETS, ConfigError
+from sddkit.sources import DatasetError
+
 ASYMMETRIC_MAPS = {
     "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},
     "mnist": {2: 7, 3: 8, 5: 6, 6: 5},
@@ -34,13 +37,13 @@ def corrupt(labels: torch.Tensor, kind: str, ratio: float, seed: int, num_classe
     elif kind == "asymmetric":
         noisy = _flip_classes(y, ratio, rng, asymmetric_map(dataset, num_classes, coarse, labels))
     else:
-        raise ValueError(f"noise.kind = {kind!r}: unknown")
+        raise ConfigError(f"noise.kind = {kind!r}: unknown; allowed: none, random, symmetric, asymmetric, pairflip")
     return torch.from_numpy(noisy)
 
 
 def realised_rate(clean: torch.Tensor, noisy: torch.Tensor) -> float:
     """The fraction of train labels that actually differ from the truth."""
-    return float((clean.cpu() != noisy.cpu()).float().mean())
+    return float((clean.cpu() != noisy.cpu()).double().mean())
 
 
 def _uniform(y: np.ndarray, ratio: float, rng: np.random.Generator, k: int, exclude_true: bool) -> np.ndarray:
@@ -67,17 +70,23 @@ def asymmetric_map(dataset: str, num_classes: int, coarse: torch.Tensor | None,
                    fine: torch.Tensor) -> dict[int, int]:
     if dataset == "cifar100":
         if coarse is None:
-            raise ValueError("asymmetric noise on cifar100 needs the coarse labels CIFAR-100 ships")
+            raise DatasetError("asymmetric noise on cifar100 needs the coarse labels CIFAR-100 ships; "
+                               "the cifar100 loader provides them")
         return cifar100_superclass_map(fine.cpu().numpy(), coarse.cpu().numpy())
     family = "mnist" if dataset.startswith("mnist") else dataset
     if family not in ASYMMETRIC_MAPS:
-        raise ValueError(f"noise.kind = 'asymmetric' has no class map for data.name = {dataset!r}; "
-                         f"defined for: cifar10, cifar100, mnist, mnist5k")
+        raise ConfigError(f"noise.kind = 'asymmetric': no class map for data.name = {dataset!r}; "
+                          f"defined for {', '.join(ASYMMETRIC_DATASETS)} (use pairflip or random instead)")
     return ASYMMETRIC_MAPS[family]
 
 
 def cifar100_superclass_map(fine: np.ndarray, coarse: np.ndarray) -> dict[int, int]:
-    """Each fine class -> the next fine class (cyclically) of its own coarse super-class."""
+    """Each fine class -> the next fine class (cyclically, in index order) of its own coarse super-class."""
+    pairs = np.unique(np.stack([fine, coarse]), axis=1)  # the distinct (fine, coarse) pairs
+    split = np.flatnonzero(np.bincount(pairs[0]) > 1)
+    if len(split):
+        raise DatasetError(f"fine class {int(split[0])} carries several coarse labels; CIFAR-100 gives each "
+                           f"fine class one super-class: download cifar-100-python again")
     mapping = {}
     for c in np.unique(coarse):
         members = np.unique(fine[coarse == c])

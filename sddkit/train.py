@@ -72,8 +72,7 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gens.order).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        losses, predictions = [], []
         lr = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -92,18 +91,29 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
             loss.backward()
             optimizer.step()
             apply_masks()
-            # Accumulate on the device: no host sync inside the loop.
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y).sum()
+            # Kept on the device and reduced once per epoch: no host sync and one small op per step.
+            losses.append(loss.detach())
+            predictions.append(logits.argmax(1))
             step += 1
-        row = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / n,
-               "train_acc_running": 100.0 * float(correct) / n}
+        row = {"epoch": epoch, "lr": lr, **running_metrics(losses, predictions, labels[order], cfg.batch_size)}
         if on_epoch is not None:
             on_epoch(epoch, row)
         history.append(row)
     if on_step is not None:
         on_step(step)
     return history
+
+
+def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor], targets: torch.Tensor,
+                    batch_size: int) -> dict[str, float]:
+    """The epoch's mean train loss and accuracy from its per-batch losses and predictions (in batch order)."""
+    if not losses:
+        return {"train_loss": float("nan"), "train_acc_running": float("nan")}
+    sizes = torch.full((len(losses),), float(batch_size), device=targets.device)
+    sizes[-1] = len(targets) - batch_size * (len(losses) - 1)  # the last batch may be short
+    loss = float((torch.stack(losses).float() * sizes).sum()) / len(targets)
+    accuracy = 100.0 * float((torch.cat(predictions) == targets).sum()) / len(targets)
+    return {"train_loss": loss, "train_acc_running": accuracy}
 
 
 @torch.no_grad()
@@ -135,9 +145,10 @@ def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: T
     corrupted = clean != noisy_sub
     test_loss, test_acc = loss_and_accuracy(predict(model, splits, splits.x_test, cfg.eval_batch_size),
                                             splits.y_test)
+    train_loss_noisy, train_acc_noisy = loss_and_accuracy(logits, noisy_sub)
     return {
-        "train_loss_noisy": loss_and_accuracy(logits, noisy_sub)[0],
-        "train_acc_noisy": loss_and_accuracy(logits, noisy_sub)[1],
+        "train_loss_noisy": train_loss_noisy,
+        "train_acc_noisy": train_acc_noisy,
         "train_acc_clean": loss_and_accuracy(logits, clean)[1],
         "memorized": loss_and_accuracy(logits[corrupted], noisy_sub[corrupted])[1],
         "test_loss": test_loss,

@@ -8,6 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("SDDKIT_NO_DOWNLOAD", "1")  # tests never reach for the network
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store explicitly
 
 # A trajectory small enough for a unit test: 500 train digits, 2 epochs, 3 rounds.
