@@ -77,7 +77,9 @@ class MaskApplier:
 
     def __init__(self, weights: dict[str, torch.Tensor], masks: Masks):
         self.weights = [weights[n] for n in masks]
-        self.factors = [m.to(device=weights[n].device, dtype=weights[n].dtype) for n, m in masks.items()]
+        # empty_like keeps each weight's memory layout (channels_last on CUDA): the fused multiply only
+        # takes one launch when every factor matches its weight's strides.
+        self.factors = [torch.empty_like(weights[n]).copy_(m) for n, m in masks.items()]
 
     @torch.no_grad()
     def __call__(self) -> None:

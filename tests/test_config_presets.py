@@ -1,0 +1,68 @@
+"""Every shipped preset loads through the one config loader, builds its model, and carries the paper's settings."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sddkit import models
+from sddkit.config import load_config, preset_description, preset_names
+
+# (classes, stored image shape) of each dataset; data.downsample divides the height and width.
+DATASETS = {
+    "mnist5k": (10, (1, 28, 28)),
+    "mnist": (10, (1, 28, 28)),
+    "cifar10": (10, (3, 32, 32)),
+    "cifar100": (100, (3, 32, 32)),
+    "tinyimagenet": (200, (3, 64, 64)),
+}
+
+# The paper's table (shared/docs/PAPER.md): arch, data, epochs, batch, optimiser, momentum, lr, milestones, wd,
+# rewind iterations, retrain mode.
+PAPER = {
+    "mnist-lenet": ("lenet300_100", "mnist", 200, 128, "sgd", 0.0, 0.1, [], 0.0, 0, "lottery"),
+    "cifar10-resnet18": ("resnet18", "cifar10", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 1000, "lottery"),
+    "cifar100-resnet18": ("resnet18", "cifar100", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 1000, "lottery"),
+    "cifar10-vgg16": ("vgg16_bn", "cifar10", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 2000, "lottery"),
+    "tinyimagenet-resnet101": ("resnet101", "tinyimagenet", 200, 512, "sgd", 0.9, 0.2, [100, 150], 1e-4, 1000,
+                               "oneshot"),
+}
+
+
+def test_the_paper_presets_ship_beside_quick():
+    assert {"quick", *PAPER} <= set(preset_names())
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_loads_and_builds_its_model_for_the_dataset(name):
+    cfg = load_config(preset=name)
+    assert cfg.preset == name
+    description = preset_description(name)
+    assert description and "\n" not in description
+    classes, (channels, height, width) = DATASETS[cfg.data.name]
+    shape = (channels, height // cfg.data.downsample, width // cfg.data.downsample)
+    torch.manual_seed(0)
+    model = models.build(cfg.model.arch, classes, shape, cfg.model.init).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, *shape)).shape == (1, classes)
+    exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
+    assert models.prunable(model, exclude)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_presets_carry_the_papers_settings(name):
+    cfg = load_config(preset=name)
+    t, r = cfg.train, cfg.retrain
+    got = (cfg.model.arch, cfg.data.name, t.epochs, t.batch_size, t.optimizer, t.momentum, t.lr, t.milestones,
+           t.weight_decay, r.rewind_step, r.mode)
+    assert got == PAPER[name]
+    assert (r.rewind_unit, cfg.prune.rate, cfg.prune.criterion, cfg.prune.scope) == ("iterations", 0.2, "magnitude",
+                                                                                      "global")
+    assert (cfg.noise.kind, cfg.noise.ratio, cfg.data.augment) == ("random", 0.2, "auto")
+    assert cfg.train.schedule == ("constant" if name == "mnist-lenet" else "multistep")
+    assert cfg.model.init == ("default" if cfg.model.arch == "lenet300_100" else "kaiming_normal")
+    assert cfg.prune.rounds >= 15
+
+
+def test_tinyimagenet_trains_at_32x32():
+    cfg = load_config(preset="tinyimagenet-resnet101")
+    assert DATASETS[cfg.data.name][1][1] // cfg.data.downsample == 32
