@@ -71,3 +71,33 @@ QUICK_CRITERIA = {"dip": 3.0, "rise": 8.0, "drop": 5.0}
 def shows_double_descent(rows: list[dict], ph: Phases, criteria: dict[str, float] = QUICK_CRITERIA) -> bool:
     margins = double_descent_margins(rows, ph)
     return all(margins[k] >= v for k, v in criteria.items())
+
+
+PHASE_NAMES = ("light", "critical", "sweet", "collapse")
+
+
+def phase_spans(ph: Phases) -> dict[str, tuple[int, int]]:
+    """First and last round of each phase that occurs (phases are contiguous and in order)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for r in range(ph.last + 1):
+        label = ph.label(r)
+        spans[label] = (spans.get(label, (r, r))[0], r)
+    return spans
+
+
+def phase_metrics(ph: Phases) -> dict[str, int]:
+    """Parent-run metrics: ``phase_<name>_first``/``_last`` round of each phase that occurs."""
+    out = {}
+    for name, (first, last) in phase_spans(ph).items():
+        out[f"phase_{name}_first"], out[f"phase_{name}_last"] = first, last
+    return out
+
+
+def phase_tags(ph: Phases) -> dict[str, str]:
+    """Parent-run tags: ``sddkit.phase.<name>`` = "first-last" (or "none") and the interpolation threshold."""
+    spans = phase_spans(ph)
+    tags = {f"sddkit.phase.{name}": (f"{spans[name][0]}-{spans[name][1]}" if name in spans else "none")
+            for name in PHASE_NAMES}
+    threshold = ph.interpolation_threshold
+    tags["sddkit.interpolation_threshold"] = "none" if threshold is None else str(threshold)
+    return tags

@@ -2,6 +2,7 @@
 mlflow are imported inside the commands so ``sddkit --help`` stays instant."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,20 +35,48 @@ def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str |
         fail(f"config: {exc}", code=2)
 
 
+class SpreadOptions(click.Command):
+    """Lets the options named in ``spread`` take several values (``--seeds 0 1 2``): they are rewritten to
+    click's repeated form (``--seeds 0 --seeds 1 --seeds 2``) before parsing. Put arguments before them."""
+    spread: tuple[str, ...] = ()
+
+    def parse_args(self, ctx, args):
+        out, option = [], None
+        for arg in args:
+            if arg.startswith("-"):
+                option = arg if arg in self.spread else None
+            elif option is not None and out[-1] != option:
+                out.append(option)
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+def spreading(*options: str) -> type[click.Command]:
+    return type("SpreadCommand", (SpreadOptions,), {"spread": options})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sddkit")
 def main() -> None:
     """sddkit: reproduce and compare sparse double descent trajectories."""
 
 
-@main.command()
+@main.command(cls=spreading("--seeds"))
 @click.option("--preset", default=None, help="Preset to start from (default: params.yaml's, else quick).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
 @click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
 @click.option("--force", is_flag=True, help="Start a new trajectory even if this config already ran.")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write summary.json, trajectory.csv and curve.png into this folder (for DVC).")
-def run(preset, sets, params_path, force, results_dir) -> None:
+@click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
+              help="One trajectory per seed (replaces the config's seed), grouped by the tag sddkit.group; "
+                   "then a mean ± std table and curve. Pin the noise draw with --set noise.seed=K.")
+@click.option("--jobs", default=1, type=click.IntRange(min=1), show_default=True,
+              help="With --seeds: replicates run at a time, each in its own process (one torch thread).")
+@click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder written by `sddkit prepare`: checked against this config, and its files' md5 "
+                   "recorded in the run as dataset inputs (the DVC stages pass it).")
+def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
     Rerunning the same config continues an interrupted trajectory from its last finished round; a
@@ -55,11 +84,135 @@ def run(preset, sets, params_path, force, results_dir) -> None:
     """
     root = project_root()
     cfg = resolve_config(preset, sets, params_path, root)
-    from sddkit import runner
+    if jobs > 1 and not seeds:
+        fail("--jobs runs replicates in parallel: give the seeds too, e.g. --seeds 0 1 2 --jobs 3", code=2)
+    if prepared_dir and seeds:
+        fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
+    from sddkit import prepare, replicates, runner
+    folder = Path(results_dir) if results_dir else None
     try:
-        runner.run_trajectory(cfg, root, force=force, results_dir=Path(results_dir) if results_dir else None)
-    except runner.USER_ERRORS as exc:
+        if seeds:
+            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder)
+        else:
+            pinned = prepare.pinned(Path(prepared_dir), cfg) if prepared_dir else ()
+            runner.run_trajectory(cfg, root, force=force, results_dir=folder, data_files=pinned)
+    except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: rerun the same command to continue the unfinished replicates", code=130)
+
+
+@main.command(cls=spreading("--rounds"))
+@click.argument("selector", metavar="RUN")
+@click.option("--rounds", multiple=True, type=click.IntRange(min=0), metavar="R [R ...]",
+              help="Rounds to analyse (default: the landmarks dense, minimum, peak and last).")
+@click.option("--redense-epochs", type=click.IntRange(min=1), default=None,
+              help="Re-dense epochs (default: the round's epoch count).")
+@click.option("--redense-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Re-dense constant lr (default: the lr of the round's last step).")
+@click.option("--interpolation-step", type=click.FloatRange(0, 1, min_open=True), default=0.05, show_default=True,
+              help="Step of α between the sparse (α=0) and the re-dense (α=1) solution; the paper used 0.01.")
+@click.option("--landscape-points", type=click.IntRange(min=2), default=41, show_default=True,
+              help="Points of the 1-D loss landscape over t in [-1, 1] (0 and ±radius are added).")
+@click.option("--sharpness-radius", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Sharpness = the largest rise of the train loss within |t| ≤ radius.")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@click.option("--force", is_flag=True, help="Redo analyses already stored with the same settings.")
+def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, landscape_points,
+            sharpness_radius, experiment, force) -> None:
+    """Re-dense, interpolation and 1-D loss landscape for rounds of stored trajectories (RUN: run name or
+    ID); results are logged as runs nested under each round run."""
+    root = project_root()
+    cfg = resolve_config(None, (), None, root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per weights file otherwise
+    from sddkit import analyze as analyses
+    from sddkit.paths import tracking_uri
+    from sddkit.runner import USER_ERRORS
+    from sddkit.tracking import Tracker
+    settings = analyses.Settings(tuple(rounds), redense_epochs, redense_lr, interpolation_step, landscape_points,
+                                 sharpness_radius, force)
+    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
+    try:
+        rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
+    except (*USER_ERRORS, config_mod.ConfigError) as exc:
+        fail(str(exc))
+    table = Table(title=f"analysis of {selector}")
+    for column in ("run", "round", "sparsity %", "test %", "re-dense test %", "max train loss along α", "sharpness"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["trajectory"][:8], str(r["round"]), f"{100 * r['sparsity']:.2f}", f"{r['test_acc']:.1f}",
+                      f"{r['redense_test_acc']:.1f}", f"{r['interpolation_max_train_loss']:.3f}",
+                      f"{r['sharpness']:.4g}")
+    out.print(table)
+    console.print("plots and curves: the redense / interpolation / landscape runs nested under each round run")
+
+
+@main.command("prepare")
+@click.option("--out", "out_dir", default="data/prepared", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for splits.npz, noisy_labels.npy and prepared.json.")
+@click.option("--preset", default=None, help="Preset to start from (default: params.yaml's, else quick).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
+@click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
+def prepare_command(out_dir, preset, sets, params_path) -> None:
+    """Write the dataset splits and the noisy labels of the config as files DVC pins by md5."""
+    root = project_root()
+    cfg = resolve_config(preset, sets, params_path, root)
+    from sddkit import prepare
+    from sddkit.sources import DatasetError
+    try:
+        files = prepare.prepare(cfg, root, Path(out_dir))
+    except DatasetError as exc:
+        fail(str(exc))
+    for f in files:
+        out.print(f"{f.md5}  {f.path}", highlight=False)
+
+
+@main.command("compare", cls=spreading("--runs", "--where"))
+@click.option("--runs", "selectors", multiple=True, required=True, metavar="RUN [RUN ...]",
+              help="Trajectories to compare: run name, tag or param KEY=VALUE, run ID, or a --results folder.")
+@click.option("--where", multiple=True, metavar="KEY=VALUE [...]",
+              help="Keep only runs whose tag or param KEY is VALUE (e.g. noise.ratio=0.4).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@click.option("--output", "output_dir", default=None, type=click.Path(file_okay=False),
+              help="Write compare.csv and compare.png into this folder.")
+@click.option("--params", "params_path", default=None,
+              help="Params file for tracking.* and sddkit_stages.compare (default: the project root's params.yaml).")
+def compare_command(selectors, where, experiment, output_dir, params_path) -> None:
+    """Compare trajectories round by round: replicates (same name and config, other seeds) as mean ± std,
+    each curve's phases, the difference of the first two; a table, and a CSV and PNG with --output."""
+    root = project_root()
+    cfg = resolve_config(None, (), params_path, root)
+    try:
+        settings = config_mod.read_compare_settings(Path(params_path) if params_path else root / "params.yaml")
+    except config_mod.ConfigError as exc:
+        fail(f"config: {exc}", code=2)
+    from sddkit import compare
+    from sddkit.paths import tracking_uri
+    from sddkit.tracking import Tracker, TrackingError
+    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
+    try:
+        curves = compare.compare(tracker, list(selectors), experiment or cfg.tracking.experiment, list(where),
+                                 settings.interpolation_threshold)
+    except (TrackingError, config_mod.ConfigError) as exc:
+        fail(str(exc))
+    compare.report(curves, Path(output_dir) if output_dir else None)
+
+
+@main.command("ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: a free one).")
+@click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
+def ui_command(port, params_path) -> None:
+    """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it."""
+    root = project_root()
+    cfg = resolve_config(None, (), params_path, root)
+    from sddkit import ui
+    from sddkit.paths import tracking_uri
+    from sddkit.tracking import TrackingError
+    try:
+        code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port)
+    except TrackingError as exc:
+        fail(str(exc))
+    sys.exit(code)
 
 
 @main.command()

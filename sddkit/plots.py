@@ -1,4 +1,5 @@
-"""Curves: accuracy against sparsity, the remaining fraction on a log axis (dense on the left)."""
+"""Figures: accuracy against sparsity (remaining fraction on a log axis, dense on the left), and the
+loss/accuracy lines of interpolation and loss-landscape scans."""
 from __future__ import annotations
 
 import io
@@ -32,6 +33,28 @@ def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> byte
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return png_bytes(fig)
+
+
+def line_png(xs: list[float], rows: list[dict[str, float]], xlabel: str, title: str,
+             marks: tuple[float, ...] = ()) -> bytes:
+    """Two panels against ``xs``: train/test loss and train/test accuracy; ``marks`` draws dotted
+    vertical lines (e.g. at ±radius, where sharpness is read)."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for key, label in ((f"train_{kind}_noisy", "train (noisy labels)"), (f"test_{kind}", "test")):
+            ax.plot(xs, [r[key] for r in rows], marker="o", markersize=2, label=label)
+        for x in marks:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy loss" if kind == "loss" else "accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

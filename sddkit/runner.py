@@ -2,6 +2,7 @@
 progress, then write the closing summary, table and files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -12,9 +13,10 @@ from sddkit import analysis, results, trajectory
 from sddkit.config import Config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, log_data_inputs
 
 USER_ERRORS = (DatasetError, TrackingError)
+RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 console = Console(stderr=True)
 
 
@@ -46,10 +48,16 @@ def make_progress() -> Progress:
 
 
 def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
-                   quiet: bool = False) -> tuple[TrajectoryRun, list[dict]]:
+                   quiet: bool = False, reporter: trajectory.Reporter | None = None, data_files=()
+                   ) -> tuple[TrajectoryRun, list[dict]]:
+    """``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no
+    bars and no closing table; ``data_files``: the ``prepare.DataFile``s this config's data was pinned by."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     external = tracker_masks(tracker, cfg)  # resolve reinit's source before writing anything
     store = tracker.open_trajectory(cfg, force=force)
+    tracker.client.set_tag(store.run_id, "sddkit.group", cfg.group_hash())  # replicates share it
+    if data_files:
+        log_data_inputs(tracker, store.run_id, data_files)
     console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}) -> run {store.run_id} "
                   f"in {tracker.uri}", highlight=False)
     if store.finished:
@@ -58,22 +66,31 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     else:
         if store.completed:
             console.print(f"continuing after round {len(store.completed) - 1}")
-        rows = drive(cfg, root, store, external, quiet)
+        rows = drive(cfg, root, store, external, quiet, reporter)
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold)
     files = results.trajectory_files(rows, ph, cfg.name)
     if not store.finished:
-        store.finish(files, results.summary(rows, ph), {"sddkit.phases": phase_tag(rows, ph)})
+        tag_round_phases(store, ph)
+        store.finish(files, {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
+                     {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph)})
     if results_dir is not None:
-        results.write_folder(results_dir, files)
+        results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
     if not quiet:
         print_table(rows, ph)
     return store, rows
 
 
-def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool) -> list[dict]:
+def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:
+    pointer = {"run_id": store.run_id, "name": cfg.name, "experiment": cfg.tracking.experiment,
+               "config_hash": cfg.identity_hash()}
+    return json.dumps(pointer, indent=1).encode()
+
+
+def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
+          reporter: trajectory.Reporter | None = None) -> list[dict]:
     try:
-        if quiet:
-            return trajectory.run(cfg, root, store, external_masks=external)
+        if quiet or reporter is not None:
+            return trajectory.run(cfg, root, store, reporter, external)
         with make_progress() as progress:
             return trajectory.run(cfg, root, store, RichReporter(progress), external)
     except KeyboardInterrupt:
@@ -83,6 +100,12 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool) 
     except BaseException:
         store.stop("FAILED")
         raise
+
+
+def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
+    """Each round run gets its phase as the tag ``sddkit.phase`` (the parent's table has a ``phase`` column)."""
+    for run in store.tracker.round_runs(store.run_id):
+        store.client.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
 
 
 def tracker_masks(tracker: Tracker, cfg: Config):

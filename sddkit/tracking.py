@@ -6,8 +6,10 @@ project root, with artifacts under ``<project root>/mlruns``.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from sddkit.config import Config
@@ -119,7 +121,7 @@ class TrajectoryRun:
         self._log_bytes(self.run_id, "noisy_labels.npy", _npy(noisy.cpu().numpy()))
 
     def save_state(self, name: str, state: dict) -> None:
-        self._log_bytes(self.run_id, f"state/{name}.pt", _torch_bytes(state))
+        self._log_bytes(self.run_id, f"state/{name}.pt", torch_bytes(state))
 
     def load_state(self, name: str) -> dict | None:
         listed = {f.path for f in self.client.list_artifacts(self.run_id, "state")}
@@ -142,9 +144,9 @@ class TrajectoryRun:
         for i in range(0, len(epoch_metrics + round_metrics), 1000):
             self.client.log_batch(child, metrics=(epoch_metrics + round_metrics)[i:i + 1000])
         self._log_bytes(child, "mask.npz", pack_mask(masks))
-        self._log_bytes(child, "weights.pt", _torch_bytes(weights))
+        self._log_bytes(child, "weights.pt", torch_bytes(weights))
         if start is not None:
-            self._log_bytes(child, "start_weights.pt", _torch_bytes(start))
+            self._log_bytes(child, "start_weights.pt", torch_bytes(start))
         self._log_bytes(child, "metrics.json", json.dumps(metrics, indent=1).encode())
         self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, round_index)
@@ -236,7 +238,7 @@ def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]
     return read_torch(Tracker(tracking_uri(uri, root), root), run_id, "weights.pt")
 
 
-def _torch_bytes(state: dict) -> bytes:
+def torch_bytes(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     return buffer.getvalue()
@@ -270,7 +272,22 @@ def trajectory_tags(cfg: Config, root: Path) -> dict[str, str]:
         "sddkit.git_commit": commit,
         "mlflow.source.git.commit": commit,
         "sddkit.versions": package_versions(),
+        **dvc_tags(),
     }
+
+
+def dvc_tags() -> dict[str, str]:
+    """Inside a DVC stage: the stage and, under `dvc exp run`, the experiment's name."""
+    names = {"DVC_STAGE": "sddkit.dvc_stage", "DVC_EXP_NAME": "sddkit.dvc_exp_name"}
+    return {tag: os.environ[env] for env, tag in names.items() if os.environ.get(env)}
+
+
+def log_data_inputs(tracker: Tracker, run_id: str, files) -> None:
+    """Record pinned data files (``prepare.DataFile``: path, md5) as the run's dataset inputs; the digest is
+    the md5 ``dvc.lock`` lists for the same path. Logging the same file again adds nothing."""
+    inputs = [DatasetInput(Dataset(name=f.path, digest=f.md5, source_type="dvc", source=f.path),
+                           tags=[InputTag("mlflow.data.context", "training")]) for f in files]
+    tracker.client.log_inputs(run_id, datasets=inputs)
 
 
 def git_commit(root: Path) -> str:
@@ -317,10 +334,18 @@ def lottery_masks(tracker: Tracker, cfg: Config):
         raise TrackingError(f"retrain.masks_from = {selector!r}: no trajectory with that name or ID and "
                             f"seed {cfg.seed} in experiment {cfg.tracking.experiment!r} (runs: {names}); "
                             f"run the lottery trajectory first")
-    source = same_seed[0]
+    # Among same-seed runs of that name, the one of this very config (in lottery mode) comes first: queued
+    # `dvc exp run`s with other params may have logged newer lottery runs meanwhile.
+    twin = lottery_twin(cfg).identity_hash()
+    source = sorted(same_seed, key=lambda r: r.data.tags.get("sddkit.config_hash") != twin)[0]
     rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
     missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
     if missing:
         raise TrackingError(f"retrain.masks_from = {selector!r}: run {source.info.run_id} has no finished "
                             f"round {missing[0]}; finish that trajectory or lower prune.rounds")
     return lambda r: read_mask(tracker, rounds[r])
+
+
+def lottery_twin(cfg: Config) -> Config:
+    """The lottery trajectory a reinit config takes its masks from: the same config in lottery mode."""
+    return dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, mode="lottery", masks_from=None))

@@ -1,0 +1,239 @@
+"""What ``sddkit analyze RUN`` does: for chosen rounds of stored trajectories, re-dense, interpolate between
+the sparse and the re-dense solution, and walk the 1-D loss landscape; every result goes back into MLflow
+as a run nested under its round run (``sddkit.kind`` = redense / interpolation / landscape).
+
+An analysis already stored with the same settings is reported, not redone (``force`` redoes it).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param
+
+from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, trajectory
+from sddkit.tracking import Tracker, TrackingError, torch_bytes, find_trajectories, known_names, now_ms, \
+    read_mask, read_torch, round_row
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: tuple[int, ...] = ()        # empty: the landmarks (dense, minimum, peak, last)
+    redense_epochs: int | None = None   # None: the round's epoch count
+    redense_lr: float | None = None     # None: the round's final lr
+    interpolation_step: float = 0.05
+    landscape_points: int = 41
+    sharpness_radius: float = 0.1
+    force: bool = False
+
+
+@dataclass
+class RoundRef:
+    """A finished round run of a trajectory, with the trajectory it belongs to."""
+    parent_id: str
+    run: object
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def index(self) -> int:
+        return int(self.run.data.tags["sddkit.round"])
+
+
+class StoredTrajectory:
+    """A stored trajectory as the read-only ``trajectory.Store`` that ``trajectory.setup`` reads."""
+
+    def __init__(self, tracker: Tracker, run_id: str, completed: list[dict]):
+        self.tracker, self.run_id, self.completed = tracker, run_id, completed
+
+    def load_state(self, name: str) -> dict:
+        return read_torch(self.tracker, self.run_id, f"state/{name}.pt")
+
+
+def select(tracker: Tracker, selector: str, experiment: str) -> list:
+    """The trajectories named ``selector`` (run ID, run name or ``sddkit.name``), or one clear error."""
+    found = find_trajectories(tracker, selector, experiment)
+    if not found:
+        names = ", ".join(known_names(tracker, experiment)) or "none yet"
+        raise TrackingError(f"no trajectory named {selector!r} in experiment {experiment!r} of {tracker.uri} "
+                            f"(trajectories: {names}); give a run name or ID from that list, or --experiment")
+    return found
+
+
+def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], threshold: float) -> list[int]:
+    """The asked rounds (each must be finished), else the landmarks of the stored curve."""
+    if asked:
+        missing = [r for r in asked if r not in rounds]
+        if missing:
+            raise TrackingError(f"trajectory {parent.info.run_name} ({parent.info.run_id}) has no finished round "
+                                f"{missing[0]}; finished rounds: {', '.join(map(str, sorted(rounds)))}")
+        return sorted(set(asked))
+    ph = analysis.phases([round_row(rounds[r].run) for r in sorted(rounds)], threshold)
+    return sorted({i for i in (ph.dense, ph.minimum, ph.peak, ph.last) if i is not None})
+
+
+def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settings: Settings) -> list[dict]:
+    """Analyse every trajectory ``selector`` names; one summary row per (trajectory, round)."""
+    plans = []
+    for parent in select(tracker, selector, experiment):  # check everything before writing anything
+        refs = [RoundRef(parent.info.run_id, r) for r in tracker.round_runs(parent.info.run_id)]
+        rounds = {ref.index: ref for ref in refs}
+        if not rounds:
+            raise TrackingError(f"trajectory {parent.info.run_name} ({parent.info.run_id}) has no finished "
+                                f"round yet; run it first")
+        cfg = config.from_params(parent.data.params)
+        chosen = chosen_rounds(parent, rounds, settings.rounds, cfg.analysis.interpolation_threshold)
+        plans.append((parent, cfg, rounds, chosen))
+    return [row for parent, cfg, rounds, chosen in plans
+            for row in analyze_trajectory(tracker, root, parent, cfg, rounds, chosen, settings)]
+
+
+def analyze_trajectory(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef],
+                       chosen: list[int], settings: Settings) -> list[dict]:
+    completed = [round_row(rounds[r].run) for r in sorted(rounds)]
+    ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
+                           trajectory.Reporter(), None)
+    check_labels(tracker, parent.info.run_id, ctx.noisy)
+    return [analyze_round(tracker, ctx, rounds[r], settings) for r in chosen]
+
+
+def check_labels(tracker: Tracker, run_id: str, noisy: torch.Tensor) -> None:
+    """The rebuilt noisy labels must be the ones the trajectory trained on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = torch.from_numpy(np.load(tracker.download(run_id, "noisy_labels.npy", tmp)))
+    if not torch.equal(stored.long(), noisy.cpu().long()):
+        raise TrackingError(f"run {run_id}: rebuilding the data and noise from its config gives other labels "
+                            f"than the run trained on (dataset files or noise code changed); restore them")
+
+
+def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, settings: Settings) -> dict:
+    masks, sparse = read_mask(tracker, ref.run_id), read_torch(tracker, ref.run_id, "weights.pt")
+    dense, redense_id = redense_solution(tracker, ctx, ref, masks, sparse, settings)
+    interpolation = interpolate(tracker, ctx, ref, sparse, dense, redense_id, settings)
+    walk = walk_landscape(tracker, ctx, ref, masks, sparse, settings)
+    summary = {"redense_test_acc": interpolation[-1]["test_acc"],
+               "redense_train_acc_noisy": interpolation[-1]["train_acc_noisy"],
+               "interpolation_max_train_loss": max(r["train_loss_noisy"] for r in interpolation),
+               "sharpness": walk["sharpness"]}
+    stamp = now_ms()
+    for run_id in (ref.run_id, ref.parent_id):  # on the parent as a curve over rounds (step = round)
+        tracker.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, ref.index) for k, v in summary.items()])
+    row = round_row(ref.run)
+    return {"trajectory": ref.parent_id, "round": ref.index, "sparsity": row["sparsity"],
+            "test_acc": row["test_acc"], **summary}
+
+
+# ---------------------------------------------------------------- the three analyses
+
+def redense_solution(tracker, ctx, ref: RoundRef, masks, sparse, settings: Settings):
+    """The round's re-dense weights: stored ones with the same settings, else trained and stored now."""
+    epochs = settings.redense_epochs or redense.default_epochs(ctx, ref.index)
+    lr = settings.redense_lr or redense.default_lr(ctx, ref.index)
+    key = f"epochs={epochs} lr={lr:.6g}"
+    done = None if settings.force else stored_child(tracker, ref, "redense", key)
+    if done is not None:
+        return read_torch(tracker, done, "weights.pt"), done
+    weights, history = redense.redense(ctx, sparse, masks, ref.index, epochs, lr)
+    metrics = redense.evaluate(ctx, weights)
+    dense_masks = pruning.dense_masks({n: weights[n] for n in ctx.names})
+    metrics["distance_from_sparse"] = analysis.learning_distance(sparse, weights, dense_masks)
+    run_id = open_child(tracker, ref, "redense", key, {"redense.epochs": epochs, "redense.lr": lr})
+    stamp = now_ms()
+    logged = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"]) for row in history for k, v in row.items()
+              if k != "epoch"] + [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+    log_metrics(tracker, run_id, logged)
+    close_child(tracker, run_id, {"weights.pt": torch_bytes(weights)})
+    return weights, run_id
+
+
+def interpolate(tracker, ctx, ref: RoundRef, sparse, dense, redense_id: str, settings: Settings) -> list[dict]:
+    """Metrics of (1 − α)·sparse + α·re-dense along α = 0 … 1."""
+    alphas = landscape.alphas(settings.interpolation_step)
+    key = f"redense={redense_id} step={settings.interpolation_step:g}"
+    done = None if settings.force else stored_child(tracker, ref, "interpolation", key)
+    if done is not None:
+        return read_series(tracker, done, "interpolation", len(alphas))
+    rows = [redense.evaluate(ctx, landscape.blend(sparse, dense, a)) for a in alphas]
+    run_id = open_child(tracker, ref, "interpolation", key,
+                        {"interpolation.step": settings.interpolation_step, "redense_run": redense_id})
+    log_series(tracker, run_id, "interpolation", "alpha", alphas, rows)
+    title = f"round {ref.index}: sparse (α = 0) → re-dense (α = 1)"
+    close_child(tracker, run_id, {"interpolation.png": plots.line_png(alphas, rows, "α", title)})
+    return rows
+
+
+def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Settings) -> dict:
+    """Metrics along sparse + t·d, d filter-normalised, t in [−1, 1]; the sharpness of the train loss."""
+    ts = landscape.grid(settings.landscape_points, settings.sharpness_radius)
+    key = f"points={settings.landscape_points} radius={settings.sharpness_radius:g}"
+    done = None if settings.force else stored_child(tracker, ref, "landscape", key)
+    if done is not None:
+        return {"sharpness": tracker.client.get_run(done).data.metrics["sharpness"]}
+    weights = {n: sparse[n] for n in models.prunable(ctx.model, [])}
+    direction = landscape.filter_normalised_direction(weights, masks, seeds.generator(ctx.cfg.seed, "landscape",
+                                                                                      ref.index))
+    rows = [redense.evaluate(ctx, landscape.shifted(sparse, direction, t)) for t in ts]
+    sharp = landscape.sharpness(ts, [r["train_loss_noisy"] for r in rows], settings.sharpness_radius)
+    run_id = open_child(tracker, ref, "landscape", key, {"landscape.points": settings.landscape_points,
+                                                         "landscape.sharpness_radius": settings.sharpness_radius})
+    log_series(tracker, run_id, "landscape", "t", ts, rows)
+    log_metrics(tracker, run_id, [Metric("sharpness", sharp, now_ms(), 0)])
+    title = f"round {ref.index}: 1-D loss landscape (filter-normalised direction), sharpness {sharp:.4g}"
+    radius = settings.sharpness_radius
+    close_child(tracker, run_id, {"landscape.png": plots.line_png(ts, rows, "t", title, (-radius, radius))})
+    return {"sharpness": sharp}
+
+
+# ---------------------------------------------------------------- nested runs
+
+def stored_child(tracker: Tracker, ref: RoundRef, kind: str, key: str) -> str | None:
+    """The newest finished analysis run of ``kind`` with settings ``key`` under the round run."""
+    query = (f"tags.`mlflow.parentRunId` = '{ref.run_id}' and tags.`sddkit.kind` = '{kind}' "
+             f"and tags.`sddkit.analysis_key` = '{key}' and attributes.status = 'FINISHED'")
+    runs = tracker.client.search_runs([ref.run.info.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                      max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_child(tracker: Tracker, ref: RoundRef, kind: str, key: str, params: dict) -> str:
+    tags = {"mlflow.parentRunId": ref.run_id, "sddkit.kind": kind, "sddkit.round": str(ref.index),
+            "sddkit.trajectory": ref.parent_id, "sddkit.round_run": ref.run_id, "sddkit.analysis_key": key}
+    run = tracker.client.create_run(ref.run.info.experiment_id, tags=tags, run_name=f"{ref.run.info.run_name}/{kind}")
+    tracker.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def close_child(tracker: Tracker, run_id: str, files: dict[str, bytes]) -> None:
+    """Store the files, then mark the run finished: only a finished run is ever reused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        tracker.client.log_artifacts(run_id, tmp)
+    tracker.client.set_terminated(run_id, "FINISHED")
+
+
+def log_metrics(tracker: Tracker, run_id: str, metrics: list[Metric]) -> None:
+    for i in range(0, len(metrics), 1000):
+        tracker.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def log_series(tracker: Tracker, run_id: str, prefix: str, x_name: str, xs: list[float], rows: list[dict]) -> None:
+    """``<prefix>/<metric>`` and ``<prefix>/<x_name>`` with step = the point's index."""
+    stamp = now_ms()
+    log_metrics(tracker, run_id, [Metric(f"{prefix}/{x_name}", float(x), stamp, i) for i, x in enumerate(xs)] +
+                [Metric(f"{prefix}/{k}", float(v), stamp, i) for i, row in enumerate(rows) for k, v in row.items()])
+
+
+def read_series(tracker: Tracker, run_id: str, prefix: str, points: int) -> list[dict]:
+    """The rows ``log_series`` stored, read back by step."""
+    rows = [{} for _ in range(points)]
+    for name in tracker.client.get_run(run_id).data.metrics:
+        if name.startswith(f"{prefix}/"):
+            for m in tracker.client.get_metric_history(run_id, name):
+                rows[m.step][name[len(prefix) + 1:]] = m.value
+    return rows

@@ -1,0 +1,49 @@
+"""Re-dense (the paper's App. A.4): from a round's sparse solution, whose pruned weights are 0, train *all*
+weights again, with no mask, for a number of epochs at a constant lr.
+
+Works on the trajectory engine's ``Context`` (data, noisy labels, model), so a stored trajectory is
+rebuilt by the same code that trained it. Knows nothing of MLflow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from sddkit import pruning, retrain, seeds, train, trajectory
+from sddkit.trajectory import Context, State
+
+
+def default_epochs(ctx: Context, round_index: int) -> int:
+    """The round's own epoch count."""
+    return retrain.schedule(ctx.cfg, round_index).epochs
+
+
+def default_lr(ctx: Context, round_index: int) -> float:
+    """The lr of the round's last optimizer step (the paper re-trains "at the final lr")."""
+    schedule = retrain.schedule(ctx.cfg, round_index)
+    steps_per_epoch = math.ceil(len(ctx.noisy) / schedule.batch_size)
+    last_step = max(0, schedule.epochs * steps_per_epoch - 1)
+    return schedule.lr * train.lr_factor(schedule, last_step, steps_per_epoch)
+
+
+def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int, epochs: int,
+            lr: float) -> tuple[State, list[dict]]:
+    """Train every weight of ``sparse`` (pruned entries restored at 0) for ``epochs`` at constant ``lr``.
+
+    The optimizer settings, batch size and data-order/augmentation generators are the round's own."""
+    schedule = dataclasses.replace(retrain.schedule(ctx.cfg, round_index), lr=lr, epochs=epochs,
+                                   schedule="constant", milestones=[])
+    ctx.model.load_state_dict(sparse)
+    pruning.MaskApplier(dict(ctx.model.named_parameters()), masks)()  # pruned weights start at exactly 0
+    device = ctx.splits.x_train.device
+    gens = train.Generators(seeds.generator(ctx.cfg.seed, "order", round_index),
+                            seeds.generator(ctx.cfg.seed, "augment", round_index, device))
+    history = train.fit(ctx.model, ctx.splits, ctx.noisy, schedule, gens,
+                        on_epoch=lambda e, row: trajectory.epoch_metrics(ctx, round_index, row))
+    return trajectory.snapshot(ctx.model), history
+
+
+def evaluate(ctx: Context, state: State) -> dict[str, float]:
+    """The round metrics of ``state`` (train loss/accuracy on the noisy labels, test loss/accuracy, …)."""
+    ctx.model.load_state_dict(state)
+    return train.evaluate_round(ctx.model, ctx.splits, ctx.noisy, ctx.cfg.train, ctx.train_idx)

@@ -1,0 +1,173 @@
+"""What ``sddkit run --seeds 0 1 2 --jobs N`` does: one trajectory per seed, in parallel worker processes,
+grouped by the tag ``sddkit.group`` (``Config.group_hash``), then a mean ± std table and curve.
+
+The seed moves the initialisation, the data order and, unless ``noise.seed`` is pinned, the noise draw.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from sddkit import analysis, plots, results, runner, trajectory
+from sddkit.config import Config
+from sddkit.paths import tracking_uri
+from sddkit.tracking import Tracker
+
+console = Console(stderr=True)
+CURVE_KEYS = ("test_acc", "train_acc_noisy")
+ARTIFACT_DIR = "replicates"  # where each replicate's parent run keeps the group's mean ± std files
+
+
+class ReplicateFailed(RuntimeError):
+    """One or more seeds ended with an error; the message names them."""
+
+
+@dataclasses.dataclass
+class Replicate:
+    seed: int
+    run_id: str
+    rows: list[dict]
+
+
+class LineReporter(trajectory.Reporter):
+    """One plain line a round (rich bars from several processes would overwrite each other)."""
+
+    def __init__(self, seed: int):
+        self.seed, self.started = seed, time.perf_counter()
+
+    def round_done(self, round_index: int, metrics: dict) -> None:
+        print(f"seed {self.seed}: round {round_index:>2}  sparsity {100 * metrics['sparsity']:6.2f}%  "
+              f"test {metrics['test_acc']:5.1f}%  train(noisy) {metrics['train_acc_noisy']:5.1f}%  "
+              f"{time.perf_counter() - self.started:7.1f}s", file=sys.stderr, flush=True)
+
+
+def seeded(cfg: Config, seed: int, parallel: bool) -> Config:
+    """``cfg`` with ``seed`` replaced; in parallel workers one torch thread where torch would take every core."""
+    threads = cfg.train.threads or (1 if parallel else 0)
+    return dataclasses.replace(cfg, seed=seed, train=dataclasses.replace(cfg.train, threads=threads))
+
+
+def run_one(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Replicate:
+    """A worker: one trajectory, quiet apart from one line a round."""
+    folder = results_dir / f"seed-{cfg.seed}" if results_dir else None
+    store, rows = runner.run_trajectory(cfg, root, force=force, results_dir=folder, quiet=True,
+                                        reporter=LineReporter(cfg.seed))
+    return Replicate(cfg.seed, store.run_id, rows)
+
+
+def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
+                   results_dir: Path | None = None) -> list[Replicate]:
+    """One trajectory per seed (``jobs`` at a time), then the group's mean ± std table and curve."""
+    if len(set(seeds)) != len(seeds):
+        raise ReplicateFailed(f"--seeds {' '.join(map(str, seeds))}: each seed once, please")
+    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
+    # Create the store and the experiment here, once: concurrent first-time creation of a sqlite store
+    # by several workers loses runs.
+    tracker.experiment_id(cfg.tracking.experiment)
+    configs = [seeded(cfg, s, parallel=jobs > 1) for s in seeds]
+    console.print(f"{len(seeds)} replicates of {cfg.name} (group {cfg.group_hash()}), {min(jobs, len(seeds))} "
+                  f"at a time", highlight=False)
+    done = run_all(configs, root, jobs, force, results_dir)
+    group = summarise(cfg, done)
+    log_group(tracker, done, group)
+    if results_dir is not None:
+        results.write_folder(results_dir, group)
+    print_table(mean_rows(done), [r.seed for r in done], cfg.analysis.interpolation_threshold)
+    where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{done[0].run_id}/{ARTIFACT_DIR}/"
+    console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)",
+                  highlight=False)
+    return done
+
+
+def run_all(configs: list[Config], root: Path, jobs: int, force: bool, results_dir: Path | None) -> list[Replicate]:
+    """Run every config; raise ReplicateFailed naming the seeds that failed once all have ended."""
+    if jobs <= 1:
+        outcomes = [attempt(run_one, c, root, force, results_dir) for c in configs]
+    else:
+        # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=context) as pool:
+            futures = [pool.submit(run_one, c, root, force, results_dir) for c in configs]
+            outcomes = [attempt(f.result) for f in futures]
+    failed = [(c.seed, o) for c, o in zip(configs, outcomes) if isinstance(o, BaseException)]
+    if failed:
+        detail = "; ".join(f"seed {seed}: {exc}" for seed, exc in failed)
+        raise ReplicateFailed(f"{len(failed)} of {len(configs)} replicates failed ({detail}); rerun the same "
+                              f"command to continue them (finished seeds are reported, not redone)")
+    return outcomes
+
+
+def attempt(fn, *args):
+    """``fn(*args)``, or the exception it raised (other replicates keep running)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported with its seed once all replicates have ended
+        return exc
+
+
+# ---------------------------------------------------------------- mean ± std
+
+def mean_rows(done: list[Replicate]) -> list[dict]:
+    """Per round: the mean of every metric over the replicates, and ``<key>_std`` for the curve keys.
+
+    std is the sample standard deviation (n − 1; 0 for a single replicate)."""
+    rounds = min(len(r.rows) for r in done)
+    out = []
+    for i in range(rounds):
+        values = {k: np.array([r.rows[i][k] for r in done], dtype=float) for k in done[0].rows[i]
+                  if all(k in r.rows[i] for r in done)}
+        row = {k: float(v.mean()) for k, v in values.items()}
+        row.update({f"{k}_std": float(values[k].std(ddof=1)) if len(done) > 1 else 0.0 for k in CURVE_KEYS})
+        out.append(row)
+    return out
+
+
+def summarise(cfg: Config, done: list[Replicate]) -> dict[str, bytes]:
+    """The group's files: mean ± std by round (CSV) and the mean ± std curve (PNG)."""
+    rows = mean_rows(done)
+    series = {k: [r[k] for r in rows] for k in ("remaining", *CURVE_KEYS, *(f"{k}_std" for k in CURVE_KEYS))}
+    seeds = " ".join(str(r.seed) for r in done)
+    title = f"{cfg.name}: mean ± std over seeds {seeds} (group {cfg.group_hash()})"
+    return {"mean_std.csv": mean_csv(rows).encode(), "curve_mean_std.png": plots.curve_png({cfg.name: series}, title)}
+
+
+def mean_csv(rows: list[dict]) -> str:
+    columns = ("round", "sparsity", "remaining", *(c for k in CURVE_KEYS for c in (k, f"{k}_std")))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "round": int(round(r["round"]))} for r in rows)
+    return out.getvalue()
+
+
+def log_group(tracker: Tracker, done: list[Replicate], files: dict[str, bytes]) -> None:
+    """Every replicate's parent run keeps the group's files under ``replicates/``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        for r in done:
+            tracker.client.log_artifacts(r.run_id, tmp, ARTIFACT_DIR)
+            tracker.client.set_tag(r.run_id, "sddkit.replicate_seeds", " ".join(str(x.seed) for x in done))
+
+
+def print_table(rows: list[dict], seeds: list[int], threshold: float) -> None:
+    ph = analysis.phases(rows, threshold)
+    table = Table(title=f"mean ± std over seeds {' '.join(map(str, seeds))}")
+    for column in ("round", "sparsity %", "train noisy %", "test %", "phase (of the mean)"):
+        table.add_column(column, justify="right")
+    for i, r in enumerate(rows):
+        table.add_row(str(i), f"{100 * r['sparsity']:.2f}",
+                      f"{r['train_acc_noisy']:.1f} ± {r['train_acc_noisy_std']:.1f}",
+                      f"{r['test_acc']:.1f} ± {r['test_acc_std']:.1f}", ph.label(i))
+    Console().print(table)

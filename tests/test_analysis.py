@@ -1,0 +1,241 @@
+"""Known answers for the learning distance, the phases, interpolation and the filter-normalised landscape;
+then ``sddkit analyze`` end to end on a tiny trajectory stored in a real MLflow sqlite store."""
+import json
+import types
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from sddkit import analysis, cli, config, landscape, redense, runner
+from sddkit.tracking import Tracker, read_mask, read_torch, round_row
+from tests.conftest import TINY
+
+
+# ---------------------------------------------------------------- learning distance
+
+def test_learning_distance_three_four_five():
+    ref = {"a": torch.zeros(1, 2)}
+    weights, masks = {"a": torch.tensor([[3.0, 4.0]])}, {"a": torch.ones(1, 2, dtype=bool)}
+    assert analysis.learning_distance(ref, weights, masks) == 5.0
+
+
+def test_learning_distance_sums_over_tensors():
+    ref = {"a": torch.zeros(2), "b": torch.zeros(1)}
+    weights = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([12.0])}
+    masks = {n: torch.ones_like(w, dtype=bool) for n, w in weights.items()}
+    assert analysis.learning_distance(ref, weights, masks) == pytest.approx(13.0)
+
+
+def test_learning_distance_counts_pruned_entries_as_zero():
+    # The pruned entry's stored value (100) must not count: it is 0, so the distance to a reference of 0 ignores it
+    # and the distance to a reference of 2 counts the full 2.
+    ref = {"a": torch.tensor([[0.0, 0.0, 0.0]]), "b": torch.tensor([1.0, 2.0])}
+    weights = {"a": torch.tensor([[3.0, 4.0, 100.0]]), "b": torch.tensor([1.0, 9.0])}
+    masks = {"a": torch.tensor([[True, True, False]]), "b": torch.tensor([True, False])}
+    assert analysis.learning_distance(ref, weights, masks) == pytest.approx((25 + 4) ** 0.5)
+
+
+def test_learning_distance_of_identical_weights_is_zero():
+    gen = torch.Generator().manual_seed(0)
+    weights = {"a": torch.randn(5, 7, generator=gen), "b": torch.randn(3, 4, 2, 2, generator=gen)}
+    masks = {n: torch.rand(w.shape, generator=gen) > 0.3 for n, w in weights.items()}
+    pruned = {n: w * masks[n] for n, w in weights.items()}
+    assert analysis.learning_distance(pruned, pruned, masks) == 0.0
+    assert analysis.learning_distance(weights, weights, masks) > 0.0  # the reference keeps its pruned entries
+
+
+# ---------------------------------------------------------------- phases
+
+def rows_of(test_acc, train_acc_noisy):
+    return [{"round": i, "test_acc": t, "train_acc_noisy": n, "sparsity": 1 - 0.8 ** i}
+            for i, (t, n) in enumerate(zip(test_acc, train_acc_noisy))]
+
+
+DOUBLE_DESCENT = rows_of([80, 75, 70, 78, 85, 60], [100, 100, 99, 90, 80, 50])
+
+
+def test_phases_of_a_double_descent():
+    ph = analysis.phases(DOUBLE_DESCENT)
+    assert (ph.dense, ph.minimum, ph.peak, ph.last, ph.interpolation_threshold) == (0, 2, 4, 5, 3)
+    assert [ph.label(i) for i in range(6)] == ["light", "light", "critical", "sweet", "sweet", "collapse"]
+    assert analysis.phase_spans(ph) == {"light": (0, 1), "critical": (2, 2), "sweet": (3, 4), "collapse": (5, 5)}
+    assert analysis.phase_metrics(ph) == {
+        "phase_light_first": 0, "phase_light_last": 1, "phase_critical_first": 2, "phase_critical_last": 2,
+        "phase_sweet_first": 3, "phase_sweet_last": 4, "phase_collapse_first": 5, "phase_collapse_last": 5}
+    assert analysis.phase_tags(ph) == {"sddkit.phase.light": "0-1", "sddkit.phase.critical": "2-2",
+                                       "sddkit.phase.sweet": "3-4", "sddkit.phase.collapse": "5-5",
+                                       "sddkit.interpolation_threshold": "3"}
+
+
+def test_interpolation_threshold_level_moves_the_sweet_phase():
+    ph = analysis.phases(DOUBLE_DESCENT, threshold=85.0)  # round 3 (90%) still interpolates
+    assert (ph.minimum, ph.interpolation_threshold) == (2, 4)
+    assert [ph.label(i) for i in range(6)] == ["light", "light", "critical", "critical", "sweet", "collapse"]
+
+
+def test_phases_of_a_curve_that_never_stops_interpolating():
+    ph = analysis.phases(rows_of([80, 79, 81], [100, 100, 100]))
+    assert (ph.minimum, ph.peak, ph.interpolation_threshold) == (1, 2, None)
+    assert analysis.phase_spans(ph) == {"light": (0, 0), "critical": (1, 1), "sweet": (2, 2)}
+    tags = analysis.phase_tags(ph)
+    assert tags["sddkit.interpolation_threshold"] == "none" and tags["sddkit.phase.collapse"] == "none"
+
+
+# ---------------------------------------------------------------- interpolation and landscape
+
+def test_alphas_and_grid():
+    assert landscape.alphas(0.25) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert landscape.alphas(0.3) == [0.0, 0.3, 0.6, 0.9, 1.0]
+    assert len(landscape.alphas(0.01)) == 101
+    with pytest.raises(ValueError, match="0 < step"):
+        landscape.alphas(0.0)
+    ts = landscape.grid(5, 0.1)
+    assert ts == [-1.0, -0.5, -0.1, 0.0, 0.1, 0.5, 1.0]
+
+
+def test_blend_interpolates_buffers_and_keeps_endpoints_exact():
+    a, b = nn.BatchNorm1d(3).state_dict(), nn.BatchNorm1d(3).state_dict()
+    b["running_mean"] += 2.0
+    b["weight"] = torch.tensor([1.5, -2.0, 3.25])
+    b["num_batches_tracked"] += 7
+    half = landscape.blend(a, b, 0.5)
+    assert torch.equal(half["running_mean"], torch.full((3,), 1.0))
+    for alpha, end in ((0.0, a), (1.0, b)):
+        blended = landscape.blend(a, b, alpha)
+        assert all(torch.equal(blended[k], end[k]) for k in end)
+
+
+def test_each_filter_of_the_direction_has_the_norm_of_its_weight_filter():
+    gen = torch.Generator().manual_seed(1)
+    weights = {"conv.weight": torch.randn(4, 3, 3, 3, generator=gen), "fc.weight": torch.randn(5, 8, generator=gen)}
+    masks = {n: torch.rand(w.shape, generator=gen) > 0.5 for n, w in weights.items()}
+    masks["fc.weight"][2] = False  # a fully pruned filter gets a zero direction
+    d = landscape.filter_normalised_direction(weights, masks, torch.Generator().manual_seed(7))
+    for name, w in weights.items():
+        live = w * masks[name]
+        assert torch.allclose(d[name].flatten(1).norm(dim=1), live.flatten(1).norm(dim=1), atol=1e-5)
+        assert not d[name][~masks[name]].any()  # pruned entries stay pruned along the direction
+    assert not d["fc.weight"][2].any()
+    again = landscape.filter_normalised_direction(weights, masks, torch.Generator().manual_seed(7))
+    assert all(torch.equal(d[n], again[n]) for n in d)
+    shifted = landscape.shifted({**weights, "fc.bias": torch.ones(5)}, d, 0.5)
+    assert torch.equal(shifted["fc.bias"], torch.ones(5))  # biases and norm layers get no direction
+    assert torch.allclose(shifted["fc.weight"], weights["fc.weight"] + 0.5 * d["fc.weight"])
+
+
+def test_sharpness_is_zero_on_a_flat_loss_and_a_rho_squared_on_a_quadratic():
+    ts = landscape.grid(41, 0.1)
+    assert landscape.sharpness(ts, [2.5] * len(ts), 0.1) == 0.0
+    assert landscape.sharpness(ts, [3.0 * t * t + 1.0 for t in ts], 0.1) == pytest.approx(3.0 * 0.01)
+    # Rises beyond the radius do not count.
+    assert landscape.sharpness(ts, [0.0 if abs(t) <= 0.1 else 9.0 for t in ts], 0.1) == 0.0
+    with pytest.raises(ValueError, match="t = 0"):
+        landscape.sharpness([-1.0, 1.0], [0.0, 0.0], 0.1)
+
+
+def test_redense_default_lr_is_the_lr_of_the_last_step():
+    cfg = config.load_config(overrides={"train.schedule": "multistep", "train.milestones": [3], "train.epochs": 5,
+                                        "train.lr": 0.1, "train.gamma": 0.1, "train.optimizer": "sgd"})
+    ctx = types.SimpleNamespace(cfg=cfg, noisy=torch.zeros(500))
+    assert redense.default_lr(ctx, 2) == pytest.approx(0.01)
+    assert redense.default_epochs(ctx, 2) == 5
+
+
+def test_config_from_mlflow_params_round_trips():
+    cfg = config.load_config(overrides={"noise.seed": 3, "train.milestones": [5, 7], "tracking.run_name": "123",
+                                        "prune.exclude": ["5.weight"]})
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in cfg.flat().items()}
+    assert config.from_params({**params, "dvc.experiment": "x"}) == cfg
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def stored_once(tmp_path_factory):
+    """One tiny trajectory (2 rounds of 1 epoch) in a project folder of its own, shared by the tests below."""
+    project = tmp_path_factory.mktemp("analyze") / "project"
+    (project / ".git").mkdir(parents=True)
+    cfg = config.load_config(overrides={**TINY, "train.epochs": 1, "prune.rounds": 2})
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    return project, cfg, store.run_id, Tracker(f"sqlite:///{project}/mlflow.db", project)
+
+
+@pytest.fixture
+def stored(stored_once, monkeypatch):
+    project, *rest = stored_once
+    monkeypatch.chdir(project)  # the CLI finds the project (and its store) from the working directory
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return rest
+
+
+def children(client, parent_run_id, experiment_id):
+    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return {r.data.tags["sddkit.kind"]: r for r in runs}
+
+
+ANALYZE = ["analyze", "lottery", "--rounds", "1", "2", "--redense-epochs", "1", "--interpolation-step", "0.25",
+           "--landscape-points", "5"]
+
+
+def test_phases_are_logged_on_the_parent_and_round_runs(stored):
+    cfg, parent_id, tracker = stored
+    parent = tracker.client.get_run(parent_id)
+    ph = analysis.phases([round_row(r) for r in tracker.round_runs(parent_id)])
+    assert {k: parent.data.tags[k] for k in analysis.phase_tags(ph)} == analysis.phase_tags(ph)
+    assert parent.data.metrics["phase_light_first"] == 0
+    assert parent.data.tags["sddkit.group"] == cfg.group_hash()
+    labels = [r.data.tags["sddkit.phase"] for r in tracker.round_runs(parent_id)]
+    assert labels == [ph.label(i) for i in range(3)]
+
+
+def test_analyze_logs_redense_interpolation_and_landscape_under_the_round_runs(stored):
+    cfg, parent_id, tracker = stored
+    client = tracker.client
+    result = CliRunner().invoke(cli.main, ANALYZE)
+    assert result.exit_code == 0, result.output
+    assert "sharpness" in result.output
+    rounds = {int(r.data.tags["sddkit.round"]): r for r in tracker.round_runs(parent_id)}
+    for index in (1, 2):
+        round_run = rounds[index]
+        kids = children(client, round_run.info.run_id, round_run.info.experiment_id)
+        assert set(kids) == {"redense", "interpolation", "landscape"}
+        assert all(k.info.status == "FINISHED" and k.data.tags["sddkit.trajectory"] == parent_id for k in kids.values())
+        red, interp, walk = kids["redense"], kids["interpolation"], kids["landscape"]
+        assert {f.path for f in client.list_artifacts(red.info.run_id)} == {"weights.pt"}
+        assert {f.path for f in client.list_artifacts(interp.info.run_id)} == {"interpolation.png"}
+        assert {f.path for f in client.list_artifacts(walk.info.run_id)} == {"landscape.png"}
+
+        # Re-dense trains every weight: pruned weights of the round leave 0.
+        mask, dense = read_mask(tracker, round_run.info.run_id), read_torch(tracker, red.info.run_id, "weights.pt")
+        assert any(dense[n][~m].abs().sum() > 0 for n, m in mask.items())
+
+        # Interpolation endpoints are the two models' own metrics.
+        series = {m: client.get_metric_history(interp.info.run_id, f"interpolation/{m}")
+                  for m in ("alpha", "test_acc", "train_acc_noisy", "test_loss")}
+        assert [(p.step, p.value) for p in series["alpha"]] == list(enumerate([0.0, 0.25, 0.5, 0.75, 1.0]))
+        by_step = {m: {p.step: p.value for p in h} for m, h in series.items()}
+        for m in ("test_acc", "train_acc_noisy", "test_loss"):
+            assert by_step[m][0] == pytest.approx(round_run.data.metrics[m], abs=1e-6)
+            assert by_step[m][4] == pytest.approx(red.data.metrics[m], abs=1e-6)
+
+        ts = [p.value for p in sorted(client.get_metric_history(walk.info.run_id, "landscape/t"), key=lambda p: p.step)]
+        assert ts == [-1.0, -0.5, -0.1, 0.0, 0.1, 0.5, 1.0]
+        assert walk.data.metrics["sharpness"] >= 0.0
+        assert client.get_run(round_run.info.run_id).data.metrics["sharpness"] == walk.data.metrics["sharpness"]
+    assert [p.step for p in client.get_metric_history(parent_id, "sharpness")] == [1, 2]
+
+    # A second analysis with the same settings reuses the stored runs.
+    again = CliRunner().invoke(cli.main, ANALYZE)
+    assert again.exit_code == 0, again.output
+    assert len(client.search_runs([rounds[2].info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{rounds[2].info.run_id}'")) == 3
+
+
+def test_analyze_names_the_runs_that_exist_when_the_run_is_unknown(stored):
+    result = CliRunner().invoke(cli.main, ["analyze", "nope"])
+    assert result.exit_code == 1
+    assert "no trajectory named 'nope'" in result.output and "lottery" in result.output
+    result = CliRunner().invoke(cli.main, ["analyze", "lottery", "--rounds", "9"])
+    assert result.exit_code == 1 and "finished rounds: 0, 1, 2" in result.output

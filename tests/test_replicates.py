@@ -1,0 +1,81 @@
+"""Seed replicates: the group hash, mean ± std by round, and ``sddkit run --seeds … --jobs 2`` in worker
+processes writing to one real MLflow sqlite store."""
+import csv
+import io
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from sddkit import cli, replicates
+from sddkit.config import load_config
+from sddkit.tracking import Tracker
+
+
+def test_replicates_share_a_group_hash_but_not_an_identity():
+    base = load_config()
+    other_seed = load_config(overrides={"seed": 1})
+    assert base.group_hash() == other_seed.group_hash()
+    assert base.identity_hash() != other_seed.identity_hash()
+    assert base.group_hash() == load_config(overrides={"train.threads": 4, "tracking.run_name": "x"}).group_hash()
+    assert base.group_hash() != load_config(overrides={"noise.ratio": 0.4}).group_hash()
+
+
+def test_a_pinned_noise_seed_stays_in_the_group():
+    pinned = load_config(overrides={"noise.seed": 3})
+    assert pinned.group_hash() == load_config(overrides={"noise.seed": 3, "seed": 5}).group_hash()
+    assert pinned.group_hash() != load_config(overrides={"noise.seed": 4}).group_hash()
+    assert pinned.group_hash() != load_config().group_hash()
+
+
+def test_mean_rows_known_answer():
+    done = [replicates.Replicate(s, f"run{s}", [{"round": 0, "sparsity": 0.0, "remaining": 1.0, "test_acc": acc,
+                                                 "train_acc_noisy": 100.0}])
+            for s, acc in ((0, 70.0), (1, 74.0), (2, 78.0))]
+    (row,) = replicates.mean_rows(done)
+    assert row["test_acc"] == 74.0 and row["test_acc_std"] == pytest.approx(4.0)  # sample std (n − 1)
+    assert row["train_acc_noisy_std"] == 0.0
+    assert replicates.mean_rows(done[:1])[0]["test_acc_std"] == 0.0
+
+
+def test_jobs_without_seeds_is_refused(project):
+    result = CliRunner().invoke(cli.main, ["run", "--jobs", "2"])
+    assert result.exit_code == 2 and "--seeds" in result.output
+
+
+def test_seeds_run_in_parallel_workers_into_one_store(project):
+    sets = ["--set", "data.train_size=500", "--set", "train.epochs=1", "--set", "prune.rounds=1",
+            "--set", "train.milestones=[]", "--set", "train.threads=0"]
+    result = CliRunner().invoke(cli.main, ["run", "--seeds", "3", "4", "--jobs", "2", *sets,
+                                           "--results", str(project / "results" / "seeds")])
+    assert result.exit_code == 0, result.output
+    assert "±" in result.output
+
+    tracker = Tracker(f"sqlite:///{project}/mlflow.db", project)
+    runs = tracker.trajectories("sddkit")
+    assert sorted(r.data.tags["sddkit.seed"] for r in runs) == ["3", "4"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    cfg = load_config(overrides={"data.train_size": 500, "train.epochs": 1, "prune.rounds": 1, "train.milestones": []})
+    assert {r.data.tags["sddkit.group"] for r in runs} == {cfg.group_hash()}
+    assert len({r.data.tags["sddkit.config_hash"] for r in runs}) == 2
+    assert all(len(tracker.round_runs(r.info.run_id)) == 2 for r in runs)
+
+    # The group's mean ± std is the mean and sample std of the stored per-round test accuracies.
+    client = MlflowClient(tracker.uri)
+    accs = np.array([[m.value for m in sorted(client.get_metric_history(r.info.run_id, "test_acc"),
+                                               key=lambda m: m.step)] for r in runs])
+    for r in runs:
+        assert {f.path for f in client.list_artifacts(r.info.run_id, "replicates")} == \
+            {"replicates/mean_std.csv", "replicates/curve_mean_std.png"}
+    table = list(csv.DictReader(io.StringIO((project / "results" / "seeds" / "mean_std.csv").read_text())))
+    assert [float(row["test_acc"]) for row in table] == pytest.approx(accs.mean(0).tolist())
+    assert [float(row["test_acc_std"]) for row in table] == pytest.approx(accs.std(0, ddof=1).tolist())
+    assert (project / "results" / "seeds" / "seed-3" / "trajectory.csv").is_file()
+    assert (project / "results" / "seeds" / "curve_mean_std.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_seed_given_twice_is_refused(project):
+    result = CliRunner().invoke(cli.main, ["run", "--seeds", "1", "1"])
+    assert result.exit_code == 1 and "each seed once" in result.output
+    assert not (project / "mlflow.db").exists()
