@@ -1,0 +1,114 @@
+"""``sddkit prepare``: the exact data a trajectory trains on, as plain files DVC pins by md5.
+
+The output folder holds
+- ``splits.npz``: train and test images and clean labels after subsetting and downsampling (``data.*``);
+- ``noisy_labels.npy``: the train labels after label noise (``noise.*``; ``noise.seed`` null follows ``seed``);
+- ``prepared.json``: the settings that made them.
+The files are byte-for-byte deterministic, so the same settings always give the same md5. ``sddkit run
+--prepared DIR`` checks that the folder matches the run's config and records the two data files' md5 in the
+MLflow run as dataset inputs: the same md5 that ``dvc.lock`` lists, so a run leads back to its exact data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from sddkit.config import NOT_IDENTITY, Config
+from sddkit.sources import DatasetError
+
+SPLITS, NOISY, MANIFEST = "splits.npz", "noisy_labels.npy", "prepared.json"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp inside the npz, so its md5 depends on the arrays only
+
+
+class DataFile(NamedTuple):
+    """One pinned data file: its path as the caller named it and the md5 of its bytes."""
+    path: str
+    md5: str
+
+
+def settings(cfg: Config) -> dict:
+    """The config keys that determine the prepared files (``noise.seed`` resolved)."""
+    keys = {k: v for k, v in cfg.flat().items()
+            if k.startswith(("data.", "noise.")) and k not in NOT_IDENTITY}
+    keys["noise.seed"] = cfg.noise_seed
+    return keys
+
+
+def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
+    """Build the splits and noisy labels of ``cfg`` and write them (atomically) into ``out``."""
+    from sddkit import data, noise
+
+    splits = data.prepare(cfg.data, root)
+    noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
+                          splits.num_classes, cfg.data.name, splits.coarse_train)
+    arrays = {"x_train": splits.x_train, "y_train": splits.y_train_clean, "x_test": splits.x_test,
+              "y_test": splits.y_test, "mean": splits.mean, "std": splits.std}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / SPLITS, lambda f: write_npz(f, {k: v.numpy() for k, v in arrays.items()}))
+    write_atomic(out / NOISY, lambda f: np.lib.format.write_array(f, noisy.numpy(), allow_pickle=False))
+    manifest = {"settings": settings(cfg), "noise_realised_rate": noise.realised_rate(splits.y_train_clean, noisy),
+                "train_size": len(noisy), "test_size": len(splits.y_test)}
+    write_atomic(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    return data_files(out)
+
+
+def pinned(folder: Path, cfg: Config) -> list[DataFile]:
+    """The data files of ``folder`` after checking they were prepared with ``cfg``'s settings."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DatasetError(f"--prepared {folder}: no {MANIFEST} there; run `sddkit prepare --out {folder}` "
+                           f"(`dvc repro` does) first")
+    made_with = json.loads(manifest_path.read_text())["settings"]
+    wanted = settings(cfg)
+    differ = [k for k in sorted(wanted) if made_with.get(k) != wanted[k]]
+    if differ:
+        first = differ[0]
+        raise DatasetError(f"--prepared {folder} was made with {first} = {made_with.get(first)!r} but this run "
+                           f"has {first} = {wanted[first]!r}; rerun `sddkit prepare` with the same params "
+                           f"(`dvc repro` does)")
+    return data_files(folder)
+
+
+def data_files(folder: Path) -> list[DataFile]:
+    missing = [name for name in (SPLITS, NOISY) if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(f"{folder / missing[0]} is missing; rerun `sddkit prepare --out {folder}`")
+    return [DataFile(str(folder / name), md5(folder / name)) for name in (SPLITS, NOISY)]
+
+
+def load(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The prepared arrays and noisy labels (for checks and notebooks)."""
+    with np.load(folder / SPLITS) as splits:
+        return {k: splits[k] for k in splits.files}, np.load(folder / NOISY)
+
+
+# ---------------------------------------------------------------- deterministic files
+
+def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez``, minus the wall-clock timestamps numpy writes into the archive."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write through a temporary name and rename, so DVC never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

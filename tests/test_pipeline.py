@@ -1,0 +1,168 @@
+"""The DVC pipeline for real: the project's own dvc.yaml and params.yaml in a temp git repo, on a tiny
+config, driven by the real `dvc` command; every run must land in the repo's one MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sddkit import config, prepare
+from sddkit.tracking import Tracker
+
+MAIN = Path(__file__).resolve().parents[1]
+TINY_PARAMS = {"data": {"train_size": 500, "test_size": 200}, "train": {"epochs": 1, "batch_size": 100},
+               "prune": {"rounds": 2}}
+STAGES = ("prepare", "lottery", "reinit", "compare")
+
+
+def test_params_yaml_overrides_nothing_of_its_preset():
+    params = config.read_params_file(MAIN / "params.yaml")
+    assert config.load_config(params).flat() == config.load_config(preset=params["preset"]).flat()
+    assert config.read_compare_settings(MAIN / "params.yaml") == config.CompareConfig()
+
+
+def test_prepare_is_deterministic_and_pinned_files_check_the_config(tmp_path):
+    cfg = config.load_config(overrides={"data.train_size": 500, "noise.ratio": 0.3})
+    first = prepare.prepare(cfg, tmp_path, tmp_path / "a")
+    again = prepare.prepare(cfg, tmp_path, tmp_path / "b")
+    assert [f.md5 for f in first] == [f.md5 for f in again]  # same settings, same bytes
+    arrays, noisy = prepare.load(tmp_path / "a")
+    assert arrays["x_train"].shape[0] == len(noisy) == 500
+    assert 0.25 < float(np.mean(noisy != arrays["y_train"])) < 0.35
+    assert prepare.pinned(tmp_path / "a", cfg) == first
+    other = config.load_config(overrides={"data.train_size": 500, "noise.ratio": 0.3, "seed": 1})
+    with pytest.raises(prepare.DatasetError, match="noise.seed = 0 but this run has noise.seed = 1"):
+        prepare.pinned(tmp_path / "a", other)  # noise.seed null follows seed: other noise, other data
+
+
+def run(cmd: list[str], repo: Path, env: dict) -> str:
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A fresh git + DVC repo holding the project's pipeline files, on a tiny config."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(MAIN / name, repo / name)
+    shutil.copytree(MAIN / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    # The stages' code deps: DVC hashes these files; the commands run the installed sddkit.
+    shutil.copytree(MAIN / "sddkit", repo / "sddkit", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((MAIN / "params.yaml").read_text())
+    params.update(TINY_PARAMS)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
+        run(cmd, repo, env)
+    return repo, env
+
+
+def store(repo: Path) -> Tracker:
+    return Tracker(f"sqlite:///{repo}/mlflow.db", repo)
+
+
+def lock_md5(lock: dict, stage: str, path: str) -> str:
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+
+
+def trajectory_run(repo: Path, name: str):
+    return MlflowClient(f"sqlite:///{repo}/mlflow.db").get_run(
+        json.loads((repo / "results" / name / "run.json").read_text())["run_id"])
+
+
+def test_dvc_pipeline(repo):
+    repo, env = repo
+    out = run(["dvc", "repro"], repo, env)
+    assert ran(out) == list(STAGES)
+    assert (repo / "mlflow.db").is_file() and (repo / "mlruns").is_dir()  # the store at the repo root
+    check_results_and_pins(repo)
+
+    assert ran(run(["dvc", "repro"], repo, env)) == []  # nothing changed, nothing runs
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "results"], repo, env)
+
+    set_param(repo, ["sddkit_stages", "compare", "interpolation_threshold"], 50.0)
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], repo, env))
+    assert diff["params.yaml"]["sddkit_stages.compare.interpolation_threshold"] == {"old": None, "new": 50.0}
+    assert ran(run(["dvc", "repro"], repo, env)) == ["compare"]
+
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
+    shown = json.dumps(metrics)
+    assert "results/lottery/summary.json" in shown and "dense_test_acc" in shown
+    run(["dvc", "plots", "show", "-o", "plots"], repo, env)
+    page = (repo / "plots" / "index.html").read_text()
+    assert "results/lottery/trajectory.csv" in page and "results/reinit/trajectory.csv" in page
+
+    first_noise = lock_md5(lock(repo), "prepare", "data/prepared/noisy_labels.npy")
+    set_param(repo, ["noise", "seed"], 1)
+    assert ran(run(["dvc", "repro"], repo, env)) == list(STAGES)
+    assert lock_md5(lock(repo), "prepare", "data/prepared/noisy_labels.npy") != first_noise
+    assert trajectory_run(repo, "lottery").data.params["noise.seed"] == "1"
+
+
+def test_dvc_exp_run_in_a_temp_copy_logs_into_the_one_store(repo):
+    repo, env = repo
+    out = run(["dvc", "exp", "run", "--temp", "-S", "noise.ratio=0.1"], repo, env)
+    assert ran(out) == list(STAGES)
+    exp = re.search(r"Ran experiment\(s\): ([\w-]+)", out).group(1)
+    runs = store(repo).trajectories("sddkit")
+    assert sorted(r.info.run_name for r in runs) == ["lottery", "reinit"]  # in the repo's store, not the copy's
+    assert all(r.data.params["noise.ratio"] == "0.1" and r.data.tags["sddkit.dvc_exp_name"] == exp for r in runs)
+    ref = run(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/**/{exp}"], repo, env).strip()
+    exp_lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], repo, env))
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    for r in runs:
+        digests = {d.dataset.name: d.dataset.digest for d in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        assert digests == {p: lock_md5(exp_lock, "prepare", p)
+                           for p in ("data/prepared/splits.npz", "data/prepared/noisy_labels.npy")}
+    assert not (repo / "results").exists()  # the workspace is untouched by a --temp experiment
+
+
+def check_results_and_pins(repo: Path) -> None:
+    for name in ("lottery", "reinit"):
+        summary = json.loads((repo / "results" / name / "summary.json").read_text())
+        assert summary["rounds"] == 2
+        assert (repo / "results" / name / "trajectory.csv").read_text().startswith("round,sparsity,")
+    assert (repo / "results" / "compare" / "compare.csv").read_text().startswith("round,lottery:sparsity")
+    lottery = trajectory_run(repo, "lottery")
+    assert lottery.data.tags["sddkit.dvc_stage"] == "lottery"
+    digests = {d.dataset.name: d.dataset.digest for d in lottery.inputs.dataset_inputs}
+    current = lock(repo)
+    assert digests == {p: lock_md5(current, "prepare", p)
+                       for p in ("data/prepared/splits.npz", "data/prepared/noisy_labels.npy")}
+    # The pinned labels are the labels the trajectory trained on.
+    _, pinned_labels = prepare.load(repo / "data" / "prepared")
+    trained_on = np.load(store(repo).download(lottery.info.run_id, "noisy_labels.npy", str(repo.parent / "dl")))
+    assert np.array_equal(pinned_labels, trained_on)
+
+
+def lock(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())
+
+
+def set_param(repo: Path, keys: list[str], value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
