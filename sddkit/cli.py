@@ -2,7 +2,6 @@
 mlflow are imported inside the commands so ``sddkit --help`` stays instant."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -96,6 +95,8 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         else:
             pinned = prepare.pinned(Path(prepared_dir), cfg) if prepared_dir else ()
             runner.run_trajectory(cfg, root, force=force, results_dir=folder, data_files=pinned)
+    except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
+        fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -124,7 +125,6 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
     ID); results are logged as runs nested under each round run."""
     root = project_root()
     cfg = resolve_config(None, (), None, root)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per weights file otherwise
     from sddkit import analyze as analyses
     from sddkit.paths import tracking_uri
     from sddkit.runner import USER_ERRORS

@@ -54,6 +54,9 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     bars and no closing table; ``data_files``: the ``prepare.DataFile``s this config's data was pinned by."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     external = tracker_masks(tracker, cfg)  # resolve reinit's source before writing anything
+    existing = None if force else tracker.find_trajectory(cfg)
+    finished = existing is not None and existing.info.status == "FINISHED"
+    inputs = None if finished else trajectory.load_inputs(cfg, root)  # a bad dataset fails before any write
     store = tracker.open_trajectory(cfg, force=force)
     tracker.client.set_tag(store.run_id, "sddkit.group", cfg.group_hash())  # replicates share it
     if data_files:
@@ -66,7 +69,7 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     else:
         if store.completed:
             console.print(f"continuing after round {len(store.completed) - 1}")
-        rows = drive(cfg, root, store, external, quiet, reporter)
+        rows = drive(cfg, root, store, external, quiet, reporter, inputs)
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold)
     files = results.trajectory_files(rows, ph, cfg.name)
     if not store.finished:
@@ -87,12 +90,12 @@ def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:
 
 
 def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
-          reporter: trajectory.Reporter | None = None) -> list[dict]:
+          reporter: trajectory.Reporter | None = None, inputs: trajectory.Inputs | None = None) -> list[dict]:
     try:
         if quiet or reporter is not None:
-            return trajectory.run(cfg, root, store, reporter, external)
+            return trajectory.run(cfg, root, store, reporter, external, inputs)
         with make_progress() as progress:
-            return trajectory.run(cfg, root, store, RichReporter(progress), external)
+            return trajectory.run(cfg, root, store, RichReporter(progress), external, inputs)
     except KeyboardInterrupt:
         store.stop("KILLED")
         console.print(f"interrupted after round {len(store.completed) - 1}: rerun the same command to continue")

@@ -25,6 +25,9 @@ from mlflow.exceptions import MlflowException
 from sddkit.config import Config
 from sddkit.paths import project_root, tracking_uri
 
+# One bar per downloaded mask or weights file would bury the progress display.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 TRAJECTORY, ROUND = "trajectory", "round"
 PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
                   "memorized", "learning_distance", "distance_from_start", "round_seconds")
@@ -60,12 +63,16 @@ class Tracker:
         return list(self.client.search_runs([exp], query, order_by=["attributes.start_time DESC"],
                                             max_results=5000))
 
+    def find_trajectory(self, cfg: Config):
+        """The newest stored run of this config (finished or not), or None."""
+        found = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
+        return found[0] if found else None
+
     def open_trajectory(self, cfg: Config, force: bool = False) -> "TrajectoryRun":
         """The unfinished run of this config to continue, the finished one to report, or a new one."""
-        existing = self.trajectories(cfg.tracking.experiment,
-                                     f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
-        if existing and not force:
-            return TrajectoryRun(self, existing[0].info.run_id)
+        existing = None if force else self.find_trajectory(cfg)
+        if existing is not None:
+            return TrajectoryRun(self, existing.info.run_id)
         exp = self.experiment_id(cfg.tracking.experiment)
         run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root), run_name=cfg.name)
         run_id = run.info.run_id

@@ -131,7 +131,7 @@ def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int) 
 def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     if len(y) == 0:
         return float("nan"), float("nan")
-    return float(F.cross_entropy(logits, y)), 100.0 * float((logits.argmax(1) == y).float().mean())
+    return float(F.cross_entropy(logits, y)), 100.0 * int((logits.argmax(1) == y).sum()) / len(y)  # exact ratio
 
 
 def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: TrainConfig,

@@ -61,9 +61,12 @@ class Context:
 
 
 def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
-        external_masks: Callable[[int], pruning.Masks] | None = None) -> list[dict]:
-    """Run (or continue) the trajectory of ``cfg``; returns the per-round metric rows."""
-    ctx = setup(cfg, root, store, reporter or Reporter(), external_masks)
+        external_masks: Callable[[int], pruning.Masks] | None = None, inputs: "Inputs | None" = None
+        ) -> list[dict]:
+    """Run (or continue) the trajectory of ``cfg``; returns the per-round metric rows.
+
+    ``inputs`` (from ``load_inputs``) lets a caller load and check the data before it creates the store."""
+    ctx = setup(cfg, root, store, reporter or Reporter(), external_masks, inputs)
     rows = list(store.completed)
     masks, previous = pruning.dense_masks(weights_of(ctx.model, ctx.names)), None
     if rows:
@@ -76,27 +79,42 @@ def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
     return rows
 
 
-def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
-          external_masks: Callable[[int], pruning.Masks] | None) -> Context:
+@dataclass
+class Inputs:
+    """What a trajectory is built from, loaded before anything is written: a missing dataset or a bad
+    layer name fails here, not after the MLflow run exists."""
+    splits: data.Splits
+    noisy: torch.Tensor
+    model: nn.Module
+    names: list[str]
+
+
+def load_inputs(cfg: Config, root: Path) -> Inputs:
     configure_torch(cfg)
     device = train.resolve_device(cfg.train.device)
     splits = data.prepare(cfg.data, root)
     noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
                           splits.num_classes, cfg.data.name, splits.coarse_train)
-    if not store.completed:
-        store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
     splits, noisy = splits.to(device), noisy.to(device)
     model = fresh_model(cfg, splits, 0).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
-    names = list(models.prunable(model, exclude))
+    return Inputs(splits, noisy, model, list(models.prunable(model, exclude)))
+
+
+def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
+          external_masks: Callable[[int], pruning.Masks] | None, inputs: Inputs | None = None) -> Context:
+    inputs = inputs or load_inputs(cfg, root)
+    splits, noisy, model, names = inputs.splits, inputs.noisy, inputs.model, inputs.names
+    if not store.completed:
+        store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
     init = store.load_state("init")
     if init is None:
         init = snapshot(model)
         store.save_state("init", init)
     train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
-                                       cfg.data.split_seed).to(device)
+                                       cfg.data.split_seed).to(splits.x_train.device)
     return Context(cfg, splits, noisy, model, names, init, train_idx,
                    external_masks=external_masks, reporter=reporter)
 

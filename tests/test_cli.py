@@ -32,3 +32,21 @@ def test_presets_and_keys_list_without_running(project):
     assert result.exit_code == 0 and "quick" in result.output
     result = CliRunner().invoke(main, ["keys"])
     assert result.exit_code == 0 and "noise.ratio" in result.output
+
+
+def test_missing_dataset_names_the_folder_and_writes_no_run(project):
+    result = CliRunner().invoke(main, ["run", "--set", "data.name=cifar10", "--set", "model.arch=lenet300_100",
+                                       "--set", "train.epochs=1", "--set", "prune.rounds=1"])
+    assert result.exit_code == 1
+    assert "cifar-10-batches-py" in result.output
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_bad_layer_name_in_prune_exclude_exits_2_and_writes_no_run(project):
+    result = CliRunner().invoke(main, ["run", "--set", "prune.exclude=[nope.weight]", "--set", "train.epochs=1"])
+    assert result.exit_code == 2 and "prune.exclude names 'nope.weight'" in result.output
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
