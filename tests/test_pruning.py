@@ -92,3 +92,28 @@ def test_pruned_weights_stay_exactly_zero_through_training():
         for n in names:
             assert bool((params[n][~masks[n]] == 0).all())
     assert pruning.sparsity(masks) == pytest.approx(0.6, abs=1 / 260)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "random"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_every_criterion_and_scope_prunes_to_the_target_and_only_live_weights(criterion, scope):
+    weights = random_weights(2)
+    grads = {n: torch.randn(w.shape, generator=torch.Generator().manual_seed(5)) for n, w in weights.items()}
+    masks = pruning.dense_masks(weights)
+    for k in (1, 2, 3):
+        gen = torch.Generator().manual_seed(k)
+        scores = pruning.score({n: w * masks[n] for n, w in weights.items()}, criterion, grads, gen)
+        new = pruning.prune(scores, masks, pruning.density_after(k, 0.3), scope)
+        assert all(bool((masks[n] | ~new[n]).all()) for n in new)  # nothing revived
+        if scope == "layer":
+            for n, w in weights.items():
+                assert abs(int(new[n].sum()) - 0.7 ** k * w.numel()) <= 1
+        else:
+            total = sum(w.numel() for w in weights.values())
+            assert abs(sum(int(m.sum()) for m in new.values()) - 0.7 ** k * total) <= 1
+        if criterion != "random":  # the kept scores dominate the pruned live ones
+            kept = torch.cat([scores[n][new[n]] for n in new])
+            dropped = torch.cat([scores[n][masks[n] & ~new[n]] for n in new])
+            if scope == "global":
+                assert kept.min() >= dropped.max()
+        masks = new

@@ -100,3 +100,15 @@ def test_oneshot_prunes_the_dense_solution_straight_to_each_sparsity(project, tm
         pruned = torch.cat([dense[n].abs()[~m] for n, m in mask.items()])
         assert kept.min() >= pruned.max()  # ranked on the dense weights, not on round r-1's
         assert rows[r]["sparsity"] == pytest.approx(1 - 0.8 ** r, abs=1e-4)
+
+
+@pytest.mark.parametrize("criterion, scope", [("gradient", "layer"), ("gradient", "global"), ("random", "layer")])
+def test_engine_prunes_with_each_criterion_and_scope(project, tmp_path, criterion, scope):
+    """The paper's code crashed on layer-scope gradient pruning; here every pair runs end to end."""
+    _, store, rows, rounds = trajectory(project, tmp_path, **{"prune.criterion": criterion, "prune.scope": scope,
+                                                             "prune.rounds": 1, "prune.gradient_batches": 2})
+    mask = tracking.load_mask(rounds[1], store.tracker.uri)
+    if scope == "layer":
+        for m in mask.values():
+            assert abs(int(m.sum()) - 0.8 * m.numel()) <= 1
+    assert rows[1]["sparsity"] == pytest.approx(0.2, abs=1e-3)
