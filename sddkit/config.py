@@ -167,9 +167,11 @@ class Config:
         return self.seed if self.noise.seed is None else self.noise.seed
 
 
-# Keys that do not change results: where things live, how fast they run, what they are called.
+# Keys that do not change results: where things live, how fast they run, what they are called, and how
+# the finished curve is labelled.
 NOT_IDENTITY = frozenset({"preset", "data.root", "train.device", "train.threads", "train.eval_batch_size",
-                          "tracking.uri", "tracking.experiment", "tracking.run_name"})
+                          "tracking.uri", "tracking.experiment", "tracking.run_name",
+                          "analysis.interpolation_threshold"})
 
 
 def _flatten(tree: dict, prefix: str = ""):
@@ -247,8 +249,13 @@ def load_config(params: dict | None = None, preset: str | None = None,
 ASYMMETRIC_DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 def check_combination(cfg: Config) -> Config:
-    """Rules that tie two keys together, checked before any run is opened."""
+    """Rules that tie two keys together (or need a pattern), checked before any run is opened."""
+    if not DEVICE_PATTERN.fullmatch(cfg.train.device):
+        raise ConfigError(f"train.device = {cfg.train.device!r}: not allowed; allowed values: auto, cpu, cuda, cuda:N")
     if cfg.noise.kind == "asymmetric" and cfg.data.name not in ASYMMETRIC_DATASETS:
         raise ConfigError(f"noise.kind = 'asymmetric': no class map for data.name = {cfg.data.name!r}; "
                           f"defined for {', '.join(ASYMMETRIC_DATASETS)} (use pairflip or random instead)")
@@ -338,6 +345,8 @@ def check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
 
 
 def _coerce(key: str, value: Any, hint: type) -> Any:
+    if hint is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # YAML read `run_name: 2024` as a number; a name is text
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -397,4 +406,4 @@ def _param_value(text: str, hint: Any) -> Any:
     optional = len(inner) < len(typing.get_args(hint))
     if optional and text == "None":
         return None
-    return text if (inner[0] if optional else hint) is str else yaml.safe_load(text)
+    return text if (inner[0] if optional else hint) is str else read_yaml(text)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sddkit import sources
-from sddkit.config import DataConfig
+from sddkit.config import ConfigError, DataConfig
 
 
 @dataclass
@@ -64,14 +64,15 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
     return padded[batch, chan, rows, cols]
 
 
-def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """A fixed, class-balanced subset of ``size`` indices (the whole range when size is 0 or too big)."""
+def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str) -> torch.Tensor:
+    """A fixed, class-balanced subset of ``size`` indices (the whole range when size is 0 or too big);
+    ``key`` is the config key that asked for it, named if the size does not split evenly over the classes."""
     n = len(labels)
     if size == 0 or size >= n:
         return torch.arange(n)
     classes = int(labels.max()) + 1
     if size % classes:
-        raise sources.DatasetError(f"data.train_size = {size}: use a multiple of the {classes} classes")
+        raise ConfigError(f"{key} = {size}: use a multiple of the {classes} classes (or 0 for all)")
     idx = sources.stratified_indices(labels.numpy(), size // classes, np.random.default_rng(seed))
     return torch.from_numpy(idx)
 
@@ -79,7 +80,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
 def prepare(cfg: DataConfig, root: Path) -> Splits:
     """Load ``cfg.name``, subset, downsample and compute normalisation statistics (on the CPU)."""
     src = sources.load(cfg.name, root / cfg.root, cfg.test_size, cfg.split_seed)
-    keep = stratified_subset(src.y_train, cfg.train_size, cfg.split_seed)
+    keep = stratified_subset(src.y_train, cfg.train_size, cfg.split_seed, "data.train_size")
     x_train, x_test = src.x_train[keep], src.x_test
     if cfg.downsample > 1:
         # Pooling yields floats; keep them on the 0..1 scale so normalise() treats both paths alike.

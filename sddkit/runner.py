@@ -57,8 +57,7 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     existing = None if force else tracker.find_trajectory(cfg)
     finished = existing is not None and existing.info.status == "FINISHED"
     inputs = None if finished else trajectory.load_inputs(cfg, root)  # a bad dataset fails before any write
-    store = tracker.open_trajectory(cfg, force=force)
-    tracker.client.set_tag(store.run_id, "sddkit.group", cfg.group_hash())  # replicates share it
+    store = tracker.open_trajectory(cfg, force=force, existing=existing)
     if data_files:
         log_data_inputs(tracker, store.run_id, data_files)
     console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}) -> run {store.run_id} "

@@ -39,7 +39,7 @@ class TrackingError(RuntimeError):
 
 class Tracker:
     def __init__(self, uri: str, root: Path):
-        self.uri, self.root = uri, root
+        self.uri, self.root = uri, root.resolve()
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
@@ -68,21 +68,22 @@ class Tracker:
         found = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
         return found[0] if found else None
 
-    def open_trajectory(self, cfg: Config, force: bool = False) -> "TrajectoryRun":
-        """The unfinished run of this config to continue, the finished one to report, or a new one."""
-        existing = None if force else self.find_trajectory(cfg)
+    def open_trajectory(self, cfg: Config, force: bool = False, existing=None) -> "TrajectoryRun":
+        """The unfinished run of this config to continue, the finished one to report, or a new one.
+        ``existing``: the run ``find_trajectory`` already returned, to spare a second search."""
+        existing = None if force else (existing or self.find_trajectory(cfg))
         if existing is not None:
             return TrajectoryRun(self, existing.info.run_id)
         exp = self.experiment_id(cfg.tracking.experiment)
         run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root), run_name=cfg.name)
         run_id = run.info.run_id
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in cfg.flat().items()]
+        params = [Param(k, param_text(v)) for k, v in cfg.flat().items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
         return TrajectoryRun(self, run_id)
 
-    def round_runs(self, parent_id: str, finished_only: bool = True) -> list:
-        exp = self.client.get_run(parent_id).info.experiment_id
+    def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None) -> list:
+        exp = experiment_id or self.client.get_run(parent_id).info.experiment_id
         query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`sddkit.kind` = '{ROUND}'"
         runs = self.client.search_runs([exp], query, max_results=5000)
         if finished_only:
@@ -104,23 +105,15 @@ class TrajectoryRun:
         self.tracker, self.client, self.run_id = tracker, tracker.client, run_id
         run = self.client.get_run(run_id)
         self.finished = run.info.status == "FINISHED"
-        self.experiment_id = run.info.experiment_id
-        self._close_interrupted_rounds()
-        self.completed = [round_row(r) for r in self._contiguous_rounds()]
+        self.experiment_id, self.name = run.info.experiment_id, run.info.run_name
+        rounds = self.tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
+        self._close_interrupted_rounds(rounds)
+        self.completed = [round_row(r) for r in contiguous([r for r in rounds if r.info.status == "FINISHED"])]
 
-    def _close_interrupted_rounds(self) -> None:
-        for r in self.tracker.round_runs(self.run_id, finished_only=False):
+    def _close_interrupted_rounds(self, rounds: list) -> None:
+        for r in rounds:
             if r.info.status == "RUNNING":  # a round cut off mid-way: it is redone, never counted
                 self.client.set_terminated(r.info.run_id, "KILLED")
-
-    def _contiguous_rounds(self) -> list:
-        rounds = self.tracker.round_runs(self.run_id)
-        done = []
-        for expected, r in enumerate(rounds):
-            if int(r.data.tags["sddkit.round"]) != expected:
-                break
-            done.append(r)
-        return done
 
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
@@ -142,14 +135,15 @@ class TrajectoryRun:
 
     def log_round(self, round_index, metrics, history, masks, weights, start) -> None:
         tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
-        name = f"{self.client.get_run(self.run_id).info.run_name}/round-{round_index:02d}"
+        name = f"{self.name}/round-{round_index:02d}"
         child = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
         stamp = now_ms()
         epoch_metrics = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"])
                          for row in history for k, v in row.items() if k != "epoch"]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
-        for i in range(0, len(epoch_metrics + round_metrics), 1000):
-            self.client.log_batch(child, metrics=(epoch_metrics + round_metrics)[i:i + 1000])
+        every = epoch_metrics + round_metrics
+        for i in range(0, len(every), 1000):  # MLflow takes at most 1000 metrics a batch
+            self.client.log_batch(child, metrics=every[i:i + 1000])
         self._log_bytes(child, "mask.npz", pack_mask(masks))
         self._log_bytes(child, "weights.pt", torch_bytes(weights))
         if start is not None:
@@ -173,7 +167,7 @@ class TrajectoryRun:
         self.client.set_terminated(self.run_id, status)
 
     def _round_id(self, round_index: int) -> str:
-        for r in self.tracker.round_runs(self.run_id):
+        for r in self.tracker.round_runs(self.run_id, experiment_id=self.experiment_id):
             if int(r.data.tags["sddkit.round"]) == round_index:
                 return r.info.run_id
         raise TrackingError(f"trajectory run {self.run_id} has no finished round {round_index}")
@@ -183,6 +177,16 @@ class TrajectoryRun:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / filename).write_bytes(content)
             self.client.log_artifact(run_id, str(Path(tmp) / filename), folder or None)
+
+
+def contiguous(rounds: list) -> list:
+    """Finished round runs 0, 1, 2, … up to the first gap (sorted by round)."""
+    done = []
+    for expected, r in enumerate(rounds):
+        if int(r.data.tags["sddkit.round"]) != expected:
+            break
+        done.append(r)
+    return done
 
 
 def round_row(run) -> dict:
@@ -268,6 +272,7 @@ def trajectory_tags(cfg: Config, root: Path) -> dict[str, str]:
     return {
         "sddkit.kind": TRAJECTORY,
         "sddkit.config_hash": cfg.identity_hash(),
+        "sddkit.group": cfg.group_hash(),  # replicates (same config, other seeds) share it
         "sddkit.name": cfg.name,
         "sddkit.preset": cfg.preset,
         "sddkit.retrain_mode": cfg.retrain.mode,
@@ -344,13 +349,36 @@ def lottery_masks(tracker: Tracker, cfg: Config):
     # Among same-seed runs of that name, the one of this very config (in lottery mode) comes first: queued
     # `dvc exp run`s with other params may have logged newer lottery runs meanwhile.
     twin = lottery_twin(cfg).identity_hash()
-    source = sorted(same_seed, key=lambda r: r.data.tags.get("sddkit.config_hash") != twin)[0]
+    fitting = [r for r in same_seed if not mask_mismatch(r, cfg)]
+    if not fitting:
+        raise TrackingError(f"retrain.masks_from = {selector!r}: its masks do not fit this config "
+                            f"({mask_mismatch(same_seed[0], cfg)}); point it at a lottery run of the same "
+                            f"model, data and pruning settings")
+    source = sorted(fitting, key=lambda r: r.data.tags.get("sddkit.config_hash") != twin)[0]
     rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
     missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
     if missing:
         raise TrackingError(f"retrain.masks_from = {selector!r}: run {source.info.run_id} has no finished "
                             f"round {missing[0]}; finish that trajectory or lower prune.rounds")
     return lambda r: read_mask(tracker, rounds[r])
+
+
+# The keys that decide which weights a mask covers, their shapes and how sparse each round is.
+MASK_KEYS = ("model.arch", "data.name", "data.downsample", "prune.rate", "prune.scope", "prune.criterion",
+             "prune.exclude")
+
+
+def mask_mismatch(run, cfg: Config) -> str:
+    """'' when the run's masks fit ``cfg``, else which keys differ."""
+    ours = {k: v for k, v in cfg.flat().items() if k in MASK_KEYS}
+    differ = [f"{k}: {run.data.params.get(k)} there, {param_text(v)} here" for k, v in ours.items()
+              if run.data.params.get(k) != param_text(v)]
+    return "; ".join(differ)
+
+
+def param_text(value) -> str:
+    """A config value as it is logged as an MLflow param."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def lottery_twin(cfg: Config) -> Config:

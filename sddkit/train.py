@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sddkit.config import TrainConfig
+from sddkit.config import ConfigError, TrainConfig
 from sddkit.data import Splits
 
 
@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device = {name!r}, but no CUDA device is available; use auto or cpu")
+        raise ConfigError(f"train.device = {name!r}, but no CUDA device is available here; use auto or cpu")
     return device
 
 

@@ -70,9 +70,7 @@ def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
     rows = list(store.completed)
     masks, previous = pruning.dense_masks(weights_of(ctx.model, ctx.names)), None
     if rows:
-        masks, previous = store.load_round(len(rows) - 1)
-        ctx.rewind = store.load_state("rewind")
-        ctx.dense_final = store.load_round(0)[1] if retrain.MODES[cfg.retrain.mode].masks == "oneshot" else None
+        masks, previous = resume(ctx, store, len(rows) - 1)
     for r in range(len(rows), cfg.prune.rounds + 1):
         masks, previous, metrics = run_round(ctx, store, r, masks, previous)
         rows.append(metrics)
@@ -87,6 +85,7 @@ class Inputs:
     noisy: torch.Tensor
     model: nn.Module
     names: list[str]
+    train_idx: torch.Tensor  # the fixed subset train accuracy is measured on
 
 
 def load_inputs(cfg: Config, root: Path) -> Inputs:
@@ -100,7 +99,20 @@ def load_inputs(cfg: Config, root: Path) -> Inputs:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
-    return Inputs(splits, noisy, model, list(models.prunable(model, exclude)))
+    train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
+                                       cfg.data.split_seed, "train.train_eval_size").to(device)
+    return Inputs(splits, noisy, model, list(models.prunable(model, exclude)), train_idx)
+
+
+def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]:
+    """The state after round ``last`` (stored on the CPU), moved to the training device."""
+    device = ctx.init[ctx.names[0]].device
+    on_device = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
+    masks, previous = store.load_round(last)
+    ctx.rewind = on_device(store.load_state("rewind"))
+    if retrain.MODES[ctx.cfg.retrain.mode].masks == "oneshot":
+        ctx.dense_final = on_device(store.load_round(0)[1])
+    return on_device(masks), on_device(previous)
 
 
 def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
@@ -113,9 +125,7 @@ def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
     if init is None:
         init = snapshot(model)
         store.save_state("init", init)
-    train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
-                                       cfg.data.split_seed).to(splits.x_train.device)
-    return Context(cfg, splits, noisy, model, names, init, train_idx,
+    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx,
                    external_masks=external_masks, reporter=reporter)
 
 
@@ -151,10 +161,10 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
                             seeds.generator(cfg.seed, "augment", r, ctx.splits.x_train.device))
     history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks,
                         on_step=rewind_capture(ctx, r), on_epoch=lambda e, row: epoch_metrics(ctx, r, row))
+    final = snapshot(model)
     if r == 0:
         store.save_state("rewind", ctx.rewind)
-        ctx.dense_final = snapshot(model)
-    final = snapshot(model)
+        ctx.dense_final = final
     metrics = round_metrics(ctx, r, masks, start, final)
     metrics["round_seconds"] = time.perf_counter() - started
     # Keep the start weights only where they differ from what the parent already holds.

@@ -50,3 +50,17 @@ def test_bad_layer_name_in_prune_exclude_exits_2_and_writes_no_run(project):
     from mlflow import MlflowClient
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_train_eval_subset_that_does_not_split_over_classes_names_its_key_and_writes_nothing(project):
+    result = CliRunner().invoke(main, ["run", "--set", "train.train_eval_size=7", "--set", "train.epochs=1"])
+    assert result.exit_code == 2 and "train.train_eval_size = 7: use a multiple of the 10 classes" in result.output
+    assert not (project / "mlruns").exists()
+
+
+def test_cuda_asked_on_a_machine_without_one_exits_2(project):
+    import torch
+    if torch.cuda.is_available():
+        return
+    result = CliRunner().invoke(main, ["run", "--set", "train.device=cuda", "--set", "train.epochs=1"])
+    assert result.exit_code == 2 and "no CUDA device is available here" in result.output

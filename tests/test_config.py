@@ -41,6 +41,7 @@ def test_every_core_key_has_one_dotted_name():
     ("bogus=1", "bogus: unknown key; allowed keys here: preset, seed, data"),
     ("train.standardize=true", "train.standardize: unknown key"),
     ("train=3", "train: expected a section of keys"),
+    ("train.device=gpu0", "train.device = 'gpu0': not allowed; allowed values: auto, cpu, cuda, cuda:N"),
 ])
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):
     with pytest.raises(ConfigError) as err:
@@ -80,10 +81,25 @@ def test_noise_seed_follows_the_seed_unless_pinned():
     assert load_config(overrides=["seed=4", "noise.seed=9"]).noise_seed == 9
 
 
+def test_a_numeric_run_name_is_read_as_text():
+    assert load_config(overrides=["tracking.run_name=2024"]).tracking.run_name == "2024"
+
+
+def test_labels_of_the_curve_do_not_change_the_identity():
+    assert load_config().identity_hash() == load_config(overrides=["analysis.interpolation_threshold=90"]).identity_hash()
+
+
+def test_params_logged_as_text_read_back_to_the_same_config():
+    from sddkit.config import from_params
+    cfg = load_config(overrides=["train.weight_decay=5e-05", "train.lr=1e-4", "train.milestones=[3, 5]"])
+    params = {k: (__import__("json").dumps(v) if isinstance(v, list) else str(v)) for k, v in cfg.flat().items()}
+    assert from_params(params) == cfg
+
+
 def test_run_name_defaults_to_the_retrain_mode():
     assert load_config().name == "lottery"
     assert load_config(overrides=["tracking.run_name=mine"]).name == "mine"
     assert isinstance(load_config(), Config)
 
 
-PINNED_QUICK_HASH = "6f93fb79abf53c5d"
+PINNED_QUICK_HASH = "fad4384f6f05fb4c"

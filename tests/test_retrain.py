@@ -112,3 +112,11 @@ def test_engine_prunes_with_each_criterion_and_scope(project, tmp_path, criterio
         for m in mask.values():
             assert abs(int(m.sum()) - 0.8 * m.numel()) <= 1
     assert rows[1]["sparsity"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_reinit_refuses_masks_of_a_lottery_run_with_other_pruning_settings(project, tmp_path):
+    trajectory(project, tmp_path)
+    cfg = load_config(overrides={**SMALL, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "prune.rate": 0.5,
+                                 "retrain.mode": "reinit", "retrain.masks_from": "lottery"})
+    with pytest.raises(tracking.TrackingError, match="do not fit this config .*prune.rate: 0.2 there, 0.5 here"):
+        runner.run_trajectory(cfg, project, quiet=True)
