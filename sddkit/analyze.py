@@ -18,6 +18,8 @@ from sddkit import analysis, config, landscape, models, plots, pruning, redense,
 from sddkit.tracking import Tracker, TrackingError, torch_bytes, find_trajectories, known_names, now_ms, \
     read_mask, read_torch, round_row
 
+LABELS = "noisy_labels.npy"  # the artifact of a trajectory with the labels it trained on
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -56,13 +58,19 @@ class StoredTrajectory:
 
 
 def select(tracker: Tracker, selector: str, experiment: str) -> list:
-    """The trajectories named ``selector`` (run ID, run name or ``sddkit.name``), or one clear error."""
+    """The finished trajectories named ``selector`` (run ID, run name or ``sddkit.name``), or one clear error;
+    failed or unfinished ones of the same name are left out."""
     found = find_trajectories(tracker, selector, experiment)
-    if not found:
-        names = ", ".join(known_names(tracker, experiment)) or "none yet"
-        raise TrackingError(f"no trajectory named {selector!r} in experiment {experiment!r} of {tracker.uri} "
-                            f"(trajectories: {names}); give a run name or ID from that list, or --experiment")
-    return found
+    finished = [r for r in found if r.info.status == "FINISHED"]
+    if finished:
+        return finished
+    if found:
+        statuses = ", ".join(sorted({r.info.status for r in found}))
+        raise TrackingError(f"no trajectory named {selector!r} has finished ({len(found)} found: {statuses}); "
+                            f"rerun its `sddkit run` to finish it")
+    names = ", ".join(known_names(tracker, experiment)) or "none yet"
+    raise TrackingError(f"no trajectory named {selector!r} in experiment {experiment!r} of {tracker.uri} "
+                        f"(trajectories: {names}); give a run name or ID from that list, or --experiment")
 
 
 def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], threshold: float) -> list[int]:
@@ -104,11 +112,19 @@ def analyze_trajectory(tracker: Tracker, root: Path, parent, cfg: config.Config,
 
 def check_labels(tracker: Tracker, run_id: str, noisy: torch.Tensor) -> None:
     """The rebuilt noisy labels must be the ones the trajectory trained on."""
-    with tempfile.TemporaryDirectory() as tmp:
-        stored = torch.from_numpy(np.load(tracker.download(run_id, "noisy_labels.npy", tmp)))
-    if not torch.equal(stored.long(), noisy.cpu().long()):
+    if not torch.equal(stored_labels(tracker, run_id).long(), noisy.cpu().long()):
         raise TrackingError(f"run {run_id}: rebuilding the data and noise from its config gives other labels "
                             f"than the run trained on (dataset files or noise code changed); restore them")
+
+
+def stored_labels(tracker: Tracker, run_id: str) -> torch.Tensor:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracker.download(run_id, LABELS, tmp)
+        try:
+            return torch.from_numpy(np.load(local))
+        except (ValueError, TypeError, OSError, EOFError) as exc:  # np.load's ways of refusing a damaged file
+            raise TrackingError(f"run {run_id}: {LABELS} is corrupt ({exc.__class__.__name__}: {exc}); rerun "
+                                f"the trajectory with --force to rebuild it") from exc
 
 
 def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, settings: Settings) -> dict:

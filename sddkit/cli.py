@@ -207,10 +207,9 @@ def ui_command(port, params_path) -> None:
     cfg = resolve_config(None, (), params_path, root)
     from sddkit import ui
     from sddkit.paths import tracking_uri
-    from sddkit.tracking import TrackingError
     try:
         code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port)
-    except TrackingError as exc:
+    except ui.ServeError as exc:
         fail(str(exc))
     sys.exit(code)
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sddkit import analysis, config, plots, replicates, results
-from sddkit.runner import RUN_FILE, phase_tag
+from sddkit.results import RUN_FILE, phase_tag
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, find_trajectories, known_names, round_row
 
 console = Console(stderr=True)
@@ -42,6 +42,7 @@ class Curve:
 def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list[str] = (),
             threshold: float | None = None) -> list[Curve]:
     """One curve per selector; ``threshold`` (None: each run's own) places the phases."""
+    check_filters(where)
     curves = []
     for selector in selectors:
         runs = newest_group(selector, select(tracker, selector, experiment, where))
@@ -72,8 +73,21 @@ def select(tracker: Tracker, selector: str, experiment: str, where: list[str]) -
     return finished
 
 
+def check_filters(where: list[str]) -> None:
+    for assignment in where:
+        key, equals, _ = assignment.partition("=")
+        if not equals or not key.strip():
+            raise TrackingError(f"--where {assignment}: give KEY=VALUE (a tag or param and its value), "
+                                f"e.g. --where noise.ratio=0.4")
+
+
 def run_from_folder(tracker: Tracker, folder: Path):
-    run_id = json.loads((folder / RUN_FILE).read_text())["run_id"]
+    pointer = folder / RUN_FILE
+    try:
+        run_id = json.loads(pointer.read_text())["run_id"]
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # TypeError: valid JSON, but not an object
+        raise TrackingError(f"--runs {folder}: {pointer} is damaged ({exc.__class__.__name__}: {exc}); rerun "
+                            f"the stage that wrote it (`dvc repro`)") from exc
     try:
         run = tracker.client.get_run(run_id)
     except MlflowException as exc:

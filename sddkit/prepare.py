@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sddkit.config import NOT_IDENTITY, Config
+from sddkit.results import write_atomic
 from sddkit.sources import DatasetError
 
 SPLITS, NOISY, MANIFEST = "splits.npz", "noisy_labels.npy", "prepared.json"
@@ -54,17 +54,13 @@ def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
     write_atomic(out / NOISY, lambda f: np.lib.format.write_array(f, noisy.numpy(), allow_pickle=False))
     manifest = {"settings": settings(cfg), "noise_realised_rate": noise.realised_rate(splits.y_train_clean, noisy),
                 "train_size": len(noisy), "test_size": len(splits.y_test)}
-    write_atomic(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return data_files(out)
 
 
 def pinned(folder: Path, cfg: Config) -> list[DataFile]:
     """The data files of ``folder`` after checking they were prepared with ``cfg``'s settings."""
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise DatasetError(f"--prepared {folder}: no {MANIFEST} there; run `sddkit prepare --out {folder}` "
-                           f"(`dvc repro` does) first")
-    made_with = json.loads(manifest_path.read_text())["settings"]
+    made_with = read_settings(folder)
     wanted = settings(cfg)
     differ = [k for k in sorted(wanted) if made_with.get(k) != wanted[k]]
     if differ:
@@ -73,6 +69,22 @@ def pinned(folder: Path, cfg: Config) -> list[DataFile]:
                            f"has {first} = {wanted[first]!r}; rerun `sddkit prepare` with the same params "
                            f"(`dvc repro` does)")
     return data_files(folder)
+
+
+def read_settings(folder: Path) -> dict:
+    """The settings ``folder``'s manifest says its files were made with."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"--prepared {folder}: no {MANIFEST} there; run `sddkit prepare --out {folder}` "
+                           f"(`dvc repro` does) first")
+    try:
+        made_with = json.loads(path.read_text())["settings"]
+        if not isinstance(made_with, dict):
+            raise TypeError("its settings are not a mapping")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise DatasetError(f"--prepared {folder}: {path} is damaged ({exc.__class__.__name__}: {exc}); rerun "
+                           f"`sddkit prepare --out {folder}` (`dvc repro` does)") from exc
+    return made_with
 
 
 def data_files(folder: Path) -> list[DataFile]:
@@ -96,14 +108,6 @@ def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             with archive.open(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write through a temporary name and rename, so DVC never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def md5(path: Path) -> str:

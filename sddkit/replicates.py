@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sddkit import analysis, plots, results, runner, trajectory
+from sddkit import analysis, plots, results, trajectory
 from sddkit.config import Config
 from sddkit.paths import tracking_uri
 from sddkit.tracking import Tracker
@@ -60,6 +60,8 @@ def seeded(cfg: Config, seed: int, parallel: bool) -> Config:
 
 def run_one(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Replicate:
     """A worker: one trajectory, quiet apart from one line a round."""
+    from sddkit import runner  # here, not at the top: compare imports this module for mean_rows
+
     folder = results_dir / f"seed-{cfg.seed}" if results_dir else None
     store, rows = runner.run_trajectory(cfg, root, force=force, results_dir=folder, quiet=True,
                                         reporter=LineReporter(cfg.seed))
@@ -95,17 +97,40 @@ def run_all(configs: list[Config], root: Path, jobs: int, force: bool, results_d
     if jobs <= 1:
         outcomes = [attempt(run_one, c, root, force, results_dir) for c in configs]
     else:
-        # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=context) as pool:
-            futures = [pool.submit(run_one, c, root, force, results_dir) for c in configs]
-            outcomes = [attempt(f.result) for f in futures]
+        outcomes = run_parallel(configs, root, jobs, force, results_dir)
     failed = [(c.seed, o) for c, o in zip(configs, outcomes) if isinstance(o, BaseException)]
     if failed:
         detail = "; ".join(f"seed {seed}: {exc}" for seed, exc in failed)
         raise ReplicateFailed(f"{len(failed)} of {len(configs)} replicates failed ({detail}); rerun the same "
                               f"command to continue them (finished seeds are reported, not redone)")
     return outcomes
+
+
+def run_parallel(configs: list[Config], root: Path, jobs: int, force: bool, results_dir: Path | None) -> list:
+    """Each config's Replicate or exception; Ctrl-C drops the queued seeds and stops the running ones."""
+    # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(run_one, c, root, force, results_dir) for c in configs]
+        outcomes = [attempt(f.result) for f in futures]
+    except BaseException:  # Ctrl-C above all: the CLI then says how to continue and exits 130
+        abandon(pool)
+        raise
+    pool.shutdown()
+    return outcomes
+
+
+def abandon(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (a rerun continues each from its last round).
+
+    A worker sends a KeyboardInterrupt back as its job's result and takes the next queued job, so waiting
+    for the workers would run every seed queued."""
+    workers = list((pool._processes or {}).values())  # no public handle before Python 3.14's terminate_workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
 
 
 def attempt(fn, *args):

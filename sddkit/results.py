@@ -1,13 +1,18 @@
-"""A trajectory's closing summary and the small plain files DVC reads (summary.json, trajectory.csv)."""
+"""A trajectory's closing summary and the small plain files DVC reads (summary.json, trajectory.csv), and
+``write_atomic``, the one way sddkit writes a file others read (DVC, later runs)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import uuid
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-from sddkit import analysis, plots
+from sddkit import analysis
 
+RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 CSV_COLUMNS = ("round", "sparsity", "remaining", "train_acc_noisy", "train_acc_clean", "memorized",
                "test_acc", "test_loss", "learning_distance", "distance_from_start", "round_seconds", "phase")
 
@@ -35,16 +40,42 @@ def summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
     return out
 
 
+def phase_tag(rows: list[dict], ph: analysis.Phases) -> str:
+    """The landmarks in one line: ``dense=<test acc>@<sparsity>% minimum=...``."""
+    parts = []
+    for name in ("dense", "minimum", "peak", "last"):
+        index = getattr(ph, name)
+        if index is not None:
+            parts.append(f"{name}={rows[index]['test_acc']:.1f}@{100 * rows[index]['sparsity']:.2f}%")
+    return " ".join(parts)
+
+
 def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[str, bytes]:
+    from sddkit import plots  # matplotlib only where a curve is drawn: sources and prepare import write_atomic
+
     series = {name: {k: [r[k] for r in rows] for k in ("remaining", "test_acc", "train_acc_noisy")}}
     return {"trajectory.csv": table_csv(rows, ph).encode(), "curve.png": plots.curve_png(series, name),
             "summary.json": json.dumps(summary(rows, ph), indent=1).encode()}
 
 
 def write_folder(folder: Path, files: dict[str, bytes]) -> None:
-    """Write each file atomically (tmp + rename), so DVC never sees half a file."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(content)
-        tmp.replace(folder / name)
+        write_atomic(folder / name, content)
+
+
+def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``content`` (bytes, or a function writing into a binary file: no copy of large arrays) to ``path``
+    through a temporary file beside it and a rename: readers (DVC, a concurrent run) see the old file or the
+    whole new one; a failed write leaves the old file and no temporary one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: concurrent writers never share one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # like mkstemp, but honours the umask
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, bytes):
+                f.write(content)
+            else:
+                content(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename

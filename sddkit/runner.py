@@ -10,13 +10,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sddkit import analysis, results, trajectory
+from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, log_data_inputs
 
 USER_ERRORS = (DatasetError, TrackingError)
-RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 console = Console(stderr=True)
 
 
@@ -115,15 +115,6 @@ def tracker_masks(tracker: Tracker, cfg: Config):
         return None
     from sddkit.tracking import lottery_masks
     return lottery_masks(tracker, cfg)
-
-
-def phase_tag(rows: list[dict], ph: analysis.Phases) -> str:
-    parts = []
-    for name in ("dense", "minimum", "peak", "last"):
-        index = getattr(ph, name)
-        if index is not None:
-            parts.append(f"{name}={rows[index]['test_acc']:.1f}@{100 * rows[index]['sparsity']:.2f}%")
-    return " ".join(parts)
 
 
 def print_table(rows: list[dict], ph: analysis.Phases) -> None:

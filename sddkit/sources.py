@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from sddkit.results import write_atomic
 
 
 class DatasetError(RuntimeError):
@@ -314,18 +315,11 @@ def read_cache(cache: Path, key: str) -> np.ndarray | None:
 
 
 def write_cache(cache: Path, key: str, images: np.ndarray) -> None:
-    """Write atomically (a temporary file, then a rename): readers see the old cache or the whole new one."""
-    tmp = None
+    """Written atomically: readers see the old cache or the whole new one."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), images=images)
-        os.replace(tmp, cache)
+        write_atomic(cache, lambda f: np.savez(f, key=np.array(key), images=images))
     except OSError as exc:  # a read-only or full disk costs speed next time, not this run
         warnings.warn(f"{cache}: cache not written ({exc}); the JPEGs will be decoded again next time")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def decode_images(paths: list[Path], size: int = TINY_SIZE) -> np.ndarray:

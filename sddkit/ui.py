@@ -17,10 +17,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sddkit.tracking import TrackingError
-
 HOST = "127.0.0.1"
 console = Console(stderr=True)
+
+
+class ServeError(RuntimeError):
+    """The UI cannot be served; the message says why and what to do. (Not tracking's TrackingError: that
+    would import mlflow and torch into a command that only starts a server.)"""
 
 
 def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 180.0) -> int:
@@ -50,7 +53,7 @@ def server_command(uri: str, root: Path, port: int) -> list[str]:
 
 def start(uri: str, root: Path, port: int) -> subprocess.Popen:
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql", "mssql")):
-        raise TrackingError(f"the tracking store {uri} is not a database this command can serve; "
+        raise ServeError(f"the tracking store {uri} is not a database this command can serve; "
                             f"if it is a server already, open it in a browser")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen(server_command(uri, root, port), cwd=root, env=env, start_new_session=True)
@@ -61,7 +64,7 @@ def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> str:
     url, deadline = f"http://{HOST}:{port}", time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise TrackingError(f"mlflow server exited with code {server.returncode} before answering "
+            raise ServeError(f"mlflow server exited with code {server.returncode} before answering "
                                 f"(its messages are above)")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -69,7 +72,7 @@ def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> str:
                     return url
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.3)
-    raise TrackingError(f"mlflow server gave no answer on {url} within {timeout:.0f} s")
+    raise ServeError(f"mlflow server gave no answer on {url} within {timeout:.0f} s")
 
 
 def stop(server: subprocess.Popen, grace: float = 10.0) -> None:
@@ -104,7 +107,7 @@ def checked_port(port: int | None) -> int:
         try:
             probe.bind((HOST, port or 0))
         except OSError as exc:
-            raise TrackingError(f"--port {port}: already in use on {HOST}; pick another or leave --port "
+            raise ServeError(f"--port {port}: already in use on {HOST}; pick another or leave --port "
                                 f"out for a free one") from exc
         return probe.getsockname()[1]
 

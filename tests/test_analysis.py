@@ -1,6 +1,7 @@
 """Known answers for the learning distance, the phases, interpolation and the filter-normalised landscape;
 then ``sddkit analyze`` end to end on a tiny trajectory stored in a real MLflow sqlite store."""
 import json
+import shutil
 import types
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from sddkit import analysis, cli, config, landscape, redense, runner
-from sddkit.tracking import Tracker, read_mask, read_torch, round_row
+from sddkit import analysis, analyze, cli, config, landscape, redense, runner
+from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, read_torch, round_row
 from tests.conftest import TINY
 
 
@@ -239,3 +240,29 @@ def test_analyze_names_the_runs_that_exist_when_the_run_is_unknown(stored):
     assert "no trajectory named 'nope'" in result.output and "lottery" in result.output
     result = CliRunner().invoke(cli.main, ["analyze", "lottery", "--rounds", "9"])
     assert result.exit_code == 1 and "finished rounds: 0, 1, 2" in result.output
+
+
+def test_analyze_leaves_out_failed_and_unfinished_trajectories_of_the_same_name(stored_once, tmp_path):
+    project, _, parent_id, _ = stored_once
+    shutil.copy(project / "mlflow.db", tmp_path / "mlflow.db")  # a store of our own: the shared one stays as is
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", project)
+    client, experiment = tracker.client, tracker.experiment_id("sddkit")
+    for name, status in (("lottery", "FAILED"), ("lottery", "RUNNING"), ("broken", "FAILED")):
+        run = client.create_run(experiment, run_name=name, tags={"sddkit.kind": TRAJECTORY, "sddkit.name": name})
+        client.set_terminated(run.info.run_id, status)
+    assert [r.info.run_id for r in analyze.select(tracker, "lottery", "sddkit")] == [parent_id]
+    # Planning reaches the finished trajectory (and stops at its missing round) instead of the newer failed one.
+    with pytest.raises(TrackingError, match="has no finished round 9; finished rounds: 0, 1, 2"):
+        analyze.analyze(tracker, project, "lottery", "sddkit", analyze.Settings(rounds=(9,)))
+    with pytest.raises(TrackingError, match=r"no trajectory named 'broken' has finished \(1 found: FAILED\)"):
+        analyze.select(tracker, "broken", "sddkit")
+
+
+def test_a_damaged_noisy_labels_artifact_is_named(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    run_id = tracker.client.create_run(tracker.experiment_id("sddkit")).info.run_id
+    damaged = tmp_path / "noisy_labels.npy"
+    damaged.write_bytes(b"\x93NUMPY\x01\x00not a header")
+    tracker.client.log_artifact(run_id, str(damaged))
+    with pytest.raises(TrackingError, match=f"run {run_id}: noisy_labels.npy is corrupt .*--force"):
+        analyze.check_labels(tracker, run_id, torch.zeros(3, dtype=torch.long))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,3 +114,34 @@ def test_the_threshold_setting_places_the_phases(stored):
     (nothing_fits,) = compare.compare(tracker, ["reinit"], "sddkit", threshold=99.99)
     assert everything_fits.phases.minimum is not None and everything_fits.phases.interpolation_threshold is None
     assert nothing_fits.phases.minimum is None and nothing_fits.phases.interpolation_threshold == 0
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", "[1, 2]"])
+def test_a_damaged_run_json_in_a_results_folder_is_named(stored, tmp_path, content):
+    _, tracker, _ = stored
+    (tmp_path / "run.json").write_text(content)
+    with pytest.raises(TrackingError, match=f"--runs {tmp_path}: {tmp_path / 'run.json'} is damaged .*dvc repro"):
+        compare.compare(tracker, [str(tmp_path)], "sddkit")
+
+
+@pytest.mark.parametrize("where", ["noise.ratio", "=0.2", " =0.2"])
+def test_a_where_without_key_and_value_is_refused(stored, where):
+    root, tracker, _ = stored
+    with pytest.raises(TrackingError, match="give KEY=VALUE"):
+        compare.compare(tracker, ["lottery"], "sddkit", where=[where])
+
+
+def test_cli_refuses_a_where_without_equals_in_one_line(stored, monkeypatch):
+    root, _, _ = stored
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (root / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{root}/mlflow.db\n")
+    result = CliRunner().invoke(main, ["compare", "--runs", "lottery", "--where", "noise.ratio"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --where noise.ratio: give KEY=VALUE") and "Traceback" not in result.output
+
+
+def test_compare_does_not_import_the_run_cli_module():
+    code = "import sys, sddkit.compare; print('sddkit.runner' in sys.modules, 'rich.progress' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == ["False", "False"]

@@ -42,6 +42,14 @@ def test_prepare_is_deterministic_and_pinned_files_check_the_config(tmp_path):
     other = config.load_config(overrides={"data.train_size": 500, "noise.ratio": 0.3, "seed": 1})
     with pytest.raises(prepare.DatasetError, match="noise.seed = 0 but this run has noise.seed = 1"):
         prepare.pinned(tmp_path / "a", other)  # noise.seed null follows seed: other noise, other data
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["noisy_labels.npy", "prepared.json", "splits.npz"]
+
+
+@pytest.mark.parametrize("content", ['{"settings": {"data.name": "mni', '{"made": 1}', '{"settings": [1]}', "[]"])
+def test_a_damaged_prepared_json_is_named_with_the_fix(tmp_path, content):
+    (tmp_path / "prepared.json").write_text(content)
+    with pytest.raises(prepare.DatasetError, match=f"{tmp_path / 'prepared.json'} is damaged .*sddkit prepare"):
+        prepare.pinned(tmp_path, config.load_config())
 
 
 def run(cmd: list[str], repo: Path, env: dict) -> str:

@@ -2,6 +2,11 @@
 processes writing to one real MLflow sqlite store."""
 import csv
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -79,3 +84,40 @@ def test_a_seed_given_twice_is_refused(project):
     result = CliRunner().invoke(cli.main, ["run", "--seeds", "1", "1"])
     assert result.exit_code == 1 and "each seed once" in result.output
     assert not (project / "mlflow.db").exists()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_ctrl_c_drops_the_queued_seeds_and_stops_the_workers(project, tmp_path):
+    sets = ["--set", "data.train_size=200", "--set", "train.epochs=1", "--set", "prune.rounds=6",
+            "--set", "train.milestones=[]", "--set", "train.threads=1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    log = tmp_path / "run.log"
+    with open(log, "w") as err:
+        run = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "run", "--seeds", "0", "1", "2", "3", "4", "5",
+                                "--jobs", "2", *sets], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                               start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while ": round " not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert run.poll() is None, log.read_text()  # the workers are mid-trajectory
+            os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: to the whole process group
+            assert run.wait(timeout=30) == 130, log.read_text()
+            assert "interrupted: rerun the same command" in log.read_text()
+            deadline = time.monotonic() + 15
+            while group_alive(run.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not group_alive(run.pid)  # no worker left behind
+        finally:
+            if group_alive(run.pid):
+                os.killpg(run.pid, signal.SIGKILL)
+    seeds = {r.data.tags["sddkit.seed"] for r in Tracker(f"sqlite:///{project}/mlflow.db", project)
+             .trajectories("sddkit")}
+    assert len(seeds) < 6  # the queued seeds never started

@@ -111,3 +111,18 @@ def test_ui_port_in_use_is_a_clear_error(project):
         result = CliRunner().invoke(main, ["ui", "--port", str(port)])
     assert result.exit_code == 1
     assert f"--port {port}: already in use" in result.output
+
+
+
+def test_ui_command_imports_neither_mlflow_nor_torch(project):
+    """The server runs mlflow in its own process; the command only starts it (or says why it cannot)."""
+    code = ("import sys\nfrom sddkit.cli import main\ntry:\n    main(['ui', '--port', sys.argv[1]])\n"
+            "except SystemExit as done:\n    print(done.code, [m for m in ('mlflow', 'torch') if m in sys.modules])")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-c", code, str(port)], cwd=project, capture_output=True, text=True,
+                              timeout=120)
+    assert f"--port {port}: already in use" in done.stderr
+    assert done.stdout.strip() == "1 []"
