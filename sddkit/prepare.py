@@ -42,11 +42,9 @@ def settings(cfg: Config) -> dict:
 
 def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
     """Build the splits and noisy labels of ``cfg`` and write them (atomically) into ``out``."""
-    from sddkit import data, noise
+    from sddkit import noise, trajectory
 
-    splits = data.prepare(cfg.data, root)
-    noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
-                          splits.num_classes, cfg.data.name, splits.coarse_train)
+    splits, noisy = trajectory.load_labelled_data(cfg, root)  # exactly what a trajectory of cfg trains on
     arrays = {"x_train": splits.x_train, "y_train": splits.y_train_clean, "x_test": splits.x_test,
               "y_test": splits.y_test, "mean": splits.mean, "std": splits.std}
     out.mkdir(parents=True, exist_ok=True)

@@ -47,11 +47,11 @@ def prune(scores: dict[str, torch.Tensor], masks: Masks, density: float, scope: 
         return {n: _keep_top(s.flatten(), round(density * s.numel())).view_as(s) for n, s in live.items()}
     if scope != "global":
         raise ValueError(f"prune.scope = {scope!r}: unknown")
-    flat = torch.cat([s.flatten().cpu() for s in live.values()])
+    flat = torch.cat([s.flatten() for s in live.values()])  # on the scores' device: no copy to the host
     keep = _keep_top(flat, round(density * flat.numel()))
     out, start = {}, 0
     for n, s in live.items():
-        out[n] = keep[start:start + s.numel()].view_as(s).to(s.device)
+        out[n] = keep[start:start + s.numel()].view_as(s)
         start += s.numel()
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from sddkit import pruning, retrain, seeds, train, trajectory
+from sddkit import pruning, retrain, train, trajectory
 from sddkit.trajectory import Context, State
 
 
@@ -35,9 +35,7 @@ def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int,
                                    schedule="constant", milestones=[])
     ctx.model.load_state_dict(sparse)
     pruning.MaskApplier(dict(ctx.model.named_parameters()), masks)()  # pruned weights start at exactly 0
-    device = ctx.splits.x_train.device
-    gens = train.Generators(seeds.generator(ctx.cfg.seed, "order", round_index),
-                            seeds.generator(ctx.cfg.seed, "augment", round_index, device))
+    gens = trajectory.round_generators(ctx.cfg, round_index, ctx.splits.x_train.device)
     history = train.fit(ctx.model, ctx.splits, ctx.noisy, schedule, gens,
                         on_epoch=lambda e, row: trajectory.epoch_metrics(ctx, round_index, row))
     return trajectory.snapshot(ctx.model), history

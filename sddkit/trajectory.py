@@ -88,12 +88,23 @@ class Inputs:
     train_idx: torch.Tensor  # the fixed subset train accuracy is measured on
 
 
-def load_inputs(cfg: Config, root: Path) -> Inputs:
-    configure_torch(cfg)
-    device = train.resolve_device(cfg.train.device)
+def load_labelled_data(cfg: Config, root: Path) -> tuple[data.Splits, torch.Tensor]:
+    """The splits (on the CPU) and the noisy train labels of ``cfg``: what ``sddkit prepare`` pins."""
     splits = data.prepare(cfg.data, root)
     noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
                           splits.num_classes, cfg.data.name, splits.coarse_train)
+    return splits, noisy
+
+
+def round_generators(cfg: Config, r: int, device: torch.device) -> train.Generators:
+    """Round r's data order and augmentation draws (re-dense reuses the round's own)."""
+    return train.Generators(seeds.generator(cfg.seed, "order", r), seeds.generator(cfg.seed, "augment", r, device))
+
+
+def load_inputs(cfg: Config, root: Path) -> Inputs:
+    configure_torch(cfg)
+    device = train.resolve_device(cfg.train.device)
+    splits, noisy = load_labelled_data(cfg, root)
     splits, noisy = splits.to(device), noisy.to(device)
     model = fresh_model(cfg, splits, 0).to(device)
     if device.type == "cuda":
@@ -157,8 +168,7 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     apply_masks()
     start = snapshot(model)
     ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks), schedule.epochs)
-    gens = train.Generators(seeds.generator(cfg.seed, "order", r),
-                            seeds.generator(cfg.seed, "augment", r, ctx.splits.x_train.device))
+    gens = round_generators(cfg, r, ctx.splits.x_train.device)
     history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks,
                         on_step=rewind_capture(ctx, r), on_epoch=lambda e, row: epoch_metrics(ctx, r, row))
     final = snapshot(model)
