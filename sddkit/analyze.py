@@ -15,8 +15,8 @@ import torch
 from mlflow.entities import Metric, Param
 
 from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, trajectory
-from sddkit.tracking import Tracker, TrackingError, torch_bytes, find_trajectories, known_names, now_ms, \
-    read_mask, read_torch, round_row
+from sddkit.tracking import Tracker, TrackingError, log_files, log_metrics, now_ms, read_mask, read_torch, \
+    round_row, select_trajectories, torch_bytes
 
 LABELS = "noisy_labels.npy"  # the artifact of a trajectory with the labels it trained on
 
@@ -57,22 +57,6 @@ class StoredTrajectory:
         return read_torch(self.tracker, self.run_id, f"state/{name}.pt")
 
 
-def select(tracker: Tracker, selector: str, experiment: str) -> list:
-    """The finished trajectories named ``selector`` (run ID, run name or ``sddkit.name``), or one clear error;
-    failed or unfinished ones of the same name are left out."""
-    found = find_trajectories(tracker, selector, experiment)
-    finished = [r for r in found if r.info.status == "FINISHED"]
-    if finished:
-        return finished
-    if found:
-        statuses = ", ".join(sorted({r.info.status for r in found}))
-        raise TrackingError(f"no trajectory named {selector!r} has finished ({len(found)} found: {statuses}); "
-                            f"rerun its `sddkit run` to finish it")
-    names = ", ".join(known_names(tracker, experiment)) or "none yet"
-    raise TrackingError(f"no trajectory named {selector!r} in experiment {experiment!r} of {tracker.uri} "
-                        f"(trajectories: {names}); give a run name or ID from that list, or --experiment")
-
-
 def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], threshold: float) -> list[int]:
     """The asked rounds (each must be finished), else the landmarks of the stored curve."""
     if asked:
@@ -88,7 +72,9 @@ def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], t
 def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settings: Settings) -> list[dict]:
     """Analyse every trajectory ``selector`` names; one summary row per (trajectory, round)."""
     plans = []
-    for parent in select(tracker, selector, experiment):  # check everything before writing anything
+    # Failed or unfinished trajectories of the same name are left out; everything is checked before any write.
+    hint = "give a run name or ID from that list, or --experiment"
+    for parent in select_trajectories(tracker, selector, experiment, hint=hint):
         refs = [RoundRef(parent.info.run_id, r) for r in tracker.round_runs(parent.info.run_id)]
         rounds = {ref.index: ref for ref in refs}
         if not rounds:
@@ -162,7 +148,7 @@ def redense_solution(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setti
     stamp = now_ms()
     logged = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"]) for row in history for k, v in row.items()
               if k != "epoch"] + [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-    log_metrics(tracker, run_id, logged)
+    log_metrics(tracker.client, run_id, logged)
     close_child(tracker, run_id, {"weights.pt": torch_bytes(weights)})
     return weights, run_id
 
@@ -198,7 +184,7 @@ def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setting
     run_id = open_child(tracker, ref, "landscape", key, {"landscape.points": settings.landscape_points,
                                                          "landscape.sharpness_radius": settings.sharpness_radius})
     log_series(tracker, run_id, "landscape", "t", ts, rows)
-    log_metrics(tracker, run_id, [Metric("sharpness", sharp, now_ms(), 0)])
+    log_metrics(tracker.client, run_id, [Metric("sharpness", sharp, now_ms(), 0)])
     title = f"round {ref.index}: 1-D loss landscape (filter-normalised direction), sharpness {sharp:.4g}"
     radius = settings.sharpness_radius
     close_child(tracker, run_id, {"landscape.png": plots.line_png(ts, rows, "t", title, (-radius, radius))})
@@ -226,23 +212,16 @@ def open_child(tracker: Tracker, ref: RoundRef, kind: str, key: str, params: dic
 
 def close_child(tracker: Tracker, run_id: str, files: dict[str, bytes]) -> None:
     """Store the files, then mark the run finished: only a finished run is ever reused."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files.items():
-            (Path(tmp) / name).write_bytes(content)
-        tracker.client.log_artifacts(run_id, tmp)
+    log_files(tracker.client, run_id, files)
     tracker.client.set_terminated(run_id, "FINISHED")
-
-
-def log_metrics(tracker: Tracker, run_id: str, metrics: list[Metric]) -> None:
-    for i in range(0, len(metrics), 1000):
-        tracker.client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 def log_series(tracker: Tracker, run_id: str, prefix: str, x_name: str, xs: list[float], rows: list[dict]) -> None:
     """``<prefix>/<metric>`` and ``<prefix>/<x_name>`` with step = the point's index."""
     stamp = now_ms()
-    log_metrics(tracker, run_id, [Metric(f"{prefix}/{x_name}", float(x), stamp, i) for i, x in enumerate(xs)] +
-                [Metric(f"{prefix}/{k}", float(v), stamp, i) for i, row in enumerate(rows) for k, v in row.items()])
+    points = [Metric(f"{prefix}/{x_name}", float(x), stamp, i) for i, x in enumerate(xs)]
+    values = [Metric(f"{prefix}/{k}", float(v), stamp, i) for i, row in enumerate(rows) for k, v in row.items()]
+    log_metrics(tracker.client, run_id, points + values)
 
 
 def read_series(tracker: Tracker, run_id: str, prefix: str, points: int) -> list[dict]:

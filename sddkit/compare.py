@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sddkit import analysis, config, plots, replicates, results
-from sddkit.results import RUN_FILE, phase_tag
-from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, find_trajectories, known_names, round_row
+from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
+from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, finished_only, round_row, select_trajectories, \
+    unknown_trajectory
 
 console = Console(stderr=True)
 CSV_NAME, PNG_NAME = "compare.csv", "compare.png"
@@ -55,22 +56,19 @@ def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list
 
 def select(tracker: Tracker, selector: str, experiment: str, where: list[str]) -> list:
     """The finished trajectories ``selector`` names (newest first), kept only where every ``where`` holds."""
+    heading = f"--runs {selector}"
     if (Path(selector) / RUN_FILE).is_file():
         found = [run_from_folder(tracker, Path(selector))]
     elif "=" in selector:
         found = [r for r in tracker.trajectories(experiment) if matches(r, selector)]
+        if not found:
+            raise unknown_trajectory(tracker, experiment, f"{heading}: no trajectory with that tag or param")
     else:
-        found = find_trajectories(tracker, selector, experiment)
-    if not found:
-        raise TrackingError(unknown_message(tracker, selector, experiment))
+        found = select_trajectories(tracker, selector, experiment, finished=False, heading=heading)
     kept = [r for r in found if all(matches(r, w) for w in where)]
-    finished = [r for r in kept if r.info.status == "FINISHED"]
-    if not finished:
-        statuses = ", ".join(sorted({r.info.status for r in kept}))
-        why = f"none of them has {' and '.join(where)}" if not kept else \
-            f"none has finished ({statuses}); rerun its `sddkit run` to finish it"
-        raise TrackingError(f"--runs {selector}: {len(found)} trajectories match, but {why}")
-    return finished
+    if not kept:
+        raise TrackingError(f"{heading}: {len(found)} trajectories match, but none of them has {' and '.join(where)}")
+    return finished_only(kept, f"{heading}: no trajectory" + (f" with {' and '.join(where)}" if where else ""))
 
 
 def check_filters(where: list[str]) -> None:
@@ -103,15 +101,6 @@ def matches(run, assignment: str) -> bool:
     key, _, value = assignment.partition("=")
     stored = run.data.tags.get(key.strip(), run.data.params.get(key.strip()))
     return stored is not None and (stored == value.strip() or _as_yaml(stored) == _as_yaml(value.strip()))
-
-
-def unknown_message(tracker: Tracker, selector: str, experiment: str) -> str:
-    names = known_names(tracker, experiment)
-    if not names:
-        return (f"--runs {selector}: experiment {experiment!r} in {tracker.uri} holds no trajectories yet; "
-                f"run `dvc repro` or `sddkit run` first (or name another with --experiment)")
-    return (f"--runs {selector}: no trajectory with that name, tag, param or run ID in experiment "
-            f"{experiment!r}; names there: {', '.join(names)}")
 
 
 def newest_group(selector: str, runs: list) -> list:
@@ -170,26 +159,14 @@ def build_curve(tracker: Tracker, label: str, runs: list, threshold: float | Non
     return Curve(label, runs, rows, analysis.phases(rows, threshold))
 
 
-def phase_cell(ph: analysis.Phases, i: int) -> str:
-    marks = [n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i]
-    return ph.label(i) + (f" ◀ {', '.join(marks)}" if marks else "")
-
-
 def shared_sparsity(curves: list[Curve]) -> bool:
     first = [r["sparsity"] for r in curves[0].rows]
     return all(abs(a - b) < 1e-9 for c in curves[1:] for a, b in zip(first, (r["sparsity"] for r in c.rows)))
 
 
-def cell(rows: list[dict], i: int, key: str, replicated: bool) -> str:
-    if i >= len(rows):
-        return ""
-    text = f"{rows[i][key]:.1f}"
-    return text + (f" ± {rows[i][key + '_std']:.1f}" if replicated and f"{key}_std" in rows[i] else "")
-
-
 def sparsity_cell(curves: list[Curve], i: int) -> str:
     """Round ``i``'s sparsity (%) from the first of ``curves`` that reached it."""
-    return next((f"{100 * c.rows[i]['sparsity']:.2f}" for c in curves if i < len(c.rows)), "")
+    return next((round_cell(c.rows, i, "sparsity") for c in curves if i < len(c.rows)), "")
 
 
 def difference(curves: list[Curve], i: int, key: str) -> float | None:
@@ -224,7 +201,7 @@ def table_row(curves: list[Curve], i: int, shared: bool) -> list[str]:
     for c in curves:
         replicated = len(c.runs) > 1
         cells += ([] if shared else [sparsity_cell([c], i)]) + [
-            cell(c.rows, i, "train_acc_noisy", replicated), cell(c.rows, i, "test_acc", replicated),
+            round_cell(c.rows, i, "train_acc_noisy", replicated), round_cell(c.rows, i, "test_acc", replicated),
             phase_cell(c.phases, i) if i < len(c.rows) else ""]
     if len(curves) >= 2:
         cells += [_signed(difference(curves, i, k)) for k in ("test_acc", "train_acc_noisy")]

@@ -10,19 +10,17 @@ import dataclasses
 import io
 import multiprocessing
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from sddkit import analysis, plots, results, trajectory
 from sddkit.config import Config
 from sddkit.paths import tracking_uri
-from sddkit.tracking import Tracker
+from sddkit.tracking import Tracker, log_files
 
 console = Console(stderr=True)
 CURVE_KEYS = ("test_acc", "train_acc_noisy")
@@ -178,21 +176,14 @@ def mean_csv(rows: list[dict]) -> str:
 
 def log_group(tracker: Tracker, done: list[Replicate], files: dict[str, bytes]) -> None:
     """Every replicate's parent run keeps the group's files under ``replicates/``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files.items():
-            (Path(tmp) / name).write_bytes(content)
-        for r in done:
-            tracker.client.log_artifacts(r.run_id, tmp, ARTIFACT_DIR)
-            tracker.client.set_tag(r.run_id, "sddkit.replicate_seeds", " ".join(str(x.seed) for x in done))
+    stored = {f"{ARTIFACT_DIR}/{name}": content for name, content in files.items()}
+    for r in done:
+        log_files(tracker.client, r.run_id, stored)
+        tracker.client.set_tag(r.run_id, "sddkit.replicate_seeds", " ".join(str(x.seed) for x in done))
 
 
 def print_table(rows: list[dict], seeds: list[int], threshold: float) -> None:
-    ph = analysis.phases(rows, threshold)
-    table = Table(title=f"mean ± std over seeds {' '.join(map(str, seeds))}")
-    for column in ("round", "sparsity %", "train noisy %", "test %", "phase (of the mean)"):
-        table.add_column(column, justify="right")
-    for i, r in enumerate(rows):
-        table.add_row(str(i), f"{100 * r['sparsity']:.2f}",
-                      f"{r['train_acc_noisy']:.1f} ± {r['train_acc_noisy_std']:.1f}",
-                      f"{r['test_acc']:.1f} ± {r['test_acc_std']:.1f}", ph.label(i))
-    Console().print(table)
+    title = f"mean ± std over seeds {' '.join(map(str, seeds))}"
+    Console().print(results.round_table(rows, analysis.phases(rows, threshold), title,
+                                        ("sparsity", "train_acc_noisy", "test_acc"), std=True,
+                                        phase_header="phase (of the mean)"))

@@ -50,6 +50,39 @@ def phase_tag(rows: list[dict], ph: analysis.Phases) -> str:
     return " ".join(parts)
 
 
+# The per-round columns a table can show, with their headers; all are percentages.
+ROUND_COLUMNS = {"sparsity": "sparsity %", "train_acc_noisy": "train noisy %", "train_acc_clean": "train clean %",
+                 "memorized": "memorized %", "test_acc": "test %"}
+
+
+def round_table(rows: list[dict], ph: analysis.Phases, title: str, keys: tuple[str, ...], std: bool = False,
+                phase_header: str = "phase"):
+    """A rich table, one line a round: the ``keys`` columns (with ± their std where ``std``), then the phase."""
+    from rich.table import Table  # here: sources and prepare import this module for write_atomic
+
+    table = Table(title=title)
+    for header in ("round", *(ROUND_COLUMNS[k] for k in keys), phase_header):
+        table.add_column(header, justify="right")
+    for i in range(len(rows)):
+        table.add_row(str(i), *(round_cell(rows, i, k, std) for k in keys), phase_cell(ph, i))
+    return table
+
+
+def round_cell(rows: list[dict], i: int, key: str, std: bool = False) -> str:
+    """Round ``i``'s ``key`` in % ('' past the last round), with ± ``<key>_std`` where ``std`` and stored."""
+    if i >= len(rows):
+        return ""
+    if key == "sparsity":
+        return f"{100 * rows[i][key]:.2f}"
+    return f"{rows[i][key]:.1f}" + (f" ± {rows[i][key + '_std']:.1f}" if std and f"{key}_std" in rows[i] else "")
+
+
+def phase_cell(ph: analysis.Phases, i: int) -> str:
+    """Round ``i``'s phase, with the landmarks it is (``◀ minimum``)."""
+    marks = [n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i]
+    return ph.label(i) + (f" ◀ {', '.join(marks)}" if marks else "")
+
+
 def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[str, bytes]:
     from sddkit import plots  # matplotlib only where a curve is drawn: sources and prepare import write_atomic
 

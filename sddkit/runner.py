@@ -7,7 +7,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from sddkit import analysis, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
@@ -118,16 +117,8 @@ def tracker_masks(tracker: Tracker, cfg: Config):
 
 
 def print_table(rows: list[dict], ph: analysis.Phases) -> None:
-    table = Table(title="trajectory")
-    for column in ("round", "sparsity %", "train noisy %", "train clean %", "memorized %", "test %", "phase"):
-        table.add_column(column, justify="right")
-    marks = {getattr(ph, n): n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) is not None}
-    for r in rows:
-        i = int(r["round"])
-        mark = f"{ph.label(i)}" + (f" ◀ {marks[i]}" if i in marks else "")
-        table.add_row(str(i), f"{100 * r['sparsity']:.2f}", f"{r['train_acc_noisy']:.1f}",
-                      f"{r['train_acc_clean']:.1f}", f"{r['memorized']:.1f}", f"{r['test_acc']:.1f}", mark)
-    Console().print(table)
+    keys = ("sparsity", "train_acc_noisy", "train_acc_clean", "memorized", "test_acc")
+    Console().print(results.round_table(rows, ph, "trajectory", keys))
     margins = analysis.double_descent_margins(rows, ph)
     Console().print(f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
                     f"drop {margins['drop']:.1f} points", highlight=False)

@@ -118,10 +118,10 @@ class TrajectoryRun:
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
         self.client.log_batch(self.run_id, metrics=[Metric("noise_realised_rate", realised_rate, now_ms(), 0)])
-        self._log_bytes(self.run_id, "noisy_labels.npy", _npy(noisy.cpu().numpy()))
+        log_files(self.client, self.run_id, {"noisy_labels.npy": _npy(noisy.cpu().numpy())})
 
     def save_state(self, name: str, state: dict) -> None:
-        self._log_bytes(self.run_id, f"state/{name}.pt", torch_bytes(state))
+        log_files(self.client, self.run_id, {f"state/{name}.pt": torch_bytes(state)})
 
     def load_state(self, name: str) -> dict | None:
         listed = {f.path for f in self.client.list_artifacts(self.run_id, "state")}
@@ -141,14 +141,12 @@ class TrajectoryRun:
         epoch_metrics = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"])
                          for row in history for k, v in row.items() if k != "epoch"]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
-        every = epoch_metrics + round_metrics
-        for i in range(0, len(every), 1000):  # MLflow takes at most 1000 metrics a batch
-            self.client.log_batch(child, metrics=every[i:i + 1000])
-        self._log_bytes(child, "mask.npz", pack_mask(masks))
-        self._log_bytes(child, "weights.pt", torch_bytes(weights))
+        log_metrics(self.client, child, epoch_metrics + round_metrics)
+        files = {"mask.npz": pack_mask(masks), "weights.pt": torch_bytes(weights),
+                 "metrics.json": json.dumps(metrics, indent=1).encode()}
         if start is not None:
-            self._log_bytes(child, "start_weights.pt", torch_bytes(start))
-        self._log_bytes(child, "metrics.json", json.dumps(metrics, indent=1).encode())
+            files["start_weights.pt"] = torch_bytes(start)
+        log_files(self.client, child, files)
         self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, round_index)
                                                     for k in PARENT_METRICS if k in metrics])
@@ -156,8 +154,7 @@ class TrajectoryRun:
 
     # ---- end of a trajectory
     def finish(self, files: dict[str, bytes], summary: dict[str, float], tags: dict[str, str]) -> None:
-        for name, content in files.items():
-            self._log_bytes(self.run_id, name, content)
+        log_files(self.client, self.run_id, files)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in summary.items()],
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -171,12 +168,6 @@ class TrajectoryRun:
             if int(r.data.tags["sddkit.round"]) == round_index:
                 return r.info.run_id
         raise TrackingError(f"trajectory run {self.run_id} has no finished round {round_index}")
-
-    def _log_bytes(self, run_id: str, name: str, content: bytes) -> None:
-        folder, _, filename = name.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / filename).write_bytes(content)
-            self.client.log_artifact(run_id, str(Path(tmp) / filename), folder or None)
 
 
 def contiguous(rounds: list) -> list:
@@ -218,6 +209,22 @@ def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
                 bits = np.unpackbits(arrays[f"bits:{name}"], count=int(np.prod(shape)))
                 out[name] = torch.from_numpy(bits.astype(bool).reshape(shape))
         return out
+
+
+def log_files(client: MlflowClient, run_id: str, files: dict[str, bytes]) -> None:
+    """Store each ``{artifact path: content}`` as an artifact of the run (a path may name a folder: ``state/x.pt``),
+    in one upload."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            local = Path(tmp) / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(content)
+        client.log_artifacts(run_id, tmp)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 def read_mask(tracker: Tracker, run_id: str) -> dict[str, torch.Tensor]:
@@ -335,30 +342,62 @@ def known_names(tracker: Tracker, experiment: str) -> list[str]:
     return sorted({r.info.run_name for r in tracker.trajectories(experiment)})
 
 
+def select_trajectories(tracker: Tracker, selector: str, experiment: str, finished: bool = True,
+                        heading: str = "", hint: str = "") -> list:
+    """The trajectories whose run ID, run name or ``sddkit.name`` tag is ``selector`` (newest first); with
+    ``finished``, only the finished ones. ``heading`` (say ``--runs x``) starts each error, ``hint`` ends the
+    one for an unknown name."""
+    what = (f"{heading}: " if heading else "") + f"no trajectory named {selector!r}"
+    found = find_trajectories(tracker, selector, experiment)
+    if not found:
+        raise unknown_trajectory(tracker, experiment, what, hint)
+    return finished_only(found, what) if finished else found
+
+
+def unknown_trajectory(tracker: Tracker, experiment: str, what: str, hint: str = "") -> TrackingError:
+    """The error for a selector that matched nothing: ``what`` (``no trajectory named 'x'``), then the names
+    the experiment does hold."""
+    names = known_names(tracker, experiment)
+    if not names:
+        return TrackingError(f"{what}; experiment {experiment!r} in {tracker.uri} holds no trajectories yet; "
+                             f"run `dvc repro` or `sddkit run` first (or name another experiment)")
+    return TrackingError(f"{what} in experiment {experiment!r} of {tracker.uri}; names there: {', '.join(names)}"
+                         + (f"; {hint}" if hint else ""))
+
+
+def finished_only(runs: list, what: str) -> list:
+    """The finished ones of ``runs``, or an error saying how the others ended (``what``: ``no trajectory …``)."""
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if not finished:
+        statuses = ", ".join(sorted({r.info.status for r in runs}))
+        raise TrackingError(f"{what} has finished ({len(runs)} found: {statuses}); rerun its `sddkit run` to "
+                            f"finish it")
+    return finished
+
+
 def lottery_masks(tracker: Tracker, cfg: Config):
     """reinit's mask source: round r -> the mask of round r of the named lottery trajectory (same seed)."""
-    selector = cfg.retrain.masks_from or "lottery"
-    found = find_trajectories(tracker, selector, cfg.tracking.experiment)
+    selector, experiment = cfg.retrain.masks_from or "lottery", cfg.tracking.experiment
+    heading, hint = f"retrain.masks_from = {selector!r}", "run the lottery trajectory first"
+    found = select_trajectories(tracker, selector, experiment, finished=False, heading=heading, hint=hint)
     same_seed = [r for r in found if r.data.tags.get("sddkit.seed") == str(cfg.seed)] or \
         [r for r in found if r.info.run_id == selector]
     if not same_seed:
-        names = ", ".join(known_names(tracker, cfg.tracking.experiment)) or "none yet"
-        raise TrackingError(f"retrain.masks_from = {selector!r}: no trajectory with that name or ID and "
-                            f"seed {cfg.seed} in experiment {cfg.tracking.experiment!r} (runs: {names}); "
-                            f"run the lottery trajectory first")
+        raise unknown_trajectory(tracker, experiment, f"{heading}: no trajectory of that name with seed {cfg.seed}",
+                                 hint)
     # Among same-seed runs of that name, the one of this very config (in lottery mode) comes first: queued
     # `dvc exp run`s with other params may have logged newer lottery runs meanwhile.
     twin = lottery_twin(cfg).identity_hash()
     fitting = [r for r in same_seed if not mask_mismatch(r, cfg)]
     if not fitting:
-        raise TrackingError(f"retrain.masks_from = {selector!r}: its masks do not fit this config "
+        raise TrackingError(f"{heading}: its masks do not fit this config "
                             f"({mask_mismatch(same_seed[0], cfg)}); point it at a lottery run of the same "
                             f"model, data and pruning settings")
     source = sorted(fitting, key=lambda r: r.data.tags.get("sddkit.config_hash") != twin)[0]
     rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
     missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
     if missing:
-        raise TrackingError(f"retrain.masks_from = {selector!r}: run {source.info.run_id} has no finished "
+        raise TrackingError(f"{heading}: run {source.info.run_id} has no finished "
                             f"round {missing[0]}; finish that trajectory or lower prune.rounds")
     return lambda r: read_mask(tracker, rounds[r])
 

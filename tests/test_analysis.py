@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from sddkit import analysis, analyze, cli, config, landscape, redense, runner
-from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, read_torch, round_row
+from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, read_torch, round_row, \
+    select_trajectories
 from tests.conftest import TINY
 
 
@@ -250,12 +251,12 @@ def test_analyze_leaves_out_failed_and_unfinished_trajectories_of_the_same_name(
     for name, status in (("lottery", "FAILED"), ("lottery", "RUNNING"), ("broken", "FAILED")):
         run = client.create_run(experiment, run_name=name, tags={"sddkit.kind": TRAJECTORY, "sddkit.name": name})
         client.set_terminated(run.info.run_id, status)
-    assert [r.info.run_id for r in analyze.select(tracker, "lottery", "sddkit")] == [parent_id]
+    assert [r.info.run_id for r in select_trajectories(tracker, "lottery", "sddkit")] == [parent_id]
     # Planning reaches the finished trajectory (and stops at its missing round) instead of the newer failed one.
     with pytest.raises(TrackingError, match="has no finished round 9; finished rounds: 0, 1, 2"):
         analyze.analyze(tracker, project, "lottery", "sddkit", analyze.Settings(rounds=(9,)))
     with pytest.raises(TrackingError, match=r"no trajectory named 'broken' has finished \(1 found: FAILED\)"):
-        analyze.select(tracker, "broken", "sddkit")
+        select_trajectories(tracker, "broken", "sddkit")
 
 
 def test_a_damaged_noisy_labels_artifact_is_named(tmp_path):
