@@ -136,6 +136,8 @@ def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
     if init is None:
         init = snapshot(model)
         store.save_state("init", init)
+    device = next(model.parameters()).device
+    init = {k: v.to(device) for k, v in init.items()}  # a stored init comes back on the CPU
     return Context(cfg, splits, noisy, model, names, init, inputs.train_idx,
                    external_masks=external_masks, reporter=reporter)
 
