@@ -52,10 +52,11 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     """``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no
     bars and no closing table; ``data_files``: the ``prepare.DataFile``s this config's data was pinned by."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-    external = tracker_masks(tracker, cfg)  # resolve reinit's source before writing anything
     existing = None if force else tracker.find_trajectory(cfg)
     finished = existing is not None and existing.info.status == "FINISHED"
-    inputs = None if finished else trajectory.load_inputs(cfg, root)  # a bad dataset fails before any write
+    # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
+    external = None if finished else tracker_masks(tracker, cfg)
+    inputs = None if finished else trajectory.load_inputs(cfg, root)
     store = tracker.open_trajectory(cfg, force=force, existing=existing)
     if data_files:
         log_data_inputs(tracker, store.run_id, data_files)
@@ -69,7 +70,8 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
             console.print(f"continuing after round {len(store.completed) - 1}")
         rows = drive(cfg, root, store, external, quiet, reporter, inputs)
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold)
-    files = results.trajectory_files(rows, ph, cfg.name)
+    if not store.finished or results_dir is not None:  # a reported run needs its files only for --results
+        files = results.trajectory_files(rows, ph, cfg.name)
     if not store.finished:
         tag_round_phases(store, ph)
         store.finish(files, {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
