@@ -73,13 +73,18 @@ def main() -> None:
 @click.option("--jobs", default=1, type=click.IntRange(min=1), show_default=True,
               help="With --seeds: replicates run at a time, each in its own process (one torch thread).")
 @click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder written by `sddkit prepare`: checked against this config, and its files' md5 "
-                   "recorded in the run as dataset inputs (the DVC stages pass it).")
-def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir) -> None:
+              help="Folder written by `sddkit prepare`: checked against this config; the run trains on exactly "
+                   "its files, whose md5 it records as dataset inputs (the DVC stages pass it).")
+@click.option("--wait", is_flag=True, help="If another process is training this trajectory, wait for it (then "
+                                           "report or continue) instead of stopping.")
+def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
-    Rerunning the same config continues an interrupted trajectory from its last finished round; a
-    finished one is reported, not redone (use --force for a new one).
+    A trajectory's identity is its config and the code that runs it (the sddkit source as imported).
+    Rerunning the same config with the same code continues an interrupted trajectory from its last
+    finished round; a finished one is reported, not redone (use --force for a new one); changed code
+    starts a new run. One process at a time trains a trajectory: a second one stops (or, with --wait,
+    waits) while the first is alive.
     """
     root = project_root()
     cfg = resolve_config(preset, sets, params_path, root)
@@ -87,14 +92,14 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         fail("--jobs runs replicates in parallel: give the seeds too, e.g. --seeds 0 1 2 --jobs 3", code=2)
     if prepared_dir and seeds:
         fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
-    from sddkit import prepare, replicates, runner
+    from sddkit import replicates, runner
     folder = Path(results_dir) if results_dir else None
     try:
         if seeds:
             replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder)
         else:
-            pinned = prepare.pinned(Path(prepared_dir), cfg) if prepared_dir else ()
-            runner.run_trajectory(cfg, root, force=force, results_dir=folder, data_files=pinned)
+            prepared = Path(prepared_dir) if prepared_dir else None
+            runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait)
     except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:

@@ -8,14 +8,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, results, trajectory
+from sddkit import analysis, prepare, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
+from sddkit.fingerprint import code_hash
+from sddkit.lease import Lease, LeaseHeld, LeaseLost
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, log_data_inputs
 
-USER_ERRORS = (DatasetError, TrackingError)
+USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost)
 console = Console(stderr=True)
 
 
@@ -33,8 +35,8 @@ class RichReporter(trajectory.Reporter):
         self.progress.reset(self.epochs, total=epochs, description="epoch", info="")
 
     def epoch_done(self, round_index, row):
-        self.progress.update(self.epochs, advance=1, info=f"train {row['train_acc_running']:.1f}%  "
-                                                          f"test {row['test_acc']:.1f}%")
+        test = f"  test {row['test_acc']:.1f}%" if "test_acc" in row else ""  # not every epoch (train.eval_every)
+        self.progress.update(self.epochs, advance=1, info=f"train {row['train_acc_running']:.1f}%{test}")
 
     def round_done(self, round_index, metrics):
         self.progress.update(self.rounds, completed=round_index + 1,
@@ -47,45 +49,82 @@ def make_progress() -> Progress:
 
 
 def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
-                   quiet: bool = False, reporter: trajectory.Reporter | None = None, data_files=()
-                   ) -> tuple[TrajectoryRun, list[dict]]:
-    """``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no
-    bars and no closing table; ``data_files``: the ``prepare.DataFile``s this config's data was pinned by."""
+                   quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
+                   wait: bool = False) -> tuple[TrajectoryRun, list[dict]]:
+    """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
+
+    ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
+    no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
+    ``wait``: wait for another process that owns this trajectory instead of stopping."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-    existing = None if force else tracker.find_trajectory(cfg)
-    finished = existing is not None and existing.info.status == "FINISHED"
-    # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
-    external = None if finished else tracker_masks(tracker, cfg)
-    inputs = None if finished else trajectory.load_inputs(cfg, root)
-    store = tracker.open_trajectory(cfg, force=force, existing=existing)
-    if data_files:
-        log_data_inputs(tracker, store.run_id, data_files)
-    console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}) -> run {store.run_id} "
-                  f"in {tracker.uri}", highlight=False)
-    if store.finished:
-        console.print("already finished: reporting the stored rounds (use --force for a new trajectory)")
-        rows = store.completed
+    code = code_hash()
+    existing = None if force else tracker.find_trajectory(cfg, code)
+    if existing is not None and existing.info.status == "FINISHED":
+        store = report_finished(tracker, cfg, code, existing)
     else:
-        if store.completed:
-            console.print(f"continuing after round {len(store.completed) - 1}")
-        rows = drive(cfg, root, store, external, quiet, reporter, inputs)
-    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold)
-    if not store.finished or results_dir is not None:  # a reported run needs its files only for --results
-        files = results.trajectory_files(rows, ph, cfg.name)
-    if not store.finished:
-        tag_round_phases(store, ph)
-        store.finish(files, {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
-                     {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph)})
+        store = train_under_lease(tracker, cfg, root, code, force, quiet, reporter, prepared, wait)
+    rows = store.completed
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     if results_dir is not None:
+        files = results.trajectory_files(rows, ph, cfg.name)
         results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
     if not quiet:
         print_table(rows, ph)
     return store, rows
 
 
+def report_finished(tracker: Tracker, cfg: Config, code: str, run) -> TrajectoryRun:
+    store = TrajectoryRun(tracker, run.info.run_id)
+    announce(tracker, cfg, code, store)
+    console.print("already finished with this config and code: reporting the stored rounds (use --force for a "
+                  "new trajectory)")
+    return store
+
+
+def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, force: bool, quiet: bool,
+                      reporter: trajectory.Reporter | None, prepared: Path | None, wait: bool) -> TrajectoryRun:
+    """Load and check everything, take the trajectory's lease, then continue or start it and finish it."""
+    # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
+    external = tracker_masks(tracker, cfg, code)
+    data_files, labelled = prepare.load_pinned(prepared, cfg) if prepared else ((), None)
+    inputs = trajectory.load_inputs(cfg, root, labelled)
+    experiment_id = tracker.experiment_id(cfg.tracking.experiment)
+    identity = f"{cfg.identity_hash()}.{code}"
+    on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
+    with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
+        # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
+        existing = None if force else tracker.find_trajectory(cfg, code)
+        if existing is not None and existing.info.status == "FINISHED":
+            return report_finished(tracker, cfg, code, existing)
+        store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease)
+        lease.set_run(store.run_id)
+        if data_files:
+            log_data_inputs(tracker, store.run_id, data_files)
+        announce(tracker, cfg, code, store)
+        if store.completed:
+            console.print(f"continuing after round {len(store.completed) - 1}")
+        rows = drive(cfg, root, store, external, quiet, reporter, inputs)
+        finish(store, cfg, rows)
+    return store
+
+
+def announce(tracker: Tracker, cfg: Config, code: str, store: TrajectoryRun) -> None:
+    console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}, code {code}) -> run "
+                  f"{store.run_id} in {tracker.uri}", highlight=False)
+
+
+def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> None:
+    """The parent's closing files, summary metrics and phase tags; the run becomes FINISHED."""
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
+    tag_round_phases(store, ph)
+    store.finish(results.trajectory_files(rows, ph, cfg.name),
+                 {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
+                 {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph)})
+
+
 def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:
     pointer = {"run_id": store.run_id, "name": cfg.name, "experiment": cfg.tracking.experiment,
-               "config_hash": cfg.identity_hash()}
+               "config_hash": cfg.identity_hash(), "code_hash": store.code_hash}
     return json.dumps(pointer, indent=1).encode()
 
 
@@ -96,6 +135,8 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
             return trajectory.run(cfg, root, store, reporter, external, inputs)
         with make_progress() as progress:
             return trajectory.run(cfg, root, store, RichReporter(progress), external, inputs)
+    except LeaseLost:
+        raise  # the run is another process's now: leave its status alone
     except KeyboardInterrupt:
         store.stop("KILLED")
         console.print(f"interrupted after round {len(store.completed) - 1}: rerun the same command to continue")
@@ -111,11 +152,11 @@ def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
         store.client.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
 
 
-def tracker_masks(tracker: Tracker, cfg: Config):
+def tracker_masks(tracker: Tracker, cfg: Config, code: str):
     if cfg.retrain.mode != "reinit":
         return None
     from sddkit.tracking import lottery_masks
-    return lottery_masks(tracker, cfg)
+    return lottery_masks(tracker, cfg, code)
 
 
 def print_table(rows: list[dict], ph: analysis.Phases) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -23,6 +24,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 
 from sddkit.config import Config
+from sddkit.fingerprint import code_hash
 from sddkit.paths import project_root, tracking_uri
 
 # One bar per downloaded mask or weights file would bury the progress display.
@@ -63,24 +65,41 @@ class Tracker:
         return list(self.client.search_runs([exp], query, order_by=["attributes.start_time DESC"],
                                             max_results=5000))
 
-    def find_trajectory(self, cfg: Config):
-        """The newest stored run of this config (finished or not), or None."""
-        found = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
-        return found[0] if found else None
+    def find_trajectory(self, cfg: Config, code: str):
+        """The newest run of this config made by this code (to report or continue), or None for a new run.
 
-    def open_trajectory(self, cfg: Config, force: bool = False, existing=None) -> "TrajectoryRun":
-        """The unfinished run of this config to continue, the finished one to report, or a new one.
-        ``existing``: the run ``find_trajectory`` already returned, to spare a second search."""
-        existing = None if force else (existing or self.find_trajectory(cfg))
+        Raises TrackingError when the newest run of the config is unfinished and was started by other code:
+        it is never continued (its rounds would mix two codes), and a silent new run would hide it."""
+        runs = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
+        same_code = [r for r in runs if r.data.tags.get("sddkit.code_hash") == code]
+        if same_code:
+            return same_code[0]
+        if runs and runs[0].info.status != "FINISHED":
+            theirs = runs[0].data.tags.get("sddkit.code_hash", "none recorded")
+            raise TrackingError(f"run {runs[0].info.run_id} of this config ({cfg.identity_hash()}) is unfinished "
+                                f"and was started by other code (code {theirs}; this code is {code}): it is never "
+                                f"continued; rerun with --force for a new run (that one is kept), or run it with "
+                                f"the code it started with")
+        return None
+
+    def open_trajectory(self, cfg: Config, force: bool = False, existing=None, code: str | None = None,
+                        lease=None) -> "TrajectoryRun":
+        """The unfinished run of this config and code to continue, the finished one to report, or a new one.
+        ``existing``: the run ``find_trajectory`` already returned, to spare a second search; ``lease``: this
+        process's ``lease.Lease`` on the trajectory (checked before every write of a round)."""
+        code = code or code_hash()
+        existing = None if force else (existing or self.find_trajectory(cfg, code))
         if existing is not None:
-            return TrajectoryRun(self, existing.info.run_id)
+            store = TrajectoryRun(self, existing.info.run_id, lease)
+            store.close_interrupted_rounds()  # only an owner may: a live owner's round is RUNNING too
+            return store
         exp = self.experiment_id(cfg.tracking.experiment)
-        run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root), run_name=cfg.name)
+        run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root, code), run_name=cfg.name)
         run_id = run.info.run_id
         params = [Param(k, param_text(v)) for k, v in cfg.flat().items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
-        return TrajectoryRun(self, run_id)
+        return TrajectoryRun(self, run_id, lease)
 
     def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None) -> list:
         exp = experiment_id or self.client.get_run(parent_id).info.experiment_id
@@ -101,19 +120,24 @@ class Tracker:
 class TrajectoryRun:
     """A parent run; implements ``trajectory.Store``."""
 
-    def __init__(self, tracker: Tracker, run_id: str):
-        self.tracker, self.client, self.run_id = tracker, tracker.client, run_id
+    def __init__(self, tracker: Tracker, run_id: str, lease=None):
+        self.tracker, self.client, self.run_id, self.lease = tracker, tracker.client, run_id, lease
         run = self.client.get_run(run_id)
         self.finished = run.info.status == "FINISHED"
         self.experiment_id, self.name = run.info.experiment_id, run.info.run_name
-        rounds = self.tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
-        self._close_interrupted_rounds(rounds)
-        self.completed = [round_row(r) for r in contiguous([r for r in rounds if r.info.status == "FINISHED"])]
+        self.code_hash = run.data.tags.get("sddkit.code_hash", "")
+        self._rounds = self.tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
+        self.completed = [round_row(r) for r in contiguous([r for r in self._rounds if r.info.status == "FINISHED"])]
 
-    def _close_interrupted_rounds(self, rounds: list) -> None:
-        for r in rounds:
-            if r.info.status == "RUNNING":  # a round cut off mid-way: it is redone, never counted
+    def close_interrupted_rounds(self) -> None:
+        """Mark the rounds left RUNNING by a dead owner KILLED (they are redone, never counted)."""
+        for r in self._rounds:
+            if r.info.status == "RUNNING":
                 self.client.set_terminated(r.info.run_id, "KILLED")
+
+    def check_owner(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
@@ -134,6 +158,7 @@ class TrajectoryRun:
         return read_mask(self.tracker, run_id), read_torch(self.tracker, run_id, "weights.pt")
 
     def log_round(self, round_index, metrics, history, masks, weights, start) -> None:
+        self.check_owner()
         tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
         name = f"{self.name}/round-{round_index:02d}"
         child = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
@@ -154,6 +179,7 @@ class TrajectoryRun:
 
     # ---- end of a trajectory
     def finish(self, files: dict[str, bytes], summary: dict[str, float], tags: dict[str, str]) -> None:
+        self.check_owner()
         log_files(self.client, self.run_id, files)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in summary.items()],
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -274,11 +300,12 @@ def now_ms() -> int:
 
 # ---------------------------------------------------------------- provenance
 
-def trajectory_tags(cfg: Config, root: Path) -> dict[str, str]:
+def trajectory_tags(cfg: Config, root: Path, code: str) -> dict[str, str]:
     commit = git_commit(root)
     return {
         "sddkit.kind": TRAJECTORY,
         "sddkit.config_hash": cfg.identity_hash(),
+        "sddkit.code_hash": code,  # the run's identity is config + code (fingerprint.code_hash)
         "sddkit.group": cfg.group_hash(),  # replicates (same config, other seeds) share it
         "sddkit.name": cfg.name,
         "sddkit.preset": cfg.preset,
@@ -375,31 +402,58 @@ def finished_only(runs: list, what: str) -> list:
     return finished
 
 
-def lottery_masks(tracker: Tracker, cfg: Config):
-    """reinit's mask source: round r -> the mask of round r of the named lottery trajectory (same seed)."""
-    selector, experiment = cfg.retrain.masks_from or "lottery", cfg.tracking.experiment
-    heading, hint = f"retrain.masks_from = {selector!r}", "run the lottery trajectory first"
-    found = select_trajectories(tracker, selector, experiment, finished=False, heading=heading, hint=hint)
-    same_seed = [r for r in found if r.data.tags.get("sddkit.seed") == str(cfg.seed)] or \
-        [r for r in found if r.info.run_id == selector]
-    if not same_seed:
-        raise unknown_trajectory(tracker, experiment, f"{heading}: no trajectory of that name with seed {cfg.seed}",
-                                 hint)
-    # Among same-seed runs of that name, the one of this very config (in lottery mode) comes first: queued
-    # `dvc exp run`s with other params may have logged newer lottery runs meanwhile.
-    twin = lottery_twin(cfg).identity_hash()
-    fitting = [r for r in same_seed if not mask_mismatch(r, cfg)]
-    if not fitting:
-        raise TrackingError(f"{heading}: its masks do not fit this config "
-                            f"({mask_mismatch(same_seed[0], cfg)}); point it at a lottery run of the same "
-                            f"model, data and pruning settings")
-    source = sorted(fitting, key=lambda r: r.data.tags.get("sddkit.config_hash") != twin)[0]
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def lottery_masks(tracker: Tracker, cfg: Config, code: str):
+    """reinit's mask source: round r -> the mask of round r of its lottery trajectory.
+
+    That is the exact twin (this config in lottery mode, run by the same code, finished), or the run whose
+    ID ``retrain.masks_from`` gives. A name in ``masks_from`` narrows the twins to runs of that name; no other
+    run is ever taken, so a failed run or one of another noise level or schedule cannot slip in."""
+    chosen = cfg.retrain.masks_from
+    source = explicit_source(tracker, cfg) if chosen and RUN_ID.fullmatch(chosen) else lottery_twin_run(tracker, cfg,
+                                                                                                      code)
+    heading = f"retrain.masks_from = {chosen!r}" if chosen else "reinit's lottery twin"
     rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
     missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
     if missing:
-        raise TrackingError(f"{heading}: run {source.info.run_id} has no finished "
-                            f"round {missing[0]}; finish that trajectory or lower prune.rounds")
+        raise TrackingError(f"{heading}: run {source.info.run_id} has no finished round {missing[0]}; finish that "
+                            f"trajectory or lower prune.rounds")
     return lambda r: read_mask(tracker, rounds[r])
+
+
+def lottery_twin_run(tracker: Tracker, cfg: Config, code: str):
+    """The newest finished run of this config in lottery mode by this code (named ``masks_from``, if set)."""
+    twin = lottery_twin(cfg).identity_hash()
+    query = f"tags.`sddkit.config_hash` = '{twin}' and tags.`sddkit.code_hash` = '{code}'"
+    runs = [r for r in tracker.trajectories(cfg.tracking.experiment, query) if r.info.status == "FINISHED"]
+    name = cfg.retrain.masks_from
+    named = [r for r in runs if name in (None, r.info.run_name, r.data.tags.get("sddkit.name"))]
+    if not named:
+        which = f"named {name!r} " if name else ""
+        raise TrackingError(f"reinit: no finished lottery twin {which}in experiment {cfg.tracking.experiment!r} "
+                            f"(this config in lottery mode: config {twin}, code {code}); run it first (`sddkit run "
+                            f"--set retrain.mode=lottery` with the same settings), or set retrain.masks_from to a "
+                            f"lottery run ID")
+    return named[0]
+
+
+def explicit_source(tracker: Tracker, cfg: Config):
+    """The run ``retrain.masks_from`` names by ID, after checking its masks fit this config."""
+    run_id = cfg.retrain.masks_from
+    try:
+        run = tracker.client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"retrain.masks_from = {run_id!r}: no such run in {tracker.uri}") from exc
+    if run.data.tags.get("sddkit.kind") != TRAJECTORY or run.data.params.get("retrain.mode") == "reinit":
+        raise TrackingError(f"retrain.masks_from = {run_id!r}: not a pruned trajectory of sddkit (kind "
+                            f"{run.data.tags.get('sddkit.kind')}, mode {run.data.params.get('retrain.mode')})")
+    mismatch = mask_mismatch(run, cfg)
+    if mismatch:
+        raise TrackingError(f"retrain.masks_from = {run_id!r}: its masks do not fit this config ({mismatch}); "
+                            f"point it at a lottery run of the same model, data and pruning settings")
+    return run
 
 
 # The keys that decide which weights a mask covers, their shapes and how sparse each round is.

@@ -52,6 +52,36 @@ def test_a_damaged_prepared_json_is_named_with_the_fix(tmp_path, content):
         prepare.pinned(tmp_path, config.load_config())
 
 
+def test_a_run_trains_on_exactly_the_pinned_files(project, tmp_path):
+    """The md5 recorded as the run's dataset input is that of the bytes the net trained on: labels changed in
+    the pinned file (behind its manifest's back) are the labels the run uses, not ones rebuilt from sources."""
+    from sddkit import runner
+
+    cfg = config.load_config(overrides={"data.train_size": 300, "train.epochs": 1, "prune.rounds": 1,
+                                        "train.batch_size": 100, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    folder = tmp_path / "prepared"
+    prepare.prepare(cfg, project, folder)
+    arrays, noisy = prepare.load(folder)
+    shifted = (arrays["y_train"] + 1) % 10  # every label wrong: a realised noise rate of exactly 1
+    np.save(folder / "noisy_labels.npy", shifted)
+    store, _ = runner.run_trajectory(cfg, project, quiet=True, prepared=folder)
+    run = MlflowClient(cfg.tracking.uri).get_run(store.run_id)
+    assert run.data.metrics["noise_realised_rate"] == 1.0
+    trained_on = np.load(store.tracker.download(store.run_id, "noisy_labels.npy", str(tmp_path / "dl")))
+    assert np.array_equal(trained_on, shifted)
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert digests == {str(folder / n): prepare.md5(folder / n) for n in ("splits.npz", "noisy_labels.npy")}
+
+
+def test_a_damaged_pinned_file_is_named_with_the_fix(tmp_path):
+    cfg = config.load_config(overrides={"data.train_size": 100})
+    prepare.prepare(cfg, tmp_path, tmp_path / "p")
+    content = (tmp_path / "p" / "splits.npz").read_bytes()
+    (tmp_path / "p" / "splits.npz").write_bytes(content[: len(content) // 2])
+    with pytest.raises(prepare.DatasetError, match="its files are damaged .* rerun `sddkit prepare --out"):
+        prepare.load_pinned(tmp_path / "p", cfg)
+
+
 def run(cmd: list[str], repo: Path, env: dict) -> str:
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
@@ -70,14 +100,15 @@ def repo(tmp_path):
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(MAIN / name, repo / name)
     shutil.copytree(MAIN / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
-    # The stages' code deps: DVC hashes these files; the commands run the installed sddkit.
+    # The stages' code dep: DVC hashes this folder, and the commands import it (PYTHONPATH below), so an edit
+    # there is an edit of the code that runs, as in an editable install.
     shutil.copytree(MAIN / "sddkit", repo / "sddkit", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((MAIN / "params.yaml").read_text())
     params.update(TINY_PARAMS)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(repo),
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
         run(cmd, repo, env)
@@ -112,6 +143,8 @@ def test_dvc_pipeline(repo):
     diff = json.loads(run(["dvc", "params", "diff", "--json"], repo, env))
     assert diff["params.yaml"]["sddkit_stages.compare.interpolation_threshold"] == {"old": None, "new": 50.0}
     assert ran(run(["dvc", "repro"], repo, env)) == ["compare"]
+
+    check_code_edit_makes_new_runs(repo, env)
 
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
     shown = json.dumps(metrics)
@@ -174,3 +207,24 @@ def set_param(repo: Path, keys: list[str], value) -> None:
         node = node[key]
     node[keys[-1]] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def check_code_edit_makes_new_runs(repo: Path, env: dict) -> None:
+    """After a one-line edit of a training-path module, `dvc repro` reruns the trajectory stages and they make
+    new MLflow runs with the new code fingerprint; the old runs are kept as they were."""
+    before = {name: trajectory_run(repo, name) for name in ("lottery", "reinit")}
+    train_py = repo / "sddkit" / "train.py"
+    text = train_py.read_text()
+    line = "    history, step = [], start_step\n"
+    assert line in text
+    train_py.write_text(text.replace(line, "    step, history = start_step, []\n"))
+    assert ran(run(["dvc", "repro"], repo, env)) == ["lottery", "reinit", "compare"]
+    for name, old in before.items():
+        new = trajectory_run(repo, name)
+        assert new.info.run_id != old.info.run_id and new.info.status == "FINISHED"
+        assert new.data.tags["sddkit.config_hash"] == old.data.tags["sddkit.config_hash"]
+        assert new.data.tags["sddkit.code_hash"] != old.data.tags["sddkit.code_hash"]
+        kept = MlflowClient(f"sqlite:///{repo}/mlflow.db").get_run(old.info.run_id)
+        assert kept.info.status == "FINISHED" and kept.data.metrics == old.data.metrics
+    reinit = trajectory_run(repo, "reinit")
+    assert reinit.data.tags["sddkit.code_hash"] == trajectory_run(repo, "lottery").data.tags["sddkit.code_hash"]

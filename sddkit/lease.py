@@ -1,0 +1,182 @@
+"""One owner per trajectory: a lease with a heartbeat, kept in the tracking store.
+
+The lease of a trajectory identity (config hash + code hash) is the experiment tag
+``sddkit.lease.<config hash>.<code hash>``, holding JSON: a random token, host, pid, run ID, start time and
+the last heartbeat. An experiment tag rather than a run tag, because it must also guard the creation of
+the first run: two processes that both find no run would otherwise each create one. It lives in the store,
+so it works against a remote tracking server as well as the local sqlite file.
+
+MLflow offers no compare-and-swap, so acquiring writes our record, waits ``SETTLE_S`` and reads it back. Of
+the processes that found the lease free, the last one to write wins; every other one reads a foreign token
+and backs off. This holds as long as no process takes longer than ``SETTLE_S`` between its check and its
+write (milliseconds in practice).
+
+A lease is stale, and is taken over, when its heartbeat is older than ``STALE_AFTER_S`` or when its owner
+ran on this host and that process is gone (``kill -9``: the next run takes over at once).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from mlflow import MlflowClient
+
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
+SETTLE_S = 1.0
+WAIT_POLL_S = 2.0
+_live_tokens: set[str] = set()  # leases this process holds now
+
+
+class LeaseHeld(RuntimeError):
+    """Another live process owns the trajectory; the message names it."""
+
+
+class LeaseLost(RuntimeError):
+    """This process's lease was taken over (it looked dead to another process); stop writing."""
+
+
+@dataclass
+class Holder:
+    token: str
+    host: str
+    pid: int
+    since: float
+    heartbeat: float
+    run_id: str = ""
+
+    def describe(self) -> str:
+        age = max(0.0, time.time() - self.heartbeat)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        run = f" on run {self.run_id}" if self.run_id else ""
+        return f"pid {self.pid} on host {self.host}{run} (since {started}, last heartbeat {age:.0f} s ago)"
+
+    def is_stale(self) -> bool:
+        if time.time() - self.heartbeat > STALE_AFTER_S:
+            return True
+        if self.host != socket.gethostname():
+            return False  # another machine: only its heartbeat tells
+        if self.pid == os.getpid():
+            return self.token not in _live_tokens  # left behind by an earlier attempt in this process
+        return not process_alive(self.pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def key_for(identity: str) -> str:
+    return f"sddkit.lease.{identity}"
+
+
+def read(client: MlflowClient, experiment_id: str, key: str) -> Holder | None:
+    text = client.get_experiment(experiment_id).tags.get(key)
+    if not text:
+        return None
+    try:
+        return Holder(**json.loads(text))
+    except (ValueError, TypeError):
+        return None  # a damaged record guards nothing
+
+
+class Lease:
+    """The lease of one trajectory identity; use ``with Lease(...).acquire(wait):`` around the training."""
+
+    def __init__(self, uri: str, experiment_id: str, identity: str,
+                 on_wait: Callable[[Holder], None] | None = None):
+        self.uri, self.experiment_id, self.key = uri, experiment_id, key_for(identity)
+        self.client = MlflowClient(tracking_uri=uri)
+        now = time.time()
+        self.record = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
+        self.on_wait = on_wait
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, wait: bool = False) -> "Lease":
+        """Take the lease, or raise LeaseHeld naming the owner (``wait``: poll until it is free)."""
+        while True:
+            holder = read(self.client, self.experiment_id, self.key)
+            if holder is None or holder.token == self.record.token or holder.is_stale():
+                holder = self._claim()
+                if holder is None:
+                    break
+            if not wait:
+                raise LeaseHeld(f"this trajectory is being trained by {holder.describe()}; wait for it "
+                                f"(--wait) or stop that process; a killed owner's lease is taken over by the "
+                                f"next run")
+            if self.on_wait is not None:
+                self.on_wait(holder)
+            time.sleep(WAIT_POLL_S)
+        _live_tokens.add(self.record.token)
+        self._thread = threading.Thread(target=self._beat, name="sddkit-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _claim(self) -> Holder | None:
+        """Write our record and read it back after SETTLE_S: None if ours stuck, else the winner."""
+        self._write()
+        time.sleep(SETTLE_S)
+        back = read(self.client, self.experiment_id, self.key)
+        return None if back is not None and back.token == self.record.token else back
+
+    def _write(self, client: MlflowClient | None = None) -> None:
+        self.record.heartbeat = time.time()
+        (client or self.client).set_experiment_tag(self.experiment_id, self.key, json.dumps(asdict(self.record)))
+
+    def set_run(self, run_id: str) -> None:
+        self.record.run_id = run_id
+        self._write()
+
+    def _beat(self) -> None:
+        client = MlflowClient(tracking_uri=self.uri)  # its own client: never share one across threads
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                holder = read(client, self.experiment_id, self.key)
+                if holder is None or holder.token != self.record.token:
+                    self.lost = True
+                    return
+                self._write(client)
+            except Exception:  # noqa: BLE001 - a busy store skips one beat; staleness needs six in a row
+                continue
+
+    def check(self) -> None:
+        """Raise LeaseLost if another process took the trajectory over: never write a round after that."""
+        if self.lost:
+            raise LeaseLost(f"the lease on this trajectory ({self.key}) was taken over by another process "
+                            f"(this one looked dead to it); stopping without writing")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEARTBEAT_S + 5)
+        _live_tokens.discard(self.record.token)
+        try:
+            holder = read(self.client, self.experiment_id, self.key)
+            if holder is not None and holder.token == self.record.token:
+                self.client.delete_experiment_tag(self.experiment_id, self.key)
+        except Exception:  # noqa: BLE001 - an unreleased lease goes stale on its own; never mask the real error
+            pass
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
