@@ -63,8 +63,9 @@ class NoiseConfig:
 @dataclass
 class ModelConfig:
     arch: str = _spec("lenet300_100", choices=ARCHS, help="backbone")
-    init: str = _spec("default", choices=("default", "kaiming_normal"),
-                      help="weight init of conv/linear layers; default keeps the framework's")
+    init: str = _spec("default", choices=("default", "kaiming_normal", "open_lth"),
+                      help="weight init of conv/linear layers; default keeps the framework's, open_lth is the "
+                           "paper code's (kaiming-normal fan_in, batch norm weight U(0, 1))")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TrainConfig:
     batch_size: int = _spec(128, lo=1)
     eval_batch_size: int = _spec(1024, lo=1)
     train_eval_size: int = _spec(0, lo=0, help="fixed train subset for train accuracy; 0 = all")
+    eval_every: int = _spec(1, lo=1, help="epochs between test evaluations within a round (the last epoch is "
+                                         "always evaluated); 1 = every epoch, as the paper's code")
     device: str = _spec("auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     threads: int = _spec(1, lo=0, help="torch CPU threads; 0 leaves torch's default")
     deterministic: bool = _spec(False, help="torch.use_deterministic_algorithms")
@@ -117,6 +120,9 @@ class TrackingConfig:
 class AnalysisConfig:
     interpolation_threshold: float = _spec(95.0, lo=0.0, hi=100.0, lo_open=True,
                                            help="train_acc_noisy (%) below which the net no longer interpolates")
+    light_tolerance: float = _spec(2.0, lo=0.0, hi=100.0, lo_open=True,
+                                   help="test accuracy points a round may fall below dense and still be in the "
+                                        "light phase (docs/analysis.md says why 2)")
 
 
 @dataclass
@@ -170,8 +176,9 @@ class Config:
 # Keys that do not change results: where things live, how fast they run, what they are called, and how
 # the finished curve is labelled.
 NOT_IDENTITY = frozenset({"preset", "data.root", "train.device", "train.threads", "train.eval_batch_size",
+                          "train.eval_every",
                           "tracking.uri", "tracking.experiment", "tracking.run_name",
-                          "analysis.interpolation_threshold"})
+                          "analysis.interpolation_threshold", "analysis.light_tolerance"})
 
 
 def _flatten(tree: dict, prefix: str = ""):

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sddkit import sources
-from sddkit.config import ConfigError, DataConfig
+from sddkit import noise, sources
+from sddkit.config import Config, ConfigError, DataConfig
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Splits:
     std: torch.Tensor
     augment: bool = False
     coarse_train: torch.Tensor | None = None
+    channels_last: bool = False  # batches in torch.channels_last, to match a model converted to it (CUDA)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -34,7 +35,9 @@ class Splits:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        # A batch in the model's layout spares every conv a layout conversion of its input.
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def train_batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Augmented (when enabled), then normalised train images at ``idx``.
@@ -86,11 +89,23 @@ def prepare(cfg: DataConfig, root: Path) -> Splits:
         # Pooling yields floats; keep them on the 0..1 scale so normalise() treats both paths alike.
         x_train, x_test = downsample(x_train, cfg.downsample), downsample(x_test, cfg.downsample)
     mean, std = channel_stats(x_train) if cfg.standardize else (torch.zeros(1), torch.ones(1))
-    colour = x_train.shape[1] == 3
-    augment = cfg.augment == "crop_flip" or (cfg.augment == "auto" and colour)
     coarse = src.coarse_train[keep] if src.coarse_train is not None else None
     return Splits(x_train, src.y_train[keep], x_test, src.y_test, src.num_classes,
-                  mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), augment, coarse)
+                  mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), augments(cfg, x_train.shape[1]), coarse)
+
+
+def augments(cfg: DataConfig, channels: int) -> bool:
+    """Crop+flip when asked, or by default for colour images (the paper's CIFAR pipeline)."""
+    return cfg.augment == "crop_flip" or (cfg.augment == "auto" and channels == 3)
+
+
+def load_labelled(cfg: Config, root: Path) -> tuple[Splits, torch.Tensor]:
+    """The splits (on the CPU) and the noisy train labels of ``cfg``, built from the raw sources: what
+    ``sddkit prepare`` pins, and what a trajectory trains on when no pinned folder is given."""
+    splits = prepare(cfg.data, root)
+    noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
+                          splits.num_classes, cfg.data.name, splits.coarse_train)
+    return splits, noisy
 
 
 def downsample(x: torch.Tensor, factor: int, chunk: int = 8192) -> torch.Tensor:

@@ -11,6 +11,7 @@ MLflow run as dataset inputs: the same md5 that ``dvc.lock`` lists, so a run lea
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sddkit.config import NOT_IDENTITY, Config
-from sddkit.results import write_atomic
+from sddkit.files import write_atomic
 from sddkit.sources import DatasetError
 
 SPLITS, NOISY, MANIFEST = "splits.npz", "noisy_labels.npy", "prepared.json"
@@ -42,22 +43,59 @@ def settings(cfg: Config) -> dict:
 
 def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
     """Build the splits and noisy labels of ``cfg`` and write them (atomically) into ``out``."""
-    from sddkit import noise, trajectory
+    from sddkit import data, noise
 
-    splits, noisy = trajectory.load_labelled_data(cfg, root)  # exactly what a trajectory of cfg trains on
+    splits, noisy = data.load_labelled(cfg, root)
     arrays = {"x_train": splits.x_train, "y_train": splits.y_train_clean, "x_test": splits.x_test,
               "y_test": splits.y_test, "mean": splits.mean, "std": splits.std}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / SPLITS, lambda f: write_npz(f, {k: v.numpy() for k, v in arrays.items()}))
     write_atomic(out / NOISY, lambda f: np.lib.format.write_array(f, noisy.numpy(), allow_pickle=False))
     manifest = {"settings": settings(cfg), "noise_realised_rate": noise.realised_rate(splits.y_train_clean, noisy),
-                "train_size": len(noisy), "test_size": len(splits.y_test)}
+                "train_size": len(noisy), "test_size": len(splits.y_test), "num_classes": splits.num_classes}
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return data_files(out)
 
 
 def pinned(folder: Path, cfg: Config) -> list[DataFile]:
     """The data files of ``folder`` after checking they were prepared with ``cfg``'s settings."""
+    check_settings(folder, cfg)
+    return data_files(folder)
+
+
+def load_pinned(folder: Path, cfg: Config):
+    """The data files of ``folder`` (checked against ``cfg``) and the (splits, noisy labels) in them.
+
+    Each file's md5 and its arrays come from the same bytes, read once: the md5 that ``dvc.lock`` lists and
+    the run records as a dataset input is provably the data the net trains on."""
+    import torch
+
+    from sddkit.data import Splits, augments
+
+    check_settings(folder, cfg)
+    data_files(folder)  # a missing file is named before anything is read
+    contents = {name: (folder / name).read_bytes() for name in (SPLITS, NOISY)}
+    files = [DataFile(str(folder / name), hashlib.md5(content).hexdigest()) for name, content in contents.items()]
+    try:
+        with np.load(io.BytesIO(contents[SPLITS])) as npz:
+            arrays = {k: torch.from_numpy(npz[k].copy()) for k in ("x_train", "y_train", "x_test", "y_test",
+                                                                   "mean", "std")}
+        noisy = torch.from_numpy(np.load(io.BytesIO(contents[NOISY])).copy())
+        classes = int(json.loads((folder / MANIFEST).read_text())["num_classes"])
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"--prepared {folder}: its files are damaged or from an older sddkit "
+                           f"({exc.__class__.__name__}: {exc}); rerun `sddkit prepare --out {folder}` "
+                           f"(`dvc repro` does)") from exc
+    if len(noisy) != len(arrays["y_train"]):
+        raise DatasetError(f"--prepared {folder}: {NOISY} holds {len(noisy)} labels for {len(arrays['y_train'])} "
+                           f"train images; rerun `sddkit prepare --out {folder}`")
+    splits = Splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], classes,
+                    arrays["mean"], arrays["std"], augments(cfg.data, arrays["x_train"].shape[1]))
+    return files, (splits, noisy)
+
+
+def check_settings(folder: Path, cfg: Config) -> None:
+    """Raise DatasetError unless ``folder`` was prepared with ``cfg``'s data and noise settings."""
     made_with = read_settings(folder)
     wanted = settings(cfg)
     differ = [k for k in sorted(wanted) if made_with.get(k) != wanted[k]]
@@ -66,7 +104,6 @@ def pinned(folder: Path, cfg: Config) -> list[DataFile]:
         raise DatasetError(f"--prepared {folder} was made with {first} = {made_with.get(first)!r} but this run "
                            f"has {first} = {wanted[first]!r}; rerun `sddkit prepare` with the same params "
                            f"(`dvc repro` does)")
-    return data_files(folder)
 
 
 def read_settings(folder: Path) -> dict:

@@ -37,11 +37,13 @@ def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int,
     pruning.MaskApplier(dict(ctx.model.named_parameters()), masks)()  # pruned weights start at exactly 0
     gens = trajectory.round_generators(ctx.cfg, round_index, ctx.splits.x_train.device)
     history = train.fit(ctx.model, ctx.splits, ctx.noisy, schedule, gens,
-                        on_epoch=lambda e, row: trajectory.epoch_metrics(ctx, round_index, row))
+                        on_epoch=lambda e, row: trajectory.epoch_metrics(ctx, round_index, row, epochs))
     return trajectory.snapshot(ctx.model), history
 
 
 def evaluate(ctx: Context, state: State) -> dict[str, float]:
-    """The round metrics of ``state`` (train loss/accuracy on the noisy labels, test loss/accuracy, …)."""
+    """The round metrics of ``state`` (train loss/accuracy on the noisy labels, test loss/accuracy, …), in fp32:
+    interpolation and the landscape (hence sharpness) read small differences between nearby states."""
     ctx.model.load_state_dict(state)
-    return train.evaluate_round(ctx.model, ctx.splits, ctx.noisy, ctx.cfg.train, ctx.train_idx)
+    return train.evaluate_round(ctx.model, ctx.splits, ctx.noisy, ctx.cfg.train, ctx.train_idx,
+                                mixed_precision=False)

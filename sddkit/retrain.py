@@ -11,19 +11,23 @@ from sddkit.config import Config, TrainConfig
 
 @dataclass(frozen=True)
 class Mode:
-    start: str     # "rewind": weights saved at the rewind step; "previous": round k-1's final; "fresh": new init
-    schedule: str  # "full": train.*; "finetune": constant retrain.finetune_lr for retrain.finetune_epochs
-    masks: str     # "iterative": prune round k-1's final weights; "oneshot": prune the dense model's;
-                   # "external": the masks of another (lottery) trajectory, round by round
+    start: str       # "rewind": weights saved at the rewind step; "previous": round k-1's final; "fresh": new init
+    start_step: str  # "rewind": train steps k…T of the schedule (k = the rewind step); "zero": steps 0…T
+    schedule: str    # "full": train.*; "finetune": constant retrain.finetune_lr for retrain.finetune_epochs
+    masks: str       # "iterative": prune round k-1's final weights; "oneshot": prune the dense model's;
+                     # "external": the masks of another (lottery) trajectory, round by round
 
 
+# Start steps as in the paper's code: a level restarted from the rewind point trains k…T, and so does its
+# random-reinit branch (a fresh init with the level's mask); modes that keep training or start from
+# scratch run the whole schedule.
 MODES = {
-    "lottery": Mode(start="rewind", schedule="full", masks="iterative"),
-    "finetune": Mode(start="previous", schedule="finetune", masks="iterative"),
-    "lr_rewind": Mode(start="previous", schedule="full", masks="iterative"),
-    "scratch": Mode(start="fresh", schedule="full", masks="iterative"),
-    "reinit": Mode(start="fresh", schedule="full", masks="external"),
-    "oneshot": Mode(start="rewind", schedule="full", masks="oneshot"),
+    "lottery": Mode(start="rewind", start_step="rewind", schedule="full", masks="iterative"),
+    "finetune": Mode(start="previous", start_step="zero", schedule="finetune", masks="iterative"),
+    "lr_rewind": Mode(start="previous", start_step="zero", schedule="full", masks="iterative"),
+    "scratch": Mode(start="fresh", start_step="zero", schedule="full", masks="iterative"),
+    "reinit": Mode(start="fresh", start_step="rewind", schedule="full", masks="external"),
+    "oneshot": Mode(start="rewind", start_step="rewind", schedule="full", masks="oneshot"),
 }
 
 
@@ -39,3 +43,18 @@ def rewind_iteration(cfg: Config, steps_per_epoch: int) -> int:
     """The rewind point in optimizer steps."""
     unit = steps_per_epoch if cfg.retrain.rewind_unit == "epochs" else 1
     return cfg.retrain.rewind_step * unit
+
+
+def start_step(cfg: Config, round_index: int, rewind_at: int) -> int:
+    """The optimizer step round ``round_index`` starts at (``rewind_at``: the rewind point in steps).
+
+    Round 0 trains 0…T (restarting its optimizer at the rewind point, see ``fresh_optimizer_at``)."""
+    if round_index == 0 or MODES[cfg.retrain.mode].start_step == "zero":
+        return 0
+    return rewind_at
+
+
+def fresh_optimizer_at(round_index: int, rewind_at: int) -> int | None:
+    """The paper's code pretrains the dense net to the rewind step, then trains on from there with a fresh
+    optimizer (its level 0 also runs k…T): round 0's optimizer restarts at the rewind point."""
+    return rewind_at if round_index == 0 and rewind_at > 0 else None

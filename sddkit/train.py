@@ -32,6 +32,16 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def precision(device: torch.device, mixed_precision: bool):
+    """``autocast(device)`` when ``mixed_precision``, else autocast switched off, even inside an enabled region:
+    analyses (interpolation, landscape, sharpness, gradient scores) compare numbers that bf16 would blur."""
+    if mixed_precision:
+        return autocast(device)
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return 1.0
@@ -55,53 +65,67 @@ class Generators:
 
 
 def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig, gens: Generators,
-        apply_masks: Callable[[], None] = lambda: None,
+        apply_masks: Callable[[], None] = lambda: None, start_step: int = 0,
+        fresh_optimizer_at: int | None = None,
         on_step: Callable[[int], None] | None = None,
         on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train for ``cfg.epochs`` epochs on ``labels`` with a fresh optimizer; return per-epoch metrics.
+    """Train on ``labels`` from optimizer step ``start_step`` to the end of ``cfg.epochs`` epochs, with a
+    fresh optimizer; return per-epoch metrics (``epoch`` is the absolute epoch index).
 
-    ``on_step(step)`` is called before each optimizer step (step 0 = the starting weights), so a caller
-    can capture the weights at a rewind point.
+    The schedule is absolute: step s runs at ``cfg.lr · lr_factor(s)`` whatever the start, so a round that
+    starts at the rewind step k drops its lr at the same steps as the dense run (the paper's code advances
+    its schedule by k). Epoch e is shuffled by the e-th draw of ``gens.order`` at any start; a start inside
+    an epoch skips that epoch's first batches. ``fresh_optimizer_at``: the optimizer (momentum, Adam moments)
+    starts anew at that step, as in the paper's code after pretraining to the rewind point.
+    ``on_step(step)`` is called before each optimizer step, and once after the last, so a caller can
+    capture the weights at a rewind point.
     """
-    device = splits.x_train.device
-    optimizer = make_optimizer(cfg, model.parameters())
-    n = len(labels)
+    device, n = splits.x_train.device, len(labels)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    history, step = [], 0
+    optimizer = make_optimizer(cfg, model.parameters())
+    first_epoch, skipped_batches = divmod(start_step, steps_per_epoch)
+    for _ in range(min(first_epoch, cfg.epochs)):
+        torch.randperm(n, generator=gens.order)  # the orders of the epochs before the start: drawn, not trained
+    history, step = [], start_step
     apply_masks()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gens.order).to(device)
-        losses, predictions = [], []
-        lr = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for start in range(0, n, cfg.batch_size):
+        first = skipped_batches * cfg.batch_size if epoch == first_epoch else 0
+        losses, predictions, epoch_lr = [], [], cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+        for start in range(first, n, cfg.batch_size):
             if on_step is not None:
                 on_step(step)
-            if cfg.schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+            if step == fresh_optimizer_at:
+                optimizer = make_optimizer(cfg, model.parameters())
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
             idx = order[start:start + cfg.batch_size]
-            x, y = splits.train_batch(idx, gens.augment), labels[idx]
-            with autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, loss = train_step(model, optimizer, splits.train_batch(idx, gens.augment), labels[idx])
             apply_masks()
             # Kept on the device and reduced once per epoch: no host sync and one small op per step.
             losses.append(loss.detach())
             predictions.append(logits.argmax(1))
             step += 1
-        row = {"epoch": epoch, "lr": lr, **running_metrics(losses, predictions, labels[order], cfg.batch_size)}
+        row = {"epoch": epoch, "lr": epoch_lr,
+               **running_metrics(losses, predictions, labels[order[first:]], cfg.batch_size)}
         if on_epoch is not None:
             on_epoch(epoch, row)
         history.append(row)
     if on_step is not None:
         on_step(step)
     return history
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One forward, backward and optimizer step (bf16 autocast on CUDA); returns the logits and the loss."""
+    with autocast(x.device):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
 
 
 def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor], targets: torch.Tensor,
@@ -117,13 +141,15 @@ def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor],
 
 
 @torch.no_grad()
-def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Float32 logits for the raw images ``x`` (normalised here, never augmented)."""
+def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int,
+            mixed_precision: bool = True) -> torch.Tensor:
+    """Float32 logits for the raw images ``x`` (normalised here, never augmented); computed in fp32 throughout
+    unless ``mixed_precision`` (then bf16 autocast on CUDA)."""
     model.eval()
     device = splits.x_train.device
     outs = []
     for start in range(0, len(x), batch_size):
-        with autocast(device):
+        with precision(device, mixed_precision):
             outs.append(model(splits.normalise(x[start:start + batch_size])).float())
     return torch.cat(outs) if outs else torch.zeros(0, splits.num_classes, device=device)
 
@@ -135,16 +161,17 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
 
 
 def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: TrainConfig,
-                   train_idx: torch.Tensor) -> dict[str, float]:
+                   train_idx: torch.Tensor, mixed_precision: bool = True) -> dict[str, float]:
     """The round's metrics: train accuracy against noisy and true labels, memorisation, test loss/acc.
 
-    Train accuracy is measured without augmentation on the fixed subset ``train_idx``.
+    Train accuracy is measured without augmentation on the fixed subset ``train_idx``; analyses pass
+    ``mixed_precision=False`` (see ``predict``).
     """
-    logits = predict(model, splits, splits.x_train[train_idx], cfg.eval_batch_size)
+    logits = predict(model, splits, splits.x_train[train_idx], cfg.eval_batch_size, mixed_precision)
     clean, noisy_sub = splits.y_train_clean[train_idx], noisy[train_idx]
     corrupted = clean != noisy_sub
-    test_loss, test_acc = loss_and_accuracy(predict(model, splits, splits.x_test, cfg.eval_batch_size),
-                                            splits.y_test)
+    test_logits = predict(model, splits, splits.x_test, cfg.eval_batch_size, mixed_precision)
+    test_loss, test_acc = loss_and_accuracy(test_logits, splits.y_test)
     train_loss_noisy, train_acc_noisy = loss_and_accuracy(logits, noisy_sub)
     return {
         "train_loss_noisy": train_loss_noisy,
@@ -157,15 +184,18 @@ def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: T
 
 
 def accumulate_gradients(model: nn.Module, splits: Splits, labels: torch.Tensor, names: list[str],
-                         batches: int, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """∂L/∂w summed over ``batches`` seeded training batches (for the gradient criterion)."""
+                         batches: int, batch_size: int, gen: torch.Generator,
+                         mixed_precision: bool = False) -> dict[str, torch.Tensor]:
+    """∂L/∂w summed over ``batches`` seeded training batches (for the gradient criterion).
+
+    In fp32 by default: the scores rank weights against each other, and bf16 ties or reorders small ones."""
     params = dict(model.named_parameters())
     model.train()
     model.zero_grad(set_to_none=True)
     order = torch.randperm(len(labels), generator=gen).to(splits.x_train.device)
     for b in range(batches):
         idx = order[(b * batch_size) % len(labels):][:batch_size]
-        with autocast(splits.x_train.device):
+        with precision(splits.x_train.device, mixed_precision):
             loss = F.cross_entropy(model(splits.normalise(splits.x_train[idx])), labels[idx])
         loss.backward()
     grads = {n: params[n].grad.detach().clone() for n in names}

@@ -3,7 +3,8 @@
 The retraining mode is a row of ``retrain.MODES``; persistence goes through a ``Store`` (the MLflow
 implementation lives in ``tracking``), so this module never imports MLflow. Every round's randomness is
 drawn from generators derived from (seed, round), so a trajectory resumed after any round ends with
-exactly the metrics of an uninterrupted one.
+exactly the metrics of an uninterrupted one on the same CPU machine (CUDA kernels are not bitwise
+deterministic unless ``train.deterministic``, and floats differ across machines).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from sddkit import analysis, data, models, noise, pruning, retrain, seeds, train
-from sddkit.config import Config
+from sddkit.config import Config, ConfigError
 
 State = dict[str, torch.Tensor]
 
@@ -88,27 +89,23 @@ class Inputs:
     train_idx: torch.Tensor  # the fixed subset train accuracy is measured on
 
 
-def load_labelled_data(cfg: Config, root: Path) -> tuple[data.Splits, torch.Tensor]:
-    """The splits (on the CPU) and the noisy train labels of ``cfg``: what ``sddkit prepare`` pins."""
-    splits = data.prepare(cfg.data, root)
-    noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
-                          splits.num_classes, cfg.data.name, splits.coarse_train)
-    return splits, noisy
-
-
 def round_generators(cfg: Config, r: int, device: torch.device) -> train.Generators:
     """Round r's data order and augmentation draws (re-dense reuses the round's own)."""
     return train.Generators(seeds.generator(cfg.seed, "order", r), seeds.generator(cfg.seed, "augment", r, device))
 
 
-def load_inputs(cfg: Config, root: Path) -> Inputs:
+def load_inputs(cfg: Config, root: Path, labelled: tuple[data.Splits, torch.Tensor] | None = None) -> Inputs:
+    """``labelled``: the splits and noisy labels to train on (``prepare.load_pinned``), else built from the
+    raw sources."""
     configure_torch(cfg)
     device = train.resolve_device(cfg.train.device)
-    splits, noisy = load_labelled_data(cfg, root)
+    splits, noisy = labelled or data.load_labelled(cfg, root)
+    check_rewind(cfg, len(noisy))
     splits, noisy = splits.to(device), noisy.to(device)
     model = fresh_model(cfg, splits, 0).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        splits.channels_last = True  # batches in the model's layout too
     exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
     train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
                                        cfg.data.split_seed, "train.train_eval_size").to(device)
@@ -154,8 +151,10 @@ def configure_torch(cfg: Config) -> None:
 
 def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module:
     """A newly initialised model from the init generator of ``round_index`` (round 0: the dense init)."""
+    # The model is built on the CPU: seed only the CPU generator, which fork_rng restores. torch.manual_seed
+    # would also reseed every CUDA generator, and fork_rng(devices=[]) would leave that change behind.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeds.derive(cfg.seed, "init", round_index))
+        torch.random.default_generator.manual_seed(seeds.derive(cfg.seed, "init", round_index))
         return models.build(cfg.model.arch, splits.num_classes, splits.input_shape, cfg.model.init)
 
 
@@ -169,10 +168,15 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     apply_masks = pruning.MaskApplier(dict(model.named_parameters()), masks)
     apply_masks()
     start = snapshot(model)
-    ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks), schedule.epochs)
+    rewind_at = retrain.rewind_iteration(cfg, steps_per_epoch(ctx))
+    first_step = retrain.start_step(cfg, r, rewind_at)
+    ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks),
+                               schedule.epochs - first_step // steps_per_epoch(ctx))
     gens = round_generators(cfg, r, ctx.splits.x_train.device)
-    history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks,
-                        on_step=rewind_capture(ctx, r), on_epoch=lambda e, row: epoch_metrics(ctx, r, row))
+    history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks, start_step=first_step,
+                        fresh_optimizer_at=retrain.fresh_optimizer_at(r, rewind_at),
+                        on_step=rewind_capture(ctx, r, rewind_at),
+                        on_epoch=lambda e, row: epoch_metrics(ctx, r, row, schedule.epochs))
     final = snapshot(model)
     if r == 0:
         store.save_state("rewind", ctx.rewind)
@@ -217,23 +221,37 @@ def start_weights(ctx: Context, r: int, previous: State | None) -> State:
     return fresh_model(ctx.cfg, ctx.splits, r).to(ctx.init[ctx.names[0]].device).state_dict()
 
 
-def rewind_capture(ctx: Context, r: int) -> Callable[[int], None] | None:
-    """In round 0, keep the weights at the rewind step (the last step if the schedule is shorter)."""
+def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None] | None:
+    """In round 0, keep the weights at the rewind step (``check_rewind`` keeps it inside the schedule)."""
     if r != 0:
         return None
-    steps_per_epoch = math.ceil(len(ctx.noisy) / ctx.cfg.train.batch_size)
-    target = retrain.rewind_iteration(ctx.cfg, steps_per_epoch)
-    total = steps_per_epoch * ctx.cfg.train.epochs
 
     def capture(step: int) -> None:
-        if step == min(target, total):
+        if step == rewind_at:
             ctx.rewind = snapshot(ctx.model)
     return capture
 
 
-def epoch_metrics(ctx: Context, r: int, row: dict) -> None:
-    logits = train.predict(ctx.model, ctx.splits, ctx.splits.x_test, ctx.cfg.train.eval_batch_size)
-    row["test_loss"], row["test_acc"] = train.loss_and_accuracy(logits, ctx.splits.y_test)
+def steps_per_epoch(ctx: Context) -> int:
+    return math.ceil(len(ctx.noisy) / ctx.cfg.train.batch_size)
+
+
+def check_rewind(cfg: Config, train_size: int) -> None:
+    """The rewind point must fall before the end of the dense schedule: rounds start there."""
+    per_epoch = math.ceil(train_size / cfg.train.batch_size)
+    rewind_at, total = retrain.rewind_iteration(cfg, per_epoch), cfg.train.epochs * per_epoch
+    if rewind_at > 0 and rewind_at >= total:
+        raise ConfigError(f"retrain.rewind_step = {cfg.retrain.rewind_step} {cfg.retrain.rewind_unit} is step "
+                          f"{rewind_at}, not before the end of training ({total} steps = {cfg.train.epochs} "
+                          f"epochs x {per_epoch}); lower it (0 rewinds to the initialisation)")
+
+
+def epoch_metrics(ctx: Context, r: int, row: dict, epochs: int) -> None:
+    """Test loss and accuracy every ``train.eval_every`` epochs and after the last one (of ``epochs``)."""
+    epoch = row["epoch"]
+    if (epoch + 1) % ctx.cfg.train.eval_every == 0 or epoch == epochs - 1:
+        logits = train.predict(ctx.model, ctx.splits, ctx.splits.x_test, ctx.cfg.train.eval_batch_size)
+        row["test_loss"], row["test_acc"] = train.loss_and_accuracy(logits, ctx.splits.y_test)
     ctx.reporter.epoch_done(r, row)
 
 

@@ -1,10 +1,12 @@
 """Each retraining mode starts its rounds where the paper says, in the one engine, on a real store."""
+import math
+
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from sddkit import retrain, runner, tracking
-from sddkit.config import load_config
+from sddkit import data, retrain, runner, tracking, train
+from sddkit.config import ConfigError, load_config
 
 SMALL = {"data.train_size": 200, "train.epochs": 1, "prune.rounds": 2, "train.batch_size": 50,
          "train.milestones": [], "train.threads": 1}
@@ -86,7 +88,7 @@ def test_reinit_uses_exactly_the_lottery_masks_with_fresh_weights(project, tmp_p
 def test_reinit_without_its_lottery_names_what_exists(project, tmp_path):
     cfg = load_config(overrides={**SMALL, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
                                  "retrain.mode": "reinit", "retrain.masks_from": "nope"})
-    with pytest.raises(tracking.TrackingError, match="retrain.masks_from = 'nope': no trajectory"):
+    with pytest.raises(tracking.TrackingError, match="reinit: no finished lottery twin named 'nope'"):
         runner.run_trajectory(cfg, project, quiet=True)
     assert tracking.Tracker(cfg.tracking.uri, project).trajectories("sddkit") == []  # nothing written
 
@@ -114,9 +116,105 @@ def test_engine_prunes_with_each_criterion_and_scope(project, tmp_path, criterio
     assert rows[1]["sparsity"] == pytest.approx(0.2, abs=1e-3)
 
 
-def test_reinit_refuses_masks_of_a_lottery_run_with_other_pruning_settings(project, tmp_path):
-    trajectory(project, tmp_path)
+def test_reinit_refuses_an_explicit_run_whose_masks_do_not_fit(project, tmp_path):
+    _, lottery, _, _ = trajectory(project, tmp_path)
     cfg = load_config(overrides={**SMALL, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "prune.rate": 0.5,
-                                 "retrain.mode": "reinit", "retrain.masks_from": "lottery"})
+                                 "retrain.mode": "reinit", "retrain.masks_from": lottery.run_id})
     with pytest.raises(tracking.TrackingError, match="do not fit this config .*prune.rate: 0.2 there, 0.5 here"):
         runner.run_trajectory(cfg, project, quiet=True)
+
+
+def test_reinit_takes_only_its_exact_finished_twin_or_an_explicit_run_id(project, tmp_path):
+    """Neither a lottery run of another noise level nor an unfinished twin is ever taken silently."""
+    _, other_noise, _, other_rounds = trajectory(project, tmp_path, **{"noise.ratio": 0.4})
+    uri = other_noise.tracker.uri
+    cfg = load_config(overrides={**SMALL, "tracking.uri": uri})
+    unfinished = tracking.Tracker(uri, project).open_trajectory(cfg)  # the twin, started and never finished
+    reinit = load_config(overrides={**SMALL, "tracking.uri": uri, "retrain.mode": "reinit"})
+    with pytest.raises(tracking.TrackingError, match=f"no finished lottery twin in experiment 'sddkit' .*config "
+                                                     f"{tracking.lottery_twin(reinit).identity_hash()}"):
+        runner.run_trajectory(reinit, project, quiet=True)
+    assert len(tracking.Tracker(uri, project).trajectories("sddkit")) == 2  # nothing written
+
+    explicit = load_config(overrides={**SMALL, "tracking.uri": uri, "retrain.mode": "reinit",
+                                      "retrain.masks_from": other_noise.run_id})
+    store, _ = runner.run_trajectory(explicit, project, quiet=True)
+    ours = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in store.tracker.round_runs(store.run_id)}
+    for r in (1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(tracking.load_mask(ours[r], uri).values(),
+                                                       tracking.load_mask(other_rounds[r], uri).values()))
+    assert unfinished.run_id not in {store.run_id}
+
+
+# ---------------------------------------------------------------- where a round starts in the schedule
+
+def epoch_lrs(store, run_id: str) -> dict[int, float]:
+    history = store.client.get_metric_history(run_id, "epoch/lr")
+    return {m.step: m.value for m in history}
+
+
+@pytest.mark.parametrize("mode, starts_at_rewind", [("lottery", True), ("reinit", True), ("oneshot", True),
+                                                    ("lr_rewind", False), ("scratch", False)])
+def test_a_round_restarted_at_the_rewind_step_continues_the_dense_schedule(project, tmp_path, mode,
+                                                                           starts_at_rewind):
+    """4 epochs, lr x0.1 from epoch 2, rewind at 1 epoch: a lottery round trains epochs 1-3, at the base lr in
+    epoch 1 and at base·γ in epochs 2-3 (the paper's code advances the schedule by the rewind step)."""
+    schedule = {"train.epochs": 4, "train.schedule": "multistep", "train.milestones": [2], "train.gamma": 0.1,
+                "train.lr": 0.05, "train.optimizer": "sgd", "train.momentum": 0.9, "prune.rounds": 1,
+                "retrain.rewind_step": 1, "retrain.rewind_unit": "epochs"}
+    if mode == "reinit":
+        trajectory(project, tmp_path, **schedule)
+    _, store, _, rounds = trajectory(project, tmp_path, **schedule, **{"retrain.mode": mode})
+    base, gamma = 0.05, 0.1
+    expected_dense = {0: base, 1: base, 2: base * gamma, 3: base * gamma}  # computed here, not by sddkit
+    assert epoch_lrs(store, rounds[0]) == pytest.approx(expected_dense)
+    expected_sparse = {e: lr for e, lr in expected_dense.items() if e >= 1} if starts_at_rewind else expected_dense
+    assert epoch_lrs(store, rounds[1]) == pytest.approx(expected_sparse)
+
+
+REAL_TRAIN_STEP = train.train_step
+
+
+def recorded_steps(monkeypatch, **fit_kwargs) -> list[tuple]:
+    """(step label, lr, optimizer id, batch labels) of every optimizer step of one ``train.fit``."""
+    splits = data.Splits(torch.randint(0, 255, (50, 1, 4, 4), dtype=torch.uint8), torch.arange(50) % 5,
+                         torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 5,
+                         torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    cfg = load_config(overrides={"train.epochs": 3, "train.batch_size": 10, "train.schedule": "cosine",
+                                 "train.optimizer": "sgd", "train.lr": 0.1, "train.momentum": 0.9}).train
+    steps = []
+
+    def spy(model, optimizer, x, y):
+        steps.append((optimizer.param_groups[0]["lr"], id(optimizer), y.tolist()))
+        return REAL_TRAIN_STEP(model, optimizer, x, y)
+    monkeypatch.setattr(train, "train_step", spy)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    gens = train.Generators(torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    train.fit(model, splits, splits.y_train_clean, cfg, gens, **fit_kwargs)
+    return steps
+
+
+def test_a_fit_from_step_k_sees_the_batches_and_lrs_of_steps_k_onwards(monkeypatch):
+    whole = recorded_steps(monkeypatch)
+    assert len(whole) == 15  # 3 epochs of 5 batches
+    for k in (3, 5, 12):  # inside the first epoch, on an epoch boundary, inside the last epoch
+        later = recorded_steps(monkeypatch, start_step=k)
+        assert [(lr, y) for lr, _, y in later] == [(lr, y) for lr, _, y in whole[k:]]
+    total = 15
+    assert [lr for lr, _, _ in whole] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / total))
+                                                         for s in range(total)])
+
+
+def test_round_zero_restarts_its_optimizer_at_the_rewind_point(monkeypatch):
+    steps = recorded_steps(monkeypatch, fresh_optimizer_at=4)
+    optimizers = [opt for _, opt, _ in steps]
+    assert len(set(optimizers[:4])) == 1 and len(set(optimizers[4:])) == 1 and optimizers[3] != optimizers[4]
+
+
+def test_a_rewind_point_past_the_end_of_training_is_refused_before_any_run(project, tmp_path):
+    cfg = load_config(overrides={**SMALL, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                 "retrain.rewind_step": 4})  # 200 samples / 50 = 4 steps, 1 epoch
+    with pytest.raises(ConfigError, match="retrain.rewind_step = 4 iterations is step 4, not before the end"):
+        runner.run_trajectory(cfg, project, quiet=True)
+    assert tracking.Tracker(cfg.tracking.uri, project).trajectories("sddkit") == []
