@@ -23,6 +23,10 @@ Initialisation (``model.init``):
 - ``kaiming_normal``: the same for every arch — conv weights kaiming-normal with fan_out, linear weights
   kaiming-normal with fan_in (both with the ReLU gain sqrt(2)), every conv/linear bias 0, every batch norm
   weight 1 and bias 0 (no zero-initialised residual branches).
+- ``open_lth``: the paper's code (its open_lth fork), for every arch, LeNet included — conv and linear weights
+  ``nn.init.kaiming_normal_`` at its defaults (fan_in, gain sqrt(2): std sqrt(2/fan_in)), conv/linear biases
+  PyTorch's default (uniform in ±1/sqrt(fan_in), redrawn because timm's VGG rule zeroes them), batch norm
+  weight U(0, 1) and bias 0. It runs after the arch's own init and replaces it (timm's zero_init_last too).
 """
 from __future__ import annotations
 
@@ -101,8 +105,10 @@ def build(arch: str, num_classes: int, input_shape: Shape, init: str = "default"
     model = BUILDERS[arch](num_classes, tuple(input_shape))
     if init == "kaiming_normal":
         kaiming_normal_(model)
+    elif init == "open_lth":
+        open_lth_(model)
     elif init != "default":
-        raise ConfigError(f"model.init = {init!r}: unknown; allowed values: default, kaiming_normal")
+        raise ConfigError(f"model.init = {init!r}: unknown; allowed values: default, kaiming_normal, open_lth")
     return model
 
 
@@ -119,6 +125,22 @@ def kaiming_normal_(model: nn.Module) -> None:
         else:
             continue
         if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def open_lth_(model: nn.Module) -> None:
+    """The paper's code: kaiming-normal weights at torch's defaults (fan_in, gain sqrt(2)), PyTorch's default
+    biases, batch norm weight U(0, 1) and bias 0. Draws from torch's global generator, module by module."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                # PyTorch's own bias rule (what the paper's nets keep); timm's VGG init had set them to 0.
+                bound = 1.0 / math.sqrt(module.weight[0].numel())  # fan_in: in_channels/groups x kernel
+                nn.init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.uniform_(module.weight)
             nn.init.zeros_(module.bias)
 
 

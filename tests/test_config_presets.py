@@ -59,7 +59,7 @@ def test_paper_presets_carry_the_papers_settings(name):
                                                                                       "global")
     assert (cfg.noise.kind, cfg.noise.ratio, cfg.data.augment) == ("random", 0.2, "auto")
     assert cfg.train.schedule == ("constant" if name == "mnist-lenet" else "multistep")
-    assert cfg.model.init == ("default" if cfg.model.arch == "lenet300_100" else "kaiming_normal")
+    assert cfg.model.init == "open_lth"  # the paper code's init, LeNet included
     assert cfg.prune.rounds >= 15
 
 

@@ -132,6 +132,45 @@ def test_kaiming_normal_init(arch):
             assert bool((module.bias == 0).all())
 
 
+def _sampling_bound(n: int, spread: float) -> float:
+    """Four standard errors of a statistic whose single-sample spread is ``spread``, plus a small floor."""
+    return 4.0 * spread / math.sqrt(n) + 1e-3
+
+
+@pytest.mark.parametrize("arch", ["lenet300_100", "resnet18", "vgg16_bn"])
+def test_open_lth_init_matches_the_papers_code(arch):
+    shape = (1, 28, 28) if arch == "lenet300_100" else CIFAR
+    model = built(arch, "open_lth", shape=shape)
+    checked = {"weights": 0, "biases": 0, "norms": 0}
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w, fan_in = module.weight.detach(), module.weight[0].numel()
+            if w.numel() >= 1_000:  # too few samples to pin a std
+                expected = math.sqrt(2.0 / fan_in)  # kaiming_normal_'s defaults: fan_in, gain sqrt(2)
+                # The sample std's relative standard error is 1/sqrt(2n).
+                assert float(w.std()) / expected == pytest.approx(1.0, abs=_sampling_bound(2 * w.numel(), 1.0))
+                assert abs(float(w.mean())) <= _sampling_bound(w.numel(), expected)
+                checked["weights"] += 1
+            if module.bias is not None:  # PyTorch's default: uniform in ±1/sqrt(fan_in), never zeroed
+                b = module.bias.detach()
+                assert float(b.abs().max()) <= 1.0 / math.sqrt(fan_in) and bool((b != 0).any())
+                checked["biases"] += 1
+        if isinstance(module, nn.BatchNorm2d):
+            w = module.weight.detach()
+            assert bool(((w >= 0) & (w < 1)).all())  # U(0, 1), whose std is 1/sqrt(12)
+            assert float(w.mean()) == pytest.approx(0.5, abs=_sampling_bound(w.numel(), 12 ** -0.5))
+            assert bool((module.bias == 0).all())
+            checked["norms"] += 1
+    assert checked["weights"] >= 3 and checked["biases"] >= 1
+    assert checked["norms"] == {"lenet300_100": 0, "resnet18": 20, "vgg16_bn": 13}[arch]
+
+
+def test_open_lth_init_overrides_timms_zero_initialised_residual_branches():
+    resnet = built("resnet18", "open_lth")
+    assert not any(bool((m.weight == 0).all()) for m in resnet.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not bool((resnet.fc.bias == 0).all())
+
+
 def test_default_init_is_timms_scheme():
     resnet = built("resnet18")
     # timm zero-initialises the last batch norm of each residual block: 8 basic blocks in ResNet-18.
