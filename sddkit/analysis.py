@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sddkit.config import AnalysisConfig
+
 
 def learning_distance(reference: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
                       masks: dict[str, torch.Tensor]) -> float:
@@ -29,30 +31,47 @@ class Phases:
     peak: int | None           # highest test accuracy after the minimum
     last: int
     interpolation_threshold: int | None  # first round whose train_acc_noisy falls below the threshold
+    critical: int | None = None  # first round, up to the minimum, more than the light tolerance below dense
 
     def label(self, round_index: int) -> str:
-        """light (before the minimum), critical (from the minimum while the net still interpolates),
-        sweet (from the interpolation threshold up to the peak), collapse (after the peak)."""
-        if self.minimum is None or round_index < self.minimum:
+        """light (from round 0 while test accuracy stays within the tolerance of dense), critical (from the
+        first round more than the tolerance below dense while the net still interpolates), sweet (from the interpolation threshold up to
+        the peak), collapse (after the peak). Without a ``critical`` round the light phase runs on to the sweet
+        one; phases are contiguous, so a critical round that recovers stays critical."""
+        if self.minimum is None:
             return "light"
         sweet_from = max(self.minimum + 1, self.interpolation_threshold or 0)
         if round_index < sweet_from:
-            return "critical"
+            return "light" if self.critical is None or round_index < self.critical else "critical"
         if self.peak is None or round_index <= self.peak:
             return "sweet"
         return "collapse"
 
 
-def phases(rows: list[dict], threshold: float = 95.0) -> Phases:
-    """Landmarks of a trajectory from its per-round rows (``test_acc``, ``train_acc_noisy``)."""
+def phases(rows: list[dict], threshold: float = AnalysisConfig.interpolation_threshold,
+           light_tolerance: float = AnalysisConfig.light_tolerance) -> Phases:
+    """Landmarks of a trajectory from its per-round rows (``test_acc``, ``train_acc_noisy``): ``threshold`` in %
+    of the noisy labels fitted, ``light_tolerance`` in test accuracy points (docs/analysis.md, "Phases")."""
     if not rows:
         raise ValueError("a trajectory with no rounds has no phases")
+    if light_tolerance <= 0:
+        raise ValueError(f"light_tolerance = {light_tolerance}: must be > 0 points (round 0 is light)")
     interpolating = [i for i, r in enumerate(rows) if r["train_acc_noisy"] >= threshold]
     minimum = min(interpolating, key=lambda i: rows[i]["test_acc"]) if interpolating else None
     after = range(minimum + 1, len(rows)) if minimum is not None else range(0)
     peak = max(after, key=lambda i: rows[i]["test_acc"]) if len(after) else None
     below = [i for i, r in enumerate(rows) if r["train_acc_noisy"] < threshold]
-    return Phases(0, minimum, peak, len(rows) - 1, below[0] if below else None)
+    critical = first_drop(rows, minimum, light_tolerance) if minimum is not None else None
+    return Phases(0, minimum, peak, len(rows) - 1, below[0] if below else None, critical)
+
+
+def first_drop(rows: list[dict], until: int, tolerance: float) -> int | None:
+    """The first round up to ``until`` whose test accuracy is more than ``tolerance`` points below dense.
+
+    The drop is compared at 0.0001 points: accuracies are float32 percentages (80.3 is stored as 80.29999733),
+    so a drop of exactly the tolerance, 83.3 to 80.3 say, must not count as more than it."""
+    dense = rows[0]["test_acc"]
+    return next((i for i in range(until + 1) if round(dense - rows[i]["test_acc"], 4) > tolerance), None)
 
 
 def double_descent_margins(rows: list[dict], ph: Phases) -> dict[str, float]:

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.table import Table
 
-from sddkit import analysis, config, plots, replicates, results
+from sddkit import analysis, config, plots, results
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, finished_only, round_row, select_trajectories, \
     unknown_trajectory
@@ -151,12 +151,15 @@ def unique_label(label: str, taken: list[str]) -> str:
 # ---------------------------------------------------------------- curves
 
 def build_curve(tracker: Tracker, label: str, runs: list, threshold: float | None) -> Curve:
-    reps = [replicates.Replicate(seed=_seed_order(r.data.tags.get("sddkit.seed", "0")), run_id=r.info.run_id,
-                                 rows=[round_row(x) for x in tracker.round_runs(r.info.run_id)]) for r in runs]
-    rows = replicates.mean_rows(reps)
+    rows = results.mean_rows([[round_row(x) for x in tracker.round_runs(r.info.run_id)] for r in runs])
     if threshold is None:
-        threshold = float(runs[0].data.params.get("analysis.interpolation_threshold", 95.0))
-    return Curve(label, runs, rows, analysis.phases(rows, threshold))
+        threshold = analysis_setting(runs[0], "interpolation_threshold")
+    return Curve(label, runs, rows, analysis.phases(rows, threshold, analysis_setting(runs[0], "light_tolerance")))
+
+
+def analysis_setting(run, key: str) -> float:
+    """The run's ``analysis.<key>`` param; runs logged before the key existed get today's default."""
+    return float(run.data.params.get(f"analysis.{key}", getattr(config.AnalysisConfig, key)))
 
 
 def shared_sparsity(curves: list[Curve]) -> bool:

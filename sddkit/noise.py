@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sddkit.config import ASYMMETRIC_DATASETS, ConfigError
-from sddkit.sources import DatasetError
+from sddkit.files import DatasetError
 
 ASYMMETRIC_MAPS = {
     "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},

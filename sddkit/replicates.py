@@ -14,16 +14,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
-from sddkit import analysis, plots, results, trajectory
+from sddkit import analysis, plots, results, runner, trajectory
 from sddkit.config import Config
 from sddkit.paths import tracking_uri
 from sddkit.tracking import Tracker, log_files
 
 console = Console(stderr=True)
-CURVE_KEYS = ("test_acc", "train_acc_noisy")
 ARTIFACT_DIR = "replicates"  # where each replicate's parent run keeps the group's mean ± std files
 
 
@@ -58,8 +56,6 @@ def seeded(cfg: Config, seed: int, parallel: bool) -> Config:
 
 def run_one(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Replicate:
     """A worker: one trajectory, quiet apart from one line a round."""
-    from sddkit import runner  # here, not at the top: compare imports this module for mean_rows
-
     folder = results_dir / f"seed-{cfg.seed}" if results_dir else None
     store, rows = runner.run_trajectory(cfg, root, force=force, results_dir=folder, quiet=True,
                                         reporter=LineReporter(cfg.seed))
@@ -83,7 +79,7 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     log_group(tracker, done, group)
     if results_dir is not None:
         results.write_folder(results_dir, group)
-    print_table(mean_rows(done), [r.seed for r in done], cfg.analysis.interpolation_threshold)
+    print_table(results.mean_rows([r.rows for r in done]), [r.seed for r in done], cfg)
     where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{done[0].run_id}/{ARTIFACT_DIR}/"
     console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)",
                   highlight=False)
@@ -141,32 +137,18 @@ def attempt(fn, *args):
 
 # ---------------------------------------------------------------- mean ± std
 
-def mean_rows(done: list[Replicate]) -> list[dict]:
-    """Per round: the mean of every metric over the replicates, and ``<key>_std`` for the curve keys.
-
-    std is the sample standard deviation (n − 1; 0 for a single replicate)."""
-    rounds = min(len(r.rows) for r in done)
-    out = []
-    for i in range(rounds):
-        values = {k: np.array([r.rows[i][k] for r in done], dtype=float) for k in done[0].rows[i]
-                  if all(k in r.rows[i] for r in done)}
-        row = {k: float(v.mean()) for k, v in values.items()}
-        row.update({f"{k}_std": float(values[k].std(ddof=1)) if len(done) > 1 else 0.0 for k in CURVE_KEYS})
-        out.append(row)
-    return out
-
-
 def summarise(cfg: Config, done: list[Replicate]) -> dict[str, bytes]:
     """The group's files: mean ± std by round (CSV) and the mean ± std curve (PNG)."""
-    rows = mean_rows(done)
-    series = {k: [r[k] for r in rows] for k in ("remaining", *CURVE_KEYS, *(f"{k}_std" for k in CURVE_KEYS))}
+    rows = results.mean_rows([r.rows for r in done])
+    keys = results.STD_KEYS
+    series = {k: [r[k] for r in rows] for k in ("remaining", *keys, *(f"{k}_std" for k in keys))}
     seeds = " ".join(str(r.seed) for r in done)
     title = f"{cfg.name}: mean ± std over seeds {seeds} (group {cfg.group_hash()})"
     return {"mean_std.csv": mean_csv(rows).encode(), "curve_mean_std.png": plots.curve_png({cfg.name: series}, title)}
 
 
 def mean_csv(rows: list[dict]) -> str:
-    columns = ("round", "sparsity", "remaining", *(c for k in CURVE_KEYS for c in (k, f"{k}_std")))
+    columns = ("round", "sparsity", "remaining", *(c for k in results.STD_KEYS for c in (k, f"{k}_std")))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -182,8 +164,9 @@ def log_group(tracker: Tracker, done: list[Replicate], files: dict[str, bytes]) 
         tracker.client.set_tag(r.run_id, "sddkit.replicate_seeds", " ".join(str(x.seed) for x in done))
 
 
-def print_table(rows: list[dict], seeds: list[int], threshold: float) -> None:
+def print_table(rows: list[dict], seeds: list[int], cfg: Config) -> None:
     title = f"mean ± std over seeds {' '.join(map(str, seeds))}"
-    Console().print(results.round_table(rows, analysis.phases(rows, threshold), title,
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
+    Console().print(results.round_table(rows, ph, title,
                                         ("sparsity", "train_acc_noisy", "test_acc"), std=True,
                                         phase_header="phase (of the mean)"))

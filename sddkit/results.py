@@ -1,16 +1,17 @@
-"""A trajectory's closing summary and the small plain files DVC reads (summary.json, trajectory.csv), and
-``write_atomic``, the one way sddkit writes a file others read (DVC, later runs)."""
+"""A trajectory's closing summary, the mean ± std of replicates, and the small plain files DVC reads
+(summary.json, trajectory.csv)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable
+
+import numpy as np
+from rich.table import Table
 
 from sddkit import analysis
+from sddkit.files import write_atomic
 
 RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 CSV_COLUMNS = ("round", "sparsity", "remaining", "train_acc_noisy", "train_acc_clean", "memorized",
@@ -58,8 +59,6 @@ ROUND_COLUMNS = {"sparsity": "sparsity %", "train_acc_noisy": "train noisy %", "
 def round_table(rows: list[dict], ph: analysis.Phases, title: str, keys: tuple[str, ...], std: bool = False,
                 phase_header: str = "phase"):
     """A rich table, one line a round: the ``keys`` columns (with ± their std where ``std``), then the phase."""
-    from rich.table import Table  # here: sources and prepare import this module for write_atomic
-
     table = Table(title=title)
     for header in ("round", *(ROUND_COLUMNS[k] for k in keys), phase_header):
         table.add_column(header, justify="right")
@@ -84,7 +83,7 @@ def phase_cell(ph: analysis.Phases, i: int) -> str:
 
 
 def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[str, bytes]:
-    from sddkit import plots  # matplotlib only where a curve is drawn: sources and prepare import write_atomic
+    from sddkit import plots  # matplotlib only where a curve is drawn: reporting a finished run draws none
 
     series = {name: {k: [r[k] for r in rows] for k in ("remaining", "test_acc", "train_acc_noisy")}}
     return {"trajectory.csv": table_csv(rows, ph).encode(), "curve.png": plots.curve_png(series, name),
@@ -97,18 +96,21 @@ def write_folder(folder: Path, files: dict[str, bytes]) -> None:
         write_atomic(folder / name, content)
 
 
-def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object]) -> None:
-    """Write ``content`` (bytes, or a function writing into a binary file: no copy of large arrays) to ``path``
-    through a temporary file beside it and a rename: readers (DVC, a concurrent run) see the old file or the
-    whole new one; a failed write leaves the old file and no temporary one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: concurrent writers never share one
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # like mkstemp, but honours the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, bytes):
-                f.write(content)
-            else:
-                content(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+# ---------------------------------------------------------------- mean ± std of replicates
+
+STD_KEYS = ("test_acc", "train_acc_noisy")  # the curve's two lines: they get a ``<key>_std`` beside the mean
+
+
+def mean_rows(replicates: list[list[dict]]) -> list[dict]:
+    """Per round (up to the shortest replicate): the mean of every metric all replicates have, and
+    ``<key>_std`` for the ``STD_KEYS``: the sample standard deviation (n − 1; 0 for a single replicate)."""
+    rounds = min(len(rows) for rows in replicates)
+    out = []
+    for i in range(rounds):
+        values = {k: np.array([rows[i][k] for rows in replicates], dtype=float) for k in replicates[0][i]
+                  if all(k in rows[i] for rows in replicates)}
+        row = {k: float(v.mean()) for k, v in values.items()}
+        row.update({f"{k}_std": float(values[k].std(ddof=1)) if len(replicates) > 1 else 0.0 for k in STD_KEYS})
+        out.append(row)
+    return out

@@ -34,11 +34,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sddkit.results import write_atomic
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be loaded; the message says what to download and where to put it."""
+# DatasetError is defined in files (noise raises it too, and must not import this module); it is still
+# sddkit.sources.DatasetError to every caller.
+from sddkit.files import DatasetError, write_atomic
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Known answers for the learning distance, the phases, interpolation and the filter-normalised landscape;
 then ``sddkit analyze`` end to end on a tiny trajectory stored in a real MLflow sqlite store."""
+import csv
 import json
 import shutil
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,6 +16,8 @@ from sddkit import analysis, analyze, cli, config, landscape, redense, runner
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, read_torch, round_row, \
     select_trajectories
 from tests.conftest import TINY
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 # ---------------------------------------------------------------- learning distance
@@ -55,12 +60,12 @@ def rows_of(test_acc, train_acc_noisy):
             for i, (t, n) in enumerate(zip(test_acc, train_acc_noisy))]
 
 
-DOUBLE_DESCENT = rows_of([80, 75, 70, 78, 85, 60], [100, 100, 99, 90, 80, 50])
+DOUBLE_DESCENT = rows_of([80, 79, 70, 78, 85, 60], [100, 100, 99, 90, 80, 50])
 
 
 def test_phases_of_a_double_descent():
     ph = analysis.phases(DOUBLE_DESCENT)
-    assert (ph.dense, ph.minimum, ph.peak, ph.last, ph.interpolation_threshold) == (0, 2, 4, 5, 3)
+    assert (ph.dense, ph.critical, ph.minimum, ph.peak, ph.last, ph.interpolation_threshold) == (0, 2, 2, 4, 5, 3)
     assert [ph.label(i) for i in range(6)] == ["light", "light", "critical", "sweet", "sweet", "collapse"]
     assert analysis.phase_spans(ph) == {"light": (0, 1), "critical": (2, 2), "sweet": (3, 4), "collapse": (5, 5)}
     assert analysis.phase_metrics(ph) == {
@@ -77,12 +82,112 @@ def test_interpolation_threshold_level_moves_the_sweet_phase():
     assert [ph.label(i) for i in range(6)] == ["light", "light", "critical", "critical", "sweet", "collapse"]
 
 
+def test_light_tolerance_moves_the_start_of_the_critical_phase():
+    assert analysis.phases(DOUBLE_DESCENT, light_tolerance=0.5).critical == 1  # round 1 is 1 point below dense
+    assert analysis.phases(DOUBLE_DESCENT, light_tolerance=10.0).critical is None  # the minimum is 10 below
+    with pytest.raises(ValueError, match="light_tolerance"):
+        analysis.phases(DOUBLE_DESCENT, light_tolerance=0.0)
+
+
 def test_phases_of_a_curve_that_never_stops_interpolating():
-    ph = analysis.phases(rows_of([80, 79, 81], [100, 100, 100]))
-    assert (ph.minimum, ph.peak, ph.interpolation_threshold) == (1, 2, None)
+    ph = analysis.phases(rows_of([80, 77, 81], [100, 100, 100]))
+    assert (ph.critical, ph.minimum, ph.peak, ph.interpolation_threshold) == (1, 1, 2, None)
     assert analysis.phase_spans(ph) == {"light": (0, 0), "critical": (1, 1), "sweet": (2, 2)}
     tags = analysis.phase_tags(ph)
     assert tags["sddkit.interpolation_threshold"] == "none" and tags["sddkit.phase.collapse"] == "none"
+
+
+def test_a_minimum_within_the_tolerance_leaves_no_critical_phase():
+    # The dip (1.5 points) is no larger than a light phase's scatter: light runs on until the net stops
+    # interpolating the noisy labels, then sweet and collapse as usual.
+    ph = analysis.phases(rows_of([80, 79, 78.5, 79.2, 85, 60], [100, 100, 100, 90, 80, 50]))
+    assert (ph.critical, ph.minimum) == (None, 2)
+    assert analysis.phase_spans(ph) == {"light": (0, 2), "sweet": (3, 4), "collapse": (5, 5)}
+    assert analysis.phase_tags(ph)["sddkit.phase.critical"] == "none"
+
+
+def test_a_drop_of_exactly_the_tolerance_is_still_light():
+    ph = analysis.phases(rows_of([80, 78, 77.9, 77, 85, 60], [100, 100, 100, 100, 80, 50]))
+    assert [ph.label(i) for i in range(4)] == ["light", "light", "critical", "critical"]
+    # As stored: float32 percentages, so 83.3 -> 80.3 is 3.0000031 points; it is exactly 3, not more.
+    stored = rows_of([83.30000042915344, 80.29999732971191, 79.9, 85], [100, 100, 100, 80])
+    assert analysis.phases(stored, light_tolerance=3.0).critical == 2
+
+
+def test_a_critical_round_that_recovers_stays_critical():
+    ph = analysis.phases(rows_of([80, 77, 79.5, 76, 85, 60], [100, 100, 100, 100, 80, 50]))
+    assert analysis.phase_spans(ph) == {"light": (0, 0), "critical": (1, 3), "sweet": (4, 4), "collapse": (5, 5)}
+
+
+def test_light_tolerance_is_a_checked_setting_outside_the_run_identity():
+    assert config.load_config().analysis.light_tolerance == 2.0
+    assert config.load_config().identity_hash() == \
+        config.load_config(overrides=["analysis.light_tolerance=3"]).identity_hash()
+    with pytest.raises(config.ConfigError, match="analysis.light_tolerance"):
+        config.load_config(overrides=["analysis.light_tolerance=0"])
+
+
+# The paper's curves, through its figure read-offs (shared/docs/PAPER.md; round k has sparsity 1 - 0.8^k).
+LIGHT_SCATTER = (0.0, 0.4, -0.3, 0.6, -0.5, 0.2, -0.7, 0.3)  # round-to-round noise, well inside the tolerance
+
+
+def paper_rows(dense, holds_until, minimum, peak, last):
+    """Test accuracy within a point of ``dense`` up to round ``holds_until``, then straight lines to the
+    ``minimum``, ``peak`` and ``last`` (round, accuracy); train_acc_noisy is 100 up to the minimum and below
+    95 right after it: the net stops fitting the noisy labels and test accuracy rises (the sweet phase)."""
+    (m, _), _, (n, _) = minimum, peak, last
+    knots = [(0, dense), (holds_until, dense - 1.0), minimum, peak, last]
+    test = np.interp(range(n + 1), *zip(*knots))
+    test[1:holds_until] += [LIGHT_SCATTER[i % len(LIGHT_SCATTER)] for i in range(1, holds_until)]
+    train = [100.0] * (m + 1) + list(np.linspace(93.0, 40.0, n - m))
+    return rows_of([float(t) for t in test], train)
+
+
+@pytest.mark.parametrize("setting, curve, spans", [
+    ("LeNet-300-100 MNIST, eps=20%: minimum 76.5 at 89.3%, peak 95.5 at 98.8%",
+     paper_rows(83.4, 5, (10, 76.5), (20, 95.5), (24, 80.0)),
+     {"light": (0, 5), "critical": (6, 10), "sweet": (11, 20), "collapse": (21, 24)}),
+    ("ResNet-18 CIFAR-10, eps=20%: minimum 78.0 at 98.2%, peak 87.7 at 99.5%",
+     paper_rows(83.3, 12, (18, 78.0), (24, 87.7), (30, 75.0)),
+     {"light": (0, 13), "critical": (14, 18), "sweet": (19, 24), "collapse": (25, 30)}),
+    ("ResNet-18 CIFAR-10, eps=40%: minimum 62.0 at 94.5%, peak 84.1 at 99.6%",
+     paper_rows(68.5, 8, (13, 62.0), (25, 84.1), (30, 70.0)),
+     {"light": (0, 8), "critical": (9, 13), "sweet": (14, 25), "collapse": (26, 30)}),
+    ("ResNet-18 CIFAR-100, eps=20%: minimum 54.0 at 97.2%, peak 59.8 at 99.1%",
+     paper_rows(60.4, 10, (16, 54.0), (21, 59.8), (30, 40.0)),
+     {"light": (0, 11), "critical": (12, 16), "sweet": (17, 21), "collapse": (22, 30)}),
+    ("ResNet-18 CIFAR-10, eps=80%: minimum 26 (dense 27) near 91%, peak 62.8 at 99.87%: no critical phase",
+     paper_rows(27.0, 10, (11, 26.0), (30, 62.8), (32, 40.0)),
+     {"light": (0, 11), "sweet": (12, 30), "collapse": (31, 32)}),
+])
+def test_phases_of_the_papers_curves(setting, curve, spans):
+    ph = analysis.phases(curve)
+    assert analysis.phase_spans(ph) == spans, setting
+    dense = curve[0]["test_acc"]
+    assert all(dense - curve[i]["test_acc"] <= 2.0 for i in range(spans["light"][1] + 1))
+    if "critical" in spans:
+        assert dense - curve[spans["critical"][0]]["test_acc"] > 2.0
+
+
+def quick_preset_rows(seed):
+    """The quick preset's own curve as the docs show it (its stored ``phase`` column is not read)."""
+    with open(DOCS / "quick-preset" / f"seed{seed}.csv") as f:
+        return [{k: float(v) for k, v in row.items() if k != "phase"} for row in csv.DictReader(f)]
+
+
+def test_phases_of_the_quick_presets_own_curve():
+    rows = quick_preset_rows(0)
+    ph = analysis.phases(rows)  # dense 81.5; round 8 (83% sparse) is the first more than 2 points below: 79.3
+    assert analysis.phase_spans(ph) == {"light": (0, 7), "critical": (8, 14), "sweet": (15, 22),
+                                        "collapse": (23, 32)}
+    assert (ph.minimum, ph.interpolation_threshold, ph.peak) == (14, 15, 22)
+    assert analysis.phases(rows, light_tolerance=1.0).critical == 1  # 80.4: inside the round-to-round noise
+    assert analysis.phases(rows, light_tolerance=3.0).critical == 10
+
+
+def test_the_light_tolerance_on_the_quick_preset_stored_exactly_at_the_edge():
+    # Seed 2: dense 83.3, round 5 at 80.3 is exactly 3 points below; rounds 6 and 7 are within 3, round 8 is not.
+    assert analysis.phases(quick_preset_rows(2), light_tolerance=3.0).critical == 8
 
 
 # ---------------------------------------------------------------- interpolation and landscape

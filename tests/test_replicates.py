@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from sddkit import cli, replicates
+from sddkit import cli
 from sddkit.config import load_config
 from sddkit.tracking import Tracker
 
@@ -32,16 +32,6 @@ def test_a_pinned_noise_seed_stays_in_the_group():
     assert pinned.group_hash() == load_config(overrides={"noise.seed": 3, "seed": 5}).group_hash()
     assert pinned.group_hash() != load_config(overrides={"noise.seed": 4}).group_hash()
     assert pinned.group_hash() != load_config().group_hash()
-
-
-def test_mean_rows_known_answer():
-    done = [replicates.Replicate(s, f"run{s}", [{"round": 0, "sparsity": 0.0, "remaining": 1.0, "test_acc": acc,
-                                                 "train_acc_noisy": 100.0}])
-            for s, acc in ((0, 70.0), (1, 74.0), (2, 78.0))]
-    (row,) = replicates.mean_rows(done)
-    assert row["test_acc"] == 74.0 and row["test_acc_std"] == pytest.approx(4.0)  # sample std (n − 1)
-    assert row["train_acc_noisy_std"] == 0.0
-    assert replicates.mean_rows(done[:1])[0]["test_acc_std"] == 0.0
 
 
 def test_jobs_without_seeds_is_refused(project):
