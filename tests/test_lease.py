@@ -7,18 +7,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from sddkit import lease, runner
+from sddkit import fingerprint, lease, runner
 from sddkit.config import load_config
 from sddkit.tracking import Tracker
 
 # Long enough (~10 s of training) for this process to ask while the owner still trains.
-SETS = ["data.train_size=1000", "train.epochs=12", "prune.rounds=3", "train.batch_size=50"]
+SETS = ["data.train_size=1000", "train.epochs=20", "prune.rounds=3", "train.batch_size=50"]
 
 
 def sddkit_run(project: Path, *extra: str) -> list[str]:
@@ -43,7 +44,7 @@ def wait_for_lease(uri: str, timeout: float = 120) -> lease.Holder:
     raise AssertionError("the first process never took its lease")
 
 
-def test_a_second_process_stops_naming_the_owner_and_with_wait_reports_the_owners_run(project, capsys):
+def test_a_second_process_is_refused_while_the_owner_trains_and_never_touches_its_rounds(project):
     """The owner is a real `sddkit run` process; this test process is the second one on the same store."""
     uri = f"sqlite:///{project}/mlflow.db"
     cfg = load_config(overrides=[*SETS, f"tracking.uri={uri}"])
@@ -54,15 +55,12 @@ def test_a_second_process_stops_naming_the_owner_and_with_wait_reports_the_owner
         assert holder.pid == owner.pid and holder.host == socket.gethostname()
         with pytest.raises(lease.LeaseHeld) as refused:
             runner.run_trajectory(cfg, project, quiet=True)
-        assert f"being trained by pid {owner.pid} on host {holder.host} on run {holder.run_id}" in str(refused.value)
         assert owner.poll() is None, "the owner finished before the second process asked: lengthen SETS"
-        store, rows = runner.run_trajectory(cfg, project, quiet=True, wait=True)
+        assert f"being trained by pid {owner.pid} on host {holder.host} on run {holder.run_id}" in str(refused.value)
         assert owner.wait(timeout=300) == 0, owner.stderr.read()
     finally:
         owner.kill()
-    said = capsys.readouterr().err
-    assert f"waiting for pid {owner.pid}" in said and "already finished" in said
-    assert store.run_id == holder.run_id and len(rows) == 4
+        owner.wait()
 
     client = MlflowClient(uri)
     runs = Tracker(uri, project).trajectories("sddkit")
@@ -71,6 +69,28 @@ def test_a_second_process_stops_naming_the_owner_and_with_wait_reports_the_owner
     assert sorted(int(r.data.tags["sddkit.round"]) for r in rounds) == [0, 1, 2, 3]  # no duplicate, none killed
     assert all(r.info.status == "FINISHED" for r in rounds)
     assert not any(k.startswith("sddkit.lease.") for k in client.get_experiment(runs[0].info.experiment_id).tags)
+
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)  # the owner is gone: its run is reported
+    assert store.run_id == holder.run_id and len(rows) == 4
+
+
+def test_with_wait_a_second_process_waits_for_the_owner_then_takes_over(project, capsys):
+    """--wait: while the owner (a live process holding the lease) lives, wait; once it is gone, train."""
+    uri = f"sqlite:///{project}/mlflow.db"
+    cfg = load_config(overrides=["data.train_size=300", "train.epochs=1", "prune.rounds=1", f"tracking.uri={uri}"])
+    experiment_id = Tracker(uri, project).experiment_id("sddkit")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        plant(uri, experiment_id, f"{cfg.identity_hash()}.{fingerprint.code_hash()}", pid=owner.pid)
+        threading.Timer(4.0, owner.kill).start()  # the owner dies while the second process waits
+        started = time.time()
+        store, rows = runner.run_trajectory(cfg, project, quiet=True, wait=True)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert time.time() - started >= 4.0 and len(rows) == 2
+    assert f"waiting for pid {owner.pid}" in capsys.readouterr().err
+    assert MlflowClient(uri).get_run(store.run_id).info.status == "FINISHED"
 
 
 @pytest.fixture

@@ -1,22 +1,18 @@
 """End to end on a real MLflow sqlite store: a short trajectory, read back through MLflow's API; an
 interrupted and resumed trajectory equals an uninterrupted one."""
+import math
+
 import pytest
 import torch
 from mlflow import MlflowClient
 
 import sddkit
 from sddkit import runner, trajectory
+from conftest import StopAfter
 from sddkit.config import load_config
 from sddkit.tracking import Tracker
 
 
-class StopAfter(trajectory.Reporter):
-    def __init__(self, last_round):
-        self.last_round = last_round
-
-    def round_done(self, round_index, metrics):
-        if round_index == self.last_round:
-            raise KeyboardInterrupt
 
 
 def stored_rounds(uri, parent_id):
@@ -93,3 +89,53 @@ def test_interrupted_then_resumed_trajectory_equals_an_uninterrupted_one(project
         return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
     assert science(resumed) == science(whole)
     assert science(Tracker(cfg.tracking.uri, project).open_trajectory(cfg).completed) == science(whole)
+
+
+def test_sgd_momentum_weight_decay_cosine_follows_its_schedule_learns_and_resumes_exactly(project, tiny_overrides):
+    """The paper's CIFAR optimiser (SGD, momentum 0.9, weight decay 1e-4) with a cosine schedule, end to end:
+    every round restarts the schedule, round 0 learns, and momentum buffers (rebuilt per round) leave a
+    resumed trajectory equal to an uninterrupted one."""
+    overrides = {**tiny_overrides, "data.train_size": 500, "train.epochs": 3, "prune.rounds": 2,
+                 "train.batch_size": 64, "train.optimizer": "sgd", "train.lr": 0.05, "train.momentum": 0.9,
+                 "train.weight_decay": 1e-4, "train.schedule": "cosine", "retrain.mode": "lottery",
+                 "retrain.rewind_step": 0}
+    # One store, two experiments (not part of a run's identity): each holds its own trajectory of this config.
+    whole_cfg = load_config(overrides={**overrides, "tracking.experiment": "whole"})
+    assert (whole_cfg.train.optimizer, whole_cfg.train.momentum, whole_cfg.train.weight_decay,
+            whole_cfg.train.schedule) == ("sgd", 0.9, 1e-4, "cosine")
+    store, whole = runner.run_trajectory(whole_cfg, project, quiet=True)
+
+    # The cosine schedule, computed here rather than with sddkit's own lr_factor: lr at the first step of
+    # each epoch, restarted in every round.
+    steps_per_epoch = math.ceil(500 / 64)
+    total = steps_per_epoch * 3
+    expected = [0.05 * 0.5 * (1 + math.cos(math.pi * e * steps_per_epoch / total)) for e in range(3)]
+    client = MlflowClient(whole_cfg.tracking.uri)
+    rounds = stored_rounds(whole_cfg.tracking.uri, store.run_id)
+    assert [int(r.data.tags["sddkit.round"]) for r in rounds] == [0, 1, 2]
+    for run in rounds:
+        lrs = sorted(client.get_metric_history(run.info.run_id, "epoch/lr"), key=lambda m: m.step)
+        assert [m.step for m in lrs] == [0, 1, 2]
+        assert [m.value for m in lrs] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert expected[0] > expected[1] > expected[2] > 0  # the test's own schedule really decays
+
+    for row in whole:
+        for key in ("test_acc", "train_acc_noisy", "train_acc_clean", "test_loss", "train_loss_noisy"):
+            assert math.isfinite(row[key]), (row["round"], key, row[key])
+    assert whole[0]["test_acc"] > 50.0 and whole[0]["train_acc_clean"] > 50.0  # chance is 10%
+
+    cfg = load_config(overrides={**overrides, "tracking.experiment": "cut"})
+    with pytest.raises(SystemExit) as stopped:
+        runner.run_trajectory(cfg, project, quiet=True, reporter=StopAfter(1))
+    assert stopped.value.code == 130
+    found = client.search_runs([client.get_experiment_by_name("cut").experiment_id],
+                               "tags.`sddkit.kind` = 'trajectory'")
+    assert [r.info.status for r in found] == ["KILLED"]
+    interrupted = found[0]
+    cut_store, resumed = runner.run_trajectory(cfg, project, quiet=True)
+    assert cut_store.run_id == interrupted.info.run_id
+    assert client.get_run(cut_store.run_id).info.status == "FINISHED"
+
+    def science(rows):
+        return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
+    assert len(resumed) == 3 and science(resumed) == science(whole)
