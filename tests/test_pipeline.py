@@ -225,6 +225,7 @@ def check_code_edit_makes_new_runs(repo: Path, env: dict) -> None:
         assert new.data.tags["sddkit.config_hash"] == old.data.tags["sddkit.config_hash"]
         assert new.data.tags["sddkit.code_hash"] != old.data.tags["sddkit.code_hash"]
         kept = MlflowClient(f"sqlite:///{repo}/mlflow.db").get_run(old.info.run_id)
-        assert kept.info.status == "FINISHED" and kept.data.metrics == old.data.metrics
+        assert kept.info.status == "FINISHED"
+        assert repr(sorted(kept.data.metrics.items())) == repr(sorted(old.data.metrics.items()))  # nan == nan
     reinit = trajectory_run(repo, "reinit")
     assert reinit.data.tags["sddkit.code_hash"] == trajectory_run(repo, "lottery").data.tags["sddkit.code_hash"]
