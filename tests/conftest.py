@@ -63,3 +63,12 @@ class StopAfter(trajectory.Reporter):
     def round_done(self, round_index, metrics):
         if round_index == self.last_round:
             raise KeyboardInterrupt
+
+
+@pytest.fixture(autouse=True)
+def quick_lease_settle(monkeypatch):
+    """A lease claim waits SETTLE_S (1 s) before reading itself back, to outwait racing writers over a slow
+    network store. In-process tests use a local sqlite file, where a write takes milliseconds: 0.1 s still
+    outwaits it and spares the suite a second per trajectory. Subprocesses keep the real 1 s."""
+    from sddkit import lease
+    monkeypatch.setattr(lease, "SETTLE_S", 0.1)
