@@ -35,9 +35,10 @@ class Phases:
 
     def label(self, round_index: int) -> str:
         """light (from round 0 while test accuracy stays within the tolerance of dense), critical (from the
-        first round more than the tolerance below dense while the net still interpolates), sweet (from the interpolation threshold up to
-        the peak), collapse (after the peak). Without a ``critical`` round the light phase runs on to the sweet
-        one; phases are contiguous, so a critical round that recovers stays critical."""
+        first round more than the tolerance below dense while the net still interpolates), sweet (from the
+        interpolation threshold up to the peak), collapse (after the peak). Without a ``critical`` round the
+        light phase runs on to the sweet one; phases are contiguous, so a critical round that recovers stays
+        critical."""
         if self.minimum is None:
             return "light"
         sweet_from = max(self.minimum + 1, self.interpolation_threshold or 0)

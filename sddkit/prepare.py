@@ -73,7 +73,7 @@ def load_pinned(folder: Path, cfg: Config):
     from sddkit.data import Splits, augments
 
     check_settings(folder, cfg)
-    data_files(folder)  # a missing file is named before anything is read
+    check_present(folder)  # a missing file is named before anything is read
     contents = {name: (folder / name).read_bytes() for name in (SPLITS, NOISY)}
     files = [DataFile(str(folder / name), hashlib.md5(content).hexdigest()) for name, content in contents.items()]
     try:
@@ -123,10 +123,14 @@ def read_settings(folder: Path) -> dict:
 
 
 def data_files(folder: Path) -> list[DataFile]:
+    check_present(folder)
+    return [DataFile(str(folder / name), md5(folder / name)) for name in (SPLITS, NOISY)]
+
+
+def check_present(folder: Path) -> None:
     missing = [name for name in (SPLITS, NOISY) if not (folder / name).is_file()]
     if missing:
         raise DatasetError(f"{folder / missing[0]} is missing; rerun `sddkit prepare --out {folder}`")
-    return [DataFile(str(folder / name), md5(folder / name)) for name in (SPLITS, NOISY)]
 
 
 def load(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:

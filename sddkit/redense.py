@@ -7,7 +7,6 @@ rebuilt by the same code that trained it. Knows nothing of MLflow.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from sddkit import pruning, retrain, train, trajectory
 from sddkit.trajectory import Context, State
@@ -21,9 +20,9 @@ def default_epochs(ctx: Context, round_index: int) -> int:
 def default_lr(ctx: Context, round_index: int) -> float:
     """The lr of the round's last optimizer step (the paper re-trains "at the final lr")."""
     schedule = retrain.schedule(ctx.cfg, round_index)
-    steps_per_epoch = math.ceil(len(ctx.noisy) / schedule.batch_size)
-    last_step = max(0, schedule.epochs * steps_per_epoch - 1)
-    return schedule.lr * train.lr_factor(schedule, last_step, steps_per_epoch)
+    per_epoch = train.steps_per_epoch(len(ctx.noisy), schedule.batch_size)
+    last_step = max(0, schedule.epochs * per_epoch - 1)
+    return schedule.lr * train.lr_factor(schedule, last_step, per_epoch)
 
 
 def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int, epochs: int,

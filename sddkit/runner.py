@@ -60,13 +60,13 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
     if existing is not None and existing.info.status == "FINISHED":
-        store = report_finished(tracker, cfg, code, existing)
+        store, files = report_finished(tracker, cfg, code, existing), None
     else:
-        store = train_under_lease(tracker, cfg, root, code, force, quiet, reporter, prepared, wait)
+        store, files = train_under_lease(tracker, cfg, root, code, force, quiet, reporter, prepared, wait)
     rows = store.completed
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     if results_dir is not None:
-        files = results.trajectory_files(rows, ph, cfg.name)
+        files = files or results.trajectory_files(rows, ph, cfg.name)  # drawn once: the finish made them
         results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
     if not quiet:
         print_table(rows, ph)
@@ -82,8 +82,10 @@ def report_finished(tracker: Tracker, cfg: Config, code: str, run) -> Trajectory
 
 
 def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, force: bool, quiet: bool,
-                      reporter: trajectory.Reporter | None, prepared: Path | None, wait: bool) -> TrajectoryRun:
-    """Load and check everything, take the trajectory's lease, then continue or start it and finish it."""
+                      reporter: trajectory.Reporter | None, prepared: Path | None, wait: bool
+                      ) -> tuple[TrajectoryRun, dict[str, bytes] | None]:
+    """Load and check everything, take the trajectory's lease, then continue or start it and finish it.
+    Returns the run and the closing files it stored (None when another owner had finished it meanwhile)."""
     # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
     external = tracker_masks(tracker, cfg, code)
     data_files, labelled = prepare.load_pinned(prepared, cfg) if prepared else ((), None)
@@ -95,7 +97,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
         existing = None if force else tracker.find_trajectory(cfg, code)
         if existing is not None and existing.info.status == "FINISHED":
-            return report_finished(tracker, cfg, code, existing)
+            return report_finished(tracker, cfg, code, existing), None
         store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease)
         lease.set_run(store.run_id)
         if data_files:
@@ -104,8 +106,8 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
         if store.completed:
             console.print(f"continuing after round {len(store.completed) - 1}")
         rows = drive(cfg, root, store, external, quiet, reporter, inputs)
-        finish(store, cfg, rows)
-    return store
+        files = finish(store, cfg, rows)
+    return store, files
 
 
 def announce(tracker: Tracker, cfg: Config, code: str, store: TrajectoryRun) -> None:
@@ -113,13 +115,14 @@ def announce(tracker: Tracker, cfg: Config, code: str, store: TrajectoryRun) -> 
                   f"{store.run_id} in {tracker.uri}", highlight=False)
 
 
-def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> None:
-    """The parent's closing files, summary metrics and phase tags; the run becomes FINISHED."""
+def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> dict[str, bytes]:
+    """The parent's closing files (returned), summary metrics and phase tags; the run becomes FINISHED."""
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     tag_round_phases(store, ph)
-    store.finish(results.trajectory_files(rows, ph, cfg.name),
-                 {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
+    files = results.trajectory_files(rows, ph, cfg.name)
+    store.finish(files, {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
                  {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph)})
+    return files
 
 
 def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:

@@ -52,6 +52,11 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch (the last batch may be short)."""
+    return math.ceil(samples / batch_size)
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -81,9 +86,9 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
     capture the weights at a rewind point.
     """
     device, n = splits.x_train.device, len(labels)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    per_epoch = steps_per_epoch(n, cfg.batch_size)
     optimizer = make_optimizer(cfg, model.parameters())
-    first_epoch, skipped_batches = divmod(start_step, steps_per_epoch)
+    first_epoch, skipped_batches = divmod(start_step, per_epoch)
     for _ in range(min(first_epoch, cfg.epochs)):
         torch.randperm(n, generator=gens.order)  # the orders of the epochs before the start: drawn, not trained
     history, step = [], start_step
@@ -92,14 +97,14 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
         model.train()
         order = torch.randperm(n, generator=gens.order).to(device)
         first = skipped_batches * cfg.batch_size if epoch == first_epoch else 0
-        losses, predictions, epoch_lr = [], [], cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+        losses, predictions, epoch_lr = [], [], cfg.lr * lr_factor(cfg, step, per_epoch)
         for start in range(first, n, cfg.batch_size):
             if on_step is not None:
                 on_step(step)
             if step == fresh_optimizer_at:
                 optimizer = make_optimizer(cfg, model.parameters())
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step, steps_per_epoch)
+                group["lr"] = cfg.lr * lr_factor(cfg, step, per_epoch)
             idx = order[start:start + cfg.batch_size]
             logits, loss = train_step(model, optimizer, splits.train_batch(idx, gens.augment), labels[idx])
             apply_masks()

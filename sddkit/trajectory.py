@@ -8,7 +8,6 @@ deterministic unless ``train.deterministic``, and floats differ across machines)
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -168,10 +167,10 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     apply_masks = pruning.MaskApplier(dict(model.named_parameters()), masks)
     apply_masks()
     start = snapshot(model)
-    rewind_at = retrain.rewind_iteration(cfg, steps_per_epoch(ctx))
+    per_epoch = train.steps_per_epoch(len(ctx.noisy), cfg.train.batch_size)
+    rewind_at = retrain.rewind_iteration(cfg, per_epoch)
     first_step = retrain.start_step(cfg, r, rewind_at)
-    ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks),
-                               schedule.epochs - first_step // steps_per_epoch(ctx))
+    ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks), schedule.epochs - first_step // per_epoch)
     gens = round_generators(cfg, r, ctx.splits.x_train.device)
     history = train.fit(model, ctx.splits, ctx.noisy, schedule, gens, apply_masks, start_step=first_step,
                         fresh_optimizer_at=retrain.fresh_optimizer_at(r, rewind_at),
@@ -232,13 +231,9 @@ def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None
     return capture
 
 
-def steps_per_epoch(ctx: Context) -> int:
-    return math.ceil(len(ctx.noisy) / ctx.cfg.train.batch_size)
-
-
 def check_rewind(cfg: Config, train_size: int) -> None:
     """The rewind point must fall before the end of the dense schedule: rounds start there."""
-    per_epoch = math.ceil(train_size / cfg.train.batch_size)
+    per_epoch = train.steps_per_epoch(train_size, cfg.train.batch_size)
     rewind_at, total = retrain.rewind_iteration(cfg, per_epoch), cfg.train.epochs * per_epoch
     if rewind_at > 0 and rewind_at >= total:
         raise ConfigError(f"retrain.rewind_step = {cfg.retrain.rewind_step} {cfg.retrain.rewind_unit} is step "
