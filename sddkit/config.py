@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -258,6 +259,12 @@ ASYMMETRIC_DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
+# Side of each dataset's square images as ``sources`` loads them (Tiny ImageNet before any downsampling).
+IMAGE_SIDE = {"mnist5k": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
+# Smallest input side each arch runs on: VGG's four 2x2 max-pools (``models.timm_vgg``) end at 1x1 from 16x16;
+# LeNet flattens and the adapted ResNets pool globally, so 1x1 suffices. tests/test_config.py builds each.
+MIN_SIDE = {"vgg11_bn": 16, "vgg16_bn": 16}
+
 
 def check_combination(cfg: Config) -> Config:
     """Rules that tie two keys together (or need a pattern), checked before any run is opened."""
@@ -266,7 +273,47 @@ def check_combination(cfg: Config) -> Config:
     if cfg.noise.kind == "asymmetric" and cfg.data.name not in ASYMMETRIC_DATASETS:
         raise ConfigError(f"noise.kind = 'asymmetric': no class map for data.name = {cfg.data.name!r}; "
                           f"defined for {', '.join(ASYMMETRIC_DATASETS)} (use pairflip or random instead)")
+    check_downsample(cfg)
+    check_tracking(cfg.tracking)
     return cfg
+
+
+def check_name(key: str, name: str, limit: int, alternative: str = "") -> None:
+    if not name.strip() or len(name) > limit:
+        shown = repr(name[:40]) + ("…" if len(name) > 40 else "")
+        raise ConfigError(f"{key} = {shown} ({len(name)} characters): give a name of 1 to {limit} characters"
+                          f"{alternative}")
+
+
+# The schemes MLflow 3 has a tracking store for ('' is a plain path: a file store); test_config checks the
+# list against MLflow's own registry, which the config cannot import (it would slow every command).
+TRACKING_SCHEMES = ("", "databricks", "databricks-uc", "file", "http", "https", "mssql", "mysql", "postgresql",
+                    "sqlite", "uc")
+# Column widths of MLflow's SQL stores: experiments.name is String(256), runs.name String(250).
+MAX_EXPERIMENT_NAME, MAX_RUN_NAME = 256, 250
+
+
+def check_tracking(tracking: TrackingConfig) -> None:
+    check_name("tracking.experiment", tracking.experiment, MAX_EXPERIMENT_NAME)
+    if tracking.run_name is not None:
+        check_name("tracking.run_name", tracking.run_name, MAX_RUN_NAME, " (or null for the retrain mode)")
+    if tracking.uri is not None:
+        scheme = tracking.uri.partition("://")[0] if "://" in tracking.uri else tracking.uri.partition(":")[0]
+        scheme = "" if scheme == tracking.uri or len(scheme) == 1 else scheme  # a path, or a Windows drive
+        if scheme.split("+")[0] not in TRACKING_SCHEMES:
+            raise ConfigError(f"tracking.uri = {tracking.uri!r}: MLflow has no tracking store for {scheme!r}; use "
+                              f"sqlite:///path/mlflow.db, http(s)://host:port (sddkit ui's or a server's), a "
+                              f"database URI, or null for the project's mlflow.db")
+
+
+def check_downsample(cfg: Config) -> None:
+    """The average pool must leave an image the arch can take (a 0x0 image fails deep inside torch)."""
+    side, factor = IMAGE_SIDE[cfg.data.name], cfg.data.downsample
+    need = MIN_SIDE.get(cfg.model.arch, 1)
+    if side // factor < need:
+        raise ConfigError(f"data.downsample = {factor}: pools the {side}x{side} images of {cfg.data.name} to "
+                          f"{side // factor}x{side // factor}, below the {need}x{need} {cfg.model.arch} needs; "
+                          f"at most {side // need}")
 
 
 def read_params_file(path: Path) -> dict:
@@ -360,10 +407,18 @@ def _coerce(key: str, value: Any, hint: type) -> Any:
           str: isinstance(value, str)}[hint]
     if not ok:
         raise ConfigError(f"{key} = {value!r}: expected {hint.__name__}")
-    return float(value) if hint is float else value
+    if hint is not float:
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float; _check_range then rejects it as not finite
+        return math.inf
 
 
 def _check_range(key: str, value: Any, meta: typing.Mapping) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every comparison below, and inf trains to chance: both would be stored as a finished run.
+        raise ConfigError(f"{key} = {value!r}: not a finite number; allowed: {_range_text(meta)}")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key} = {value!r}: not allowed; allowed values: {', '.join(map(str, choices))}")
@@ -378,7 +433,7 @@ def _range_text(meta: typing.Mapping) -> str:
     lo, hi = meta.get("lo"), meta.get("hi")
     left = "" if lo is None else f"{lo} {'<' if meta.get('lo_open') else '≤'} "
     right = "" if hi is None else f" {'<' if meta.get('hi_open') else '≤'} {hi}"
-    return f"{left}value{right}"
+    return f"{left}value{right}" if left or right else "any finite number"
 
 
 def leaf_fields(cls: type | None = None, prefix: str = ""):

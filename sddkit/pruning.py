@@ -5,6 +5,8 @@ A mask is a bool tensor per prunable weight; True keeps the weight.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 Masks = dict[str, torch.Tensor]
@@ -17,6 +19,23 @@ def dense_masks(weights: dict[str, torch.Tensor]) -> Masks:
 def density_after(rounds: int, rate: float) -> float:
     """Fraction of prunable weights left after ``rounds`` rounds removing ``rate`` of the remaining."""
     return (1.0 - rate) ** rounds
+
+
+def max_rounds(sizes: dict[str, int], rate: float) -> tuple[int, str]:
+    """The most rounds after which every tensor (name -> numel) still keeps round(density · numel) ≥ 1
+    weights, and the tensor that runs out first. That is ``prune``'s count for scope=layer; for scope=global
+    it is the tensor's proportional share of round(density · total), which a ranking may of course skew."""
+    name = min(sizes, key=sizes.get)
+    keeps = lambda r: round(density_after(r, rate) * sizes[name]) >= 1  # noqa: E731
+    if density_after(1, rate) == 1.0:
+        return sys.maxsize, name  # a rate below float resolution never removes a weight
+    lo, hi = 0, 1  # keeps(lo) and, once the doubling stops, not keeps(hi)
+    while keeps(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if keeps(mid) else (lo, mid)
+    return lo, name
 
 
 def score(weights: dict[str, torch.Tensor], criterion: str, gradients: dict[str, torch.Tensor] | None = None,

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from sddkit.config import Config, ConfigError, load_config, parse_assignment, preset_names
+from sddkit.config import Config, ConfigError, leaf_fields, load_config, parse_assignment, preset_names
 
 
 def test_quick_is_default_and_matches_the_documented_setting():
@@ -103,3 +105,157 @@ def test_run_name_defaults_to_the_retrain_mode():
 
 
 PINNED_QUICK_HASH = "fad4384f6f05fb4c"
+
+
+# ---------------------------------------------------------------- finite numbers and sizes that fit
+
+FLOAT_KEYS = [key for key, hint, _ in leaf_fields() if "float" in str(hint)]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_refuses_nan_and_infinity_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"^{key} = -?(nan|inf): not a finite number; allowed: "):
+        load_config(overrides=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.inf", "train.lr = inf: not a finite number; allowed: 0.0 < value"),
+    ("train.weight_decay=.inf", "train.weight_decay = inf: not a finite number; allowed: 0.0 ≤ value"),
+    ("train.momentum=.nan", "train.momentum = nan: not a finite number; allowed: 0.0 ≤ value < 1.0"),
+    ("train.lr=.nan", "train.lr = nan: not a finite number; allowed: 0.0 < value"),
+    ("prune.rate=.nan", "prune.rate = nan: not a finite number; allowed: 0.0 < value < 1.0"),
+    ("noise.ratio=.nan", "noise.ratio = nan: not a finite number; allowed: 0.0 ≤ value < 1.0"),
+    ("analysis.interpolation_threshold=.nan",
+     "analysis.interpolation_threshold = nan: not a finite number; allowed: 0.0 < value ≤ 100.0"),
+    pytest.param("train.lr=1" + "0" * 400, "train.lr = inf: not a finite number", id="int-beyond-any-float"),
+])
+def test_the_reported_non_finite_values_get_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_the_compare_threshold_refuses_nan(tmp_path):
+    from sddkit.config import read_compare_settings
+    path = tmp_path / "params.yaml"
+    path.write_text("sddkit_stages:\n  compare:\n    interpolation_threshold: .nan\n")
+    with pytest.raises(ConfigError, match=r"^sddkit_stages.compare.interpolation_threshold = nan: not a finite "
+                                          r"number; allowed: 0.0 < value ≤ 100.0$"):
+        read_compare_settings(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.downsample=100"], "data.downsample = 100: pools the 28x28 images of mnist5k to 0x0, below the 1x1 "
+                              "lenet300_100 needs; at most 28"),
+    (["data.downsample=29"], "at most 28"),
+    (["data.name=cifar100", "model.arch=resnet18", "data.downsample=33"], "the 32x32 images of cifar100"),
+    (["data.name=tinyimagenet", "model.arch=resnet101", "data.downsample=65"], "at most 64"),
+    (["data.name=cifar10", "model.arch=vgg16_bn", "data.downsample=3"],
+     "data.downsample = 3: pools the 32x32 images of cifar10 to 10x10, below the 16x16 vgg16_bn needs; at most 2"),
+    (["data.name=mnist", "model.arch=vgg11_bn", "data.downsample=2"], "below the 16x16 vgg11_bn needs; at most 1"),
+])
+def test_downsampling_past_what_the_arch_can_take_names_the_image_side_and_the_largest_factor(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [["data.downsample=28"], ["data.name=tinyimagenet", "model.arch=vgg16_bn",
+                                                                 "data.downsample=4"]])
+def test_the_largest_factor_named_is_allowed(overrides):
+    load_config(overrides=overrides)
+
+
+def test_image_sides_match_the_sources():
+    from sddkit import sources
+    from sddkit.config import DATASETS, IMAGE_SIDE
+    assert set(IMAGE_SIDE) == set(DATASETS)
+    assert IMAGE_SIDE["tinyimagenet"] == sources.TINY_SIZE
+    x = sources.load("mnist5k", Path("unused"), 1000, 0).x_train
+    assert tuple(x.shape[2:]) == (IMAGE_SIDE["mnist5k"],) * 2
+
+
+# resnet101 stands for its smaller siblings here: same stem, same stages (resnet18/34 cost time, test nothing more).
+@pytest.mark.parametrize("arch", ["lenet300_100", "resnet18", "vgg11_bn", "vgg16_bn"])
+def test_every_arch_trains_on_its_smallest_allowed_side_and_no_smaller(arch):
+    import torch
+    from sddkit import models
+    from sddkit.config import MIN_SIDE
+    side = MIN_SIDE.get(arch, 1)
+    model = models.build(arch, 10, (3, side, side)).train()
+    assert model(torch.zeros(2, 3, side, side)).shape == (2, 10)  # batch norm in training mode needs two
+    if side > 1:
+        with pytest.raises(RuntimeError):
+            models.build(arch, 10, (3, side - 1, side - 1))(torch.zeros(2, 3, side - 1, side - 1))
+
+
+# ---------------------------------------------------------------- the command line: one line, exit 2, nothing written
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.weight_decay=.inf", "train.momentum=.nan",
+                                      "train.lr=.nan", "prune.rate=.nan", "noise.ratio=.nan",
+                                      "analysis.interpolation_threshold=.nan", "data.downsample=100"])
+def test_run_with_a_non_finite_or_unfitting_value_prints_one_line_exits_2_and_writes_nothing(project, override):
+    from click.testing import CliRunner
+    from sddkit.cli import main
+    result = CliRunner().invoke(main, ["run", "--set", override])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: config: {override.split('=')[0]} = ")
+    assert result.output.count("\n") == 1
+    assert sorted(p.name for p in project.iterdir()) == [".git"]
+
+
+def test_run_with_rounds_past_the_last_weight_prints_one_line_exits_2_and_stores_no_run(project):
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+    from sddkit.cli import main
+    result = CliRunner().invoke(main, ["run", "--set", "prune.rounds=65"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "error: config: prune.rounds = 65: at prune.rate 0.2 the smallest prunable tensor (3.weight, 30,000 "
+        "weights) keeps no weight from round 50 on; at most 49 rounds")
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_run_with_rounds_past_the_last_weight_writes_nothing_at_all(project):
+    from click.testing import CliRunner
+    from sddkit.cli import main
+    result = CliRunner().invoke(main, ["run", "--set", "prune.rounds=65"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert sorted(p.name for p in project.iterdir()) == [".git"]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("tracking.experiment", "", "tracking.experiment = '' (0 characters): give a name of 1 to 256 characters"),
+    ("tracking.experiment", "e" * 600, "(600 characters): give a name of 1 to 256 characters"),
+    ("tracking.run_name", "r" * 251, "(251 characters): give a name of 1 to 250 characters"),
+    ("tracking.uri", "nonsense://x", "tracking.uri = 'nonsense://x': MLflow has no tracking store for 'nonsense'"),
+])
+def test_tracking_names_and_uris_mlflow_cannot_take_are_refused(key, value, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={key: value})
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000", "https://mlflow.example",
+                                 "/tmp/mlruns", "file:///tmp/mlruns", "postgresql+psycopg2://u@h/db", "databricks"])
+def test_tracking_uris_mlflow_can_take_are_accepted(uri):
+    assert load_config(overrides={"tracking.uri": uri}).tracking.uri == uri
+
+
+def test_the_tracking_schemes_are_mlflows_own():
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from sddkit.config import TRACKING_SCHEMES
+    assert set(TRACKING_SCHEMES) == set(_tracking_store_registry._registry)
+
+
+def test_bad_tracking_values_stop_sddkit_run_in_one_line_with_exit_2_and_nothing_written(project):
+    from click.testing import CliRunner
+    from sddkit.cli import main
+    for value in ("tracking.uri=nonsense://x", "tracking.experiment=", "tracking.experiment=" + "e" * 600):
+        result = CliRunner().invoke(main, ["run", "--set", value])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert sorted(p.name for p in project.iterdir()) == [".git"]

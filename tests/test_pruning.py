@@ -117,3 +117,27 @@ def test_every_criterion_and_scope_prunes_to_the_target_and_only_live_weights(cr
             if scope == "global":
                 assert kept.min() >= dropped.max()
         masks = new
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.9])
+def test_max_rounds_is_the_last_round_that_leaves_the_smallest_tensor_a_weight_under_layer_pruning(rate):
+    weights = random_weights(3)  # 600, 300 and 216 weights
+    most, name = pruning.max_rounds({n: w.numel() for n, w in weights.items()}, rate)
+    assert name == "c.weight"
+    masks = pruning.dense_masks(weights)
+    for k in range(1, most + 2):
+        masks = magnitude_round(weights, masks, k, rate, "layer")
+        assert (int(masks[name].sum()) >= 1) == (k <= most)
+        if k == most:
+            assert all(int(m.sum()) >= 1 for m in masks.values())  # the larger tensors outlast the smallest
+
+
+@pytest.mark.parametrize("numel, rate, most", [(1, 0.2, 3), (1000, 0.2, 34), (30000, 0.2, 49), (1000, 0.9999, 0)])
+def test_max_rounds_by_hand(numel, rate, most):
+    # 0.8³ = 0.51 still rounds to 1, 0.8⁴ = 0.41 to 0; 1000 · 0.8³⁴ = 0.51, 1000 · 0.8³⁵ = 0.41.
+    assert pruning.max_rounds({"w": numel}, rate) == (most, "w")
+
+
+def test_max_rounds_ends_for_a_rate_at_the_edge_of_float_resolution():
+    assert pruning.max_rounds({"w": 10}, 1e-300)[0] > 10**9  # 1 - rate == 1.0: no round removes a weight
+    assert 10**15 < pruning.max_rounds({"w": 10}, 1e-15)[0] < 10**17

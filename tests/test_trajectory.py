@@ -7,9 +7,9 @@ import torch
 from mlflow import MlflowClient
 
 import sddkit
-from sddkit import runner, trajectory
+from sddkit import config, models, runner, trajectory
 from conftest import StopAfter
-from sddkit.config import load_config
+from sddkit.config import ConfigError, load_config
 from sddkit.tracking import Tracker
 
 
@@ -139,3 +139,34 @@ def test_sgd_momentum_weight_decay_cosine_follows_its_schedule_learns_and_resume
     def science(rows):
         return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
     assert len(resumed) == 3 and science(resumed) == science(whole)
+
+
+def test_rounds_past_the_last_weight_of_a_tensor_fail_in_load_inputs(project):
+    # quick: 14x14 -> 300 -> 100 -> 10 with the output layer dense; 3.weight (30,000) runs out first.
+    trajectory.load_inputs(load_config(overrides={"prune.rounds": 49}), project)
+    with pytest.raises(ConfigError) as err:
+        trajectory.load_inputs(load_config(overrides={"prune.rounds": 50}), project)
+    assert str(err.value) == ("prune.rounds = 50: at prune.rate 0.2 the smallest prunable tensor (3.weight, 30,000 "
+                              "weights) keeps no weight from round 50 on; at most 49 rounds")
+
+
+def test_both_scopes_follow_the_proportional_rule():
+    sizes = {"big": 10**6, "out": 1000}  # 1000 · 0.8³⁴ = 0.51 rounds to one weight, 1000 · 0.8³⁵ = 0.41 to none
+    for scope in ("global", "layer"):
+        trajectory.check_rounds(load_config(overrides={"prune.rounds": 34, "prune.scope": scope}), sizes)
+        with pytest.raises(ConfigError, match=r"\(out, 1,000 weights\) keeps no weight from round 35 on; at most 34"):
+            trajectory.check_rounds(load_config(overrides={"prune.rounds": 35, "prune.scope": scope}), sizes)
+    trajectory.check_rounds(load_config(overrides={"prune.rounds": 10**6}), {})  # nothing prunable: no limit
+
+
+CLASSES = {"mnist5k": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
+
+
+@pytest.mark.parametrize("name", config.preset_names())
+def test_every_presets_rounds_leave_every_prunable_tensor_a_weight(name):
+    cfg = load_config(preset=name)
+    side = config.IMAGE_SIDE[cfg.data.name] // cfg.data.downsample
+    channels = 1 if cfg.data.name.startswith("mnist") else 3
+    model = models.build(cfg.model.arch, CLASSES[cfg.data.name], (channels, side, side))
+    exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
+    trajectory.check_rounds(cfg, {n: w.numel() for n, w in models.prunable(model, exclude).items()})
