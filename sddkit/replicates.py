@@ -9,6 +9,8 @@ import csv
 import dataclasses
 import io
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -16,8 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sddkit import analysis, plots, results, runner, trajectory
-from sddkit.config import Config
+from sddkit import analysis, lifeline, plots, results, runner, trajectory
+from sddkit.config import Config, ConfigError
 from sddkit.paths import tracking_uri
 from sddkit.tracking import Tracker, log_files
 
@@ -62,15 +64,31 @@ def run_one(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> R
     return Replicate(cfg.seed, store.run_id, rows)
 
 
+def worker_started(parent: int) -> None:
+    """Each worker's initializer: die with the parent (even by kill -9), and take SIGTERM (the parent's death,
+    or ``abandon``) as Ctrl-C, so the trajectory being trained is marked KILLED and its lease released."""
+    lifeline.stop_like_ctrl_c(signal.SIGTERM)
+    lifeline.die_with_parent(parent)
+
+
+def work(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Replicate:
+    """``run_one`` in a worker, which leaves once interrupted: its parent is gone or abandoning it, and a
+    worker whose parent was killed would otherwise wait for its next job forever."""
+    try:
+        return run_one(cfg, root, force, results_dir)
+    except (KeyboardInterrupt, SystemExit):  # the trajectory is marked KILLED by now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
 def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
                    results_dir: Path | None = None) -> list[Replicate]:
     """One trajectory per seed (``jobs`` at a time), then the group's mean ± std table and curve."""
     if len(set(seeds)) != len(seeds):
         raise ReplicateFailed(f"--seeds {' '.join(map(str, seeds))}: each seed once, please")
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-    # Create the store and the experiment here, once: concurrent first-time creation of a sqlite store
-    # by several workers loses runs.
-    tracker.experiment_id(cfg.tracking.experiment)
+    tracker.check_writable()  # workers may start together on a fresh store: Tracker creates it once, under a lock
     configs = [seeded(cfg, s, parallel=jobs > 1) for s in seeds]
     console.print(f"{len(seeds)} replicates of {cfg.name} (group {cfg.group_hash()}), {min(jobs, len(seeds))} "
                   f"at a time", highlight=False)
@@ -93,6 +111,8 @@ def run_all(configs: list[Config], root: Path, jobs: int, force: bool, results_d
     else:
         outcomes = run_parallel(configs, root, jobs, force, results_dir)
     failed = [(c.seed, o) for c, o in zip(configs, outcomes) if isinstance(o, BaseException)]
+    if failed and all(isinstance(exc, ConfigError) for _, exc in failed):
+        raise failed[0][1]  # the config is wrong for every seed alike: one message, exit 2, as for one run
     if failed:
         detail = "; ".join(f"seed {seed}: {exc}" for seed, exc in failed)
         raise ReplicateFailed(f"{len(failed)} of {len(configs)} replicates failed ({detail}); rerun the same "
@@ -103,9 +123,10 @@ def run_all(configs: list[Config], root: Path, jobs: int, force: bool, results_d
 def run_parallel(configs: list[Config], root: Path, jobs: int, force: bool, results_dir: Path | None) -> list:
     """Each config's Replicate or exception; Ctrl-C drops the queued seeds and stops the running ones."""
     # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=worker_started, initargs=(os.getpid(),))
     try:
-        futures = [pool.submit(run_one, c, root, force, results_dir) for c in configs]
+        futures = [pool.submit(work, c, root, force, results_dir) for c in configs]
         outcomes = [attempt(f.result) for f in futures]
     except BaseException:  # Ctrl-C above all: the CLI then says how to continue and exits 130
         abandon(pool)
@@ -117,14 +138,16 @@ def run_parallel(configs: list[Config], root: Path, jobs: int, force: bool, resu
 def abandon(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and end the workers now (a rerun continues each from its last round).
 
-    A worker sends a KeyboardInterrupt back as its job's result and takes the next queued job, so waiting
-    for the workers would run every seed queued."""
+    SIGTERM stops a worker as Ctrl-C does (``worker_started``): it marks its run KILLED and exits. One that
+    has not exited after 10 s is killed."""
     workers = list((pool._processes or {}).values())  # no public handle before Python 3.14's terminate_workers
     pool.shutdown(wait=False, cancel_futures=True)
     for worker in workers:
         worker.terminate()
     for worker in workers:
         worker.join(timeout=10)
+        if worker.is_alive():
+            worker.kill()
 
 
 def attempt(fn, *args):

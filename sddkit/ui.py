@@ -1,7 +1,8 @@
 """``sddkit ui``: the MLflow UI on the project's one store, kept light and local.
 
-``mlflow server`` runs as a child in its own process group (127.0.0.1, one worker, MLflow's job runner off);
-Ctrl-C, SIGTERM or any error in here terminates that whole group, so no server outlives the command.
+``mlflow server`` runs in a process group of its own (127.0.0.1, one worker, MLflow's job runner off), led by
+a guard (``sddkit.lifeline``). Ctrl-C, SIGTERM, SIGHUP (a closed terminal) or any error in here terminates
+that whole group; if this command is killed -9, the guard ends it. So no server outlives the command.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sddkit import lifeline
+from sddkit.files import unwritable, unwritable_file
+from sddkit.paths import sqlite_path, store_file_problem
+
 HOST = "127.0.0.1"
 console = Console(stderr=True)
 
@@ -29,9 +34,11 @@ class ServeError(RuntimeError):
 def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 180.0) -> int:
     """Run the server until Ctrl-C (exit code 0) or until it exits on its own (its exit code)."""
     port = checked_port(port)
-    server = start(uri, root, port)
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    check_store_writable(uri, root)
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = None
     try:
+        server = start(uri, root, port)
         url = wait_ready(server, port, ready_timeout)
         console.print(f"MLflow UI of {uri} at [bold]{url}[/] (Ctrl-C stops it)", highlight=False)
         print(url, flush=True)
@@ -41,8 +48,10 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
     except KeyboardInterrupt:
         return 0
     finally:
-        stop(server)
-        signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            stop(server)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def server_command(uri: str, root: Path, port: int) -> list[str]:
@@ -56,7 +65,31 @@ def start(uri: str, root: Path, port: int) -> subprocess.Popen:
         raise ServeError(f"the tracking store {uri} is not a database this command can serve; "
                             f"if it is a server already, open it in a browser")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.Popen(server_command(uri, root, port), cwd=root, env=env, start_new_session=True)
+    # The guard leads the new session's process group and ends it when this process dies, kill -9 included
+    # (mlflow server starts uvicorn as a child of its own). -P: run it as a plain file, importing nothing
+    # from its folder.
+    guarded = [sys.executable, "-P", lifeline.__file__, str(os.getpid()), *server_command(uri, root, port)]
+    return subprocess.Popen(guarded, cwd=root, env=env, start_new_session=True)
+
+
+def check_store_writable(uri: str, root: Path) -> None:
+    """A sqlite store must be a database (else mlflow server would create a new, empty one in its place) and
+    writable even to be browsed (mlflow server checks its schema, sqlite keeps a journal next to the file):
+    say so now, instead of the server retrying for minutes in silence."""
+    problem = store_file_problem(uri)
+    if problem:
+        raise ServeError(problem)
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db = root / db  # an absolute path stays as it is
+    where, problem = db.parent, unwritable(db.parent)
+    if problem is None and db.exists():
+        where, problem = db, unwritable_file(db)
+    if problem is not None:
+        raise ServeError(f"{where} is not writable ({problem}), and mlflow server must write there even to "
+                         f"browse {db.name}: make it writable, or copy the project to a writable folder and run "
+                         f"`sddkit ui` there")
 
 
 def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> str:
@@ -112,5 +145,5 @@ def checked_port(port: int | None) -> int:
         return probe.getsockname()[1]
 
 
-def _exit_on_sigterm(signum, frame) -> None:
+def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)

@@ -3,10 +3,12 @@ processes writing to one real MLflow sqlite store."""
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from mlflow import MlflowClient
 
 from sddkit import cli
 from sddkit.config import load_config
+from sddkit.lease import process_alive
 from sddkit.tracking import Tracker
 
 
@@ -111,3 +114,47 @@ def test_ctrl_c_drops_the_queued_seeds_and_stops_the_workers(project, tmp_path):
     seeds = {r.data.tags["sddkit.seed"] for r in Tracker(f"sqlite:///{project}/mlflow.db", project)
              .trajectories("sddkit")}
     assert len(seeds) < 6  # the queued seeds never started
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc; zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_path):
+    """kill -9 of `sddkit run --seeds … --jobs 2`: its workers must not train on under init; they stop as on
+    Ctrl-C, so the runs they were training are marked KILLED, not left RUNNING."""
+    sets = ["--set", "data.train_size=200", "--set", "train.epochs=1", "--set", "prune.rounds=8",
+            "--set", "train.milestones=[]", "--set", "train.threads=1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    log = tmp_path / "run.log"
+    with open(log, "w") as err:
+        run = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "run", "--seeds", "0", "1", "2", "3",
+                                "--jobs", "2", *sets], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                               start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            opened = lambda: len(re.findall(r"->\s+run", log.read_text()))  # noqa: E731 - runs announced
+            while opened() < 2 and run.poll() is None and time.monotonic() < deadline:  # both workers train
+                time.sleep(0.2)
+            workers = children_of(run.pid)
+            assert run.poll() is None and len(workers) >= 2, log.read_text()
+            run.kill()
+            run.wait()
+            deadline = time.monotonic() + 15
+            while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [w for w in workers if process_alive(w)] == [], log.read_text()
+        finally:
+            if group_alive(run.pid):
+                os.killpg(run.pid, signal.SIGKILL)
+    runs = Tracker(f"sqlite:///{project}/mlflow.db", project).trajectories("sddkit")
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, log.read_text()

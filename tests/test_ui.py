@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from sddkit import config, runner
 from sddkit.cli import main
@@ -49,28 +53,33 @@ def first_url(stdout, timeout: float = 180.0) -> str | None:
 
 
 def servers_on(port: int) -> list[int]:
-    """PIDs of live `mlflow server` processes listening on ``port`` (from /proc)."""
+    """PIDs of live `mlflow server` and uvicorn processes serving ``port`` (from /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"server" in args and b"--port" in args and str(port).encode() in args:
+        if (b"server" in args or b"uvicorn" in args) and b"--port" in args and str(port).encode() in args:
             found.append(int(entry.name))
     return found
 
 
-def test_ui_serves_the_trajectory_and_stops_on_ctrl_c(project, tmp_path):
-    cfg = config.load_config(overrides=TINY)
-    store, _ = runner.run_trajectory(cfg, project, quiet=True)  # the default store: <project>/mlflow.db
+def start_ui(project, tmp_path) -> tuple[int, subprocess.Popen]:
+    """`sddkit ui` on a free port in its own session, its stderr in ui.log; (port, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     log = open(tmp_path / "ui.log", "w")
-    ui = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port)], cwd=project, env=env,
-                          stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    return port, subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port)], cwd=project,
+                                  env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+
+
+def test_ui_serves_the_trajectory_and_stops_on_ctrl_c(project, tmp_path):
+    cfg = config.load_config(overrides=TINY)
+    store, _ = runner.run_trajectory(cfg, project, quiet=True)  # the default store: <project>/mlflow.db
+    port, ui = start_ui(project, tmp_path)
     try:
         url = first_url(ui.stdout)
         assert url == f"http://127.0.0.1:{port}", (tmp_path / "ui.log").read_text()
@@ -86,7 +95,6 @@ def test_ui_serves_the_trajectory_and_stops_on_ctrl_c(project, tmp_path):
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         ui.wait(timeout=30)
-        log.close()
 
 
 def check_rest_api(url: str, parent_id: str, rounds: int) -> None:
@@ -126,3 +134,103 @@ def test_ui_command_imports_neither_mlflow_nor_torch(project):
                               timeout=120)
     assert f"--port {port}: already in use" in done.stderr
     assert done.stdout.strip() == "1 []"
+
+
+def uvicorn_on(port: int) -> list[int]:
+    """PIDs of the uvicorn processes serving ``port``: mlflow server's own children."""
+    found = []
+    for pid in servers_on(port):
+        try:
+            if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (from /proc; zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("sig, when", [(signal.SIGKILL, "serving"), (signal.SIGHUP, "starting")],
+                         ids=["SIGKILL-serving", "SIGHUP-starting"])
+def test_the_server_dies_with_the_command(project, tmp_path, sig, when):
+    """kill -9 of `sddkit ui`, or SIGHUP (its terminal closed): mlflow server and its uvicorn must not keep
+    listening. SIGHUP comes once uvicorn has started, before it answers (left alone it would go on to listen):
+    that spares the test the rest of a start-up; stopping a serving server is what the Ctrl-C test checks."""
+    port, ui = start_ui(project, tmp_path)
+    groups: set[int] = set()
+    try:
+        if when == "serving":
+            assert first_url(ui.stdout) == f"http://127.0.0.1:{port}", (tmp_path / "ui.log").read_text()
+        deadline = time.monotonic() + 60
+        while not uvicorn_on(port) and time.monotonic() < deadline:  # mlflow server's own child
+            time.sleep(0.1)
+        groups = {os.getpgid(pid) for pid in servers_on(port)} - {ui.pid}
+        assert groups, (tmp_path / "ui.log").read_text()
+        ui.send_signal(sig)
+        ui.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while (accepts(port) or any(map(group_members, groups))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not accepts(port), (tmp_path / "ui.log").read_text()
+        assert [pid for g in groups for pid in group_members(g)] == []
+    finally:
+        for pid in [pid for g in groups for pid in group_members(g)] + servers_on(port):
+            os.kill(pid, signal.SIGKILL)
+        if ui.poll() is None:
+            ui.kill()
+        ui.wait(timeout=30)
+
+
+@pytest.fixture
+def read_only_project(tmp_path):
+    """A project with a store, on a real read-only mount (root writes through chmod, not through ro mounts)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a read-only project needs a read-only mount, and mount was refused: {mounted.stderr!r}")
+    try:
+        (folder / ".git").mkdir()
+        # Made outside and copied in: the store this process opens stays open, and would keep the mount busy.
+        MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
+        shutil.copy(tmp_path / "mlflow.db", folder / "mlflow.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_ui_on_a_read_only_project_fails_fast_in_one_line(read_only_project):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    started = time.monotonic()
+    ui = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port)], cwd=read_only_project,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = ui.communicate(timeout=30)
+    finally:
+        for pid in servers_on(port) + ([ui.pid] if ui.poll() is None else []):
+            os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - started < 20
+    assert ui.returncode == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(read_only_project) in lines[0] and "not writable" in lines[0], err
+    assert not servers_on(port)

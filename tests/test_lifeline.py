@@ -1,0 +1,141 @@
+"""Nothing outlives what started it: the parent-death signal, the watch on a `dvc` ancestor and the guard of a
+process group, on real processes; and a real `dvc repro` killed mid-stage, then run again."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_pipeline import repo, run, set_param, store  # noqa: F401 - repo: the fixture of a DVC project
+
+from sddkit import lifeline
+
+STOPS_LIKE_CTRL_C = """
+import signal, sys, time
+from sddkit import lifeline
+lifeline.stop_like_ctrl_c(signal.SIGTERM)
+try:
+    {setup}
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("stopped like Ctrl-C", flush=True)
+    sys.exit(130)
+"""
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_dvc_is_recognised_however_it_was_started():
+    assert lifeline.is_dvc(["/usr/bin/dvc", "repro"])
+    assert lifeline.is_dvc(["/venv/bin/python3.11", "/venv/bin/dvc", "repro"])
+    assert lifeline.is_dvc(["python", "-m", "dvc", "exp", "run"])
+    assert not lifeline.is_dvc(["/bin/sh", "-c", "dvc repro"])
+    assert not lifeline.is_dvc(["python", "/venv/bin/sddkit", "run", "--set", "tracking.run_name=dvc"])
+    assert not lifeline.is_dvc([])
+
+
+def test_a_parent_gone_before_the_death_signal_was_set_still_stops_the_child():
+    """The race die_with_parent closes: the parent it is told of is not (any more) its parent."""
+    code = STOPS_LIKE_CTRL_C.format(setup="lifeline.die_with_parent(parent=1)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (130, "stopped like Ctrl-C\n"), done.stderr
+
+
+@pytest.mark.parametrize("between", ["shell", "nothing"])
+def test_a_stage_stops_like_ctrl_c_when_its_dvc_is_killed(tmp_path, between):
+    """dvc -> sh -> python: kill -9 of dvc leaves the shell waiting on the stage, and the stage's watcher
+    notices; dvc -> python: the parent-death signal."""
+    child = tmp_path / "stage.py"
+    watching = "is not None" if between == "shell" else "is None"
+    child.write_text(STOPS_LIKE_CTRL_C.format(setup=f"assert lifeline.follow_dvc() {watching}"))
+    out = tmp_path / "stage.out"
+    stage = f"{sys.executable} {child} > {out} 2>&1; true"  # `; true`: the shell waits instead of exec
+    fake_dvc = tmp_path / "bin" / "dvc"
+    fake_dvc.parent.mkdir()
+    fake_dvc.write_text(f"#!/bin/sh\nsh -c '{stage}'\n" if between == "shell" else f"#!/bin/sh\n{stage}\n")
+    fake_dvc.chmod(0o755)
+    dvc = subprocess.Popen([str(fake_dvc), "repro"], env={**os.environ, "DVC_STAGE": "train"},
+                           start_new_session=True)
+    try:
+        assert wait_for(lambda: out.is_file() and "ready" in out.read_text(), 30), out.read_text()
+        dvc.kill()
+        dvc.wait()
+        assert wait_for(lambda: not lifeline.group_members(dvc.pid), 5)  # a shell between left with the stage
+        assert out.read_text() == "ready\nstopped like Ctrl-C\n"
+    finally:
+        for pid in lifeline.group_members(dvc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_the_guard_ends_its_whole_group_when_its_parent_is_killed():
+    """Parent -> guard -> sh -> 2 x sleep (grandchildren, as uvicorn is mlflow server's): kill -9 of the parent."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-P', {lifeline.__file__!r}, str(os.getpid()), 'sh', '-c', "
+        "'sleep 60 & sleep 60; wait'], start_new_session=True)\n"
+        "time.sleep(60)")])
+    guard = None
+    try:
+        assert wait_for(lambda: len(guarded(parent.pid)) == 4, 30)  # guard, sh and the two sleeps
+        guard = min(guarded(parent.pid))
+        parent.kill()
+        parent.wait()
+        assert wait_for(lambda: not lifeline.group_members(guard), 5)
+    finally:
+        for pid in lifeline.group_members(guard) if guard else ():
+            os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+
+
+def guarded(parent: int) -> list[int]:
+    """The process group led by ``parent``'s child, the guard (empty until it leads one)."""
+    for entry in Path("/proc").iterdir():
+        fields = lifeline.stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[1]) == parent and int(fields[2]) == int(entry.name):
+            return lifeline.group_members(int(entry.name))
+    return []
+
+
+@pytest.mark.slow  # about 70 s: two `dvc repro` of the whole pipeline
+def test_killing_dvc_repro_stops_its_stage_and_the_next_repro_runs_each_round_once(repo, tmp_path):
+    """kill -9 of `dvc repro` while the lottery stage trains: `sddkit run` stops as on Ctrl-C (its run KILLED);
+    a second `dvc repro` continues that run and finishes both trajectories with every round once."""
+    repo, env = repo
+    set_param(repo, ["train"], {"epochs": 2, "batch_size": 100})
+    set_param(repo, ["prune"], {"rounds": 3})
+    log = tmp_path / "dvc.log"
+    with open(log, "w") as out:
+        dvc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        assert wait_for(lambda: re.search(r"->\s+run", log.read_text()) or dvc.poll() is not None, 300)
+        assert dvc.poll() is None, log.read_text()  # the lottery stage has opened its run and trains
+        dvc.kill()
+        dvc.wait()
+        assert wait_for(lambda: not lifeline.group_members(dvc.pid), 10), log.read_text()
+    finally:
+        for pid in lifeline.group_members(dvc.pid):
+            os.kill(pid, signal.SIGKILL)
+    (lottery,) = store(repo).trajectories("sddkit")
+    assert lottery.info.status == "KILLED", log.read_text()
+
+    run(["dvc", "repro"], repo, env)
+    parents = store(repo).trajectories("sddkit")
+    assert sorted(r.info.run_name for r in parents) == ["lottery", "reinit"]  # the lottery run was continued
+    assert lottery.info.run_id in {r.info.run_id for r in parents}
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        rounds = [int(r.data.tags["sddkit.round"]) for r in store(repo).round_runs(parent.info.run_id)]
+        assert sorted(rounds) == [0, 1, 2, 3]
