@@ -15,8 +15,8 @@ import torch
 from mlflow.entities import Metric, Param
 
 from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, trajectory
-from sddkit.tracking import Tracker, TrackingError, log_files, log_metrics, now_ms, read_mask, read_torch, \
-    round_row, select_trajectories, torch_bytes
+from sddkit.tracking import Tracker, TrackingError, damaged, literal, log_files, log_metrics, now_ms, read_mask, \
+    read_torch, read_weights, round_row, select_trajectories, torch_bytes
 
 LABELS = "noisy_labels.npy"  # the artifact of a trajectory with the labels it trained on
 
@@ -109,12 +109,11 @@ def stored_labels(tracker: Tracker, run_id: str) -> torch.Tensor:
         try:
             return torch.from_numpy(np.load(local))
         except (ValueError, TypeError, OSError, EOFError) as exc:  # np.load's ways of refusing a damaged file
-            raise TrackingError(f"run {run_id}: {LABELS} is corrupt ({exc.__class__.__name__}: {exc}); rerun "
-                                f"the trajectory with --force to rebuild it") from exc
+            raise damaged(tracker, run_id, LABELS, f"corrupt ({exc.__class__.__name__})") from exc
 
 
 def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, settings: Settings) -> dict:
-    masks, sparse = read_mask(tracker, ref.run_id), read_torch(tracker, ref.run_id, "weights.pt")
+    masks, sparse = read_mask(tracker, ref.run_id), read_weights(tracker, ref.run_id)
     dense, redense_id = redense_solution(tracker, ctx, ref, masks, sparse, settings)
     interpolation = interpolate(tracker, ctx, ref, sparse, dense, redense_id, settings)
     walk = walk_landscape(tracker, ctx, ref, masks, sparse, settings)
@@ -195,8 +194,8 @@ def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setting
 
 def stored_child(tracker: Tracker, ref: RoundRef, kind: str, key: str) -> str | None:
     """The newest finished analysis run of ``kind`` with settings ``key`` under the round run."""
-    query = (f"tags.`mlflow.parentRunId` = '{ref.run_id}' and tags.`sddkit.kind` = '{kind}' "
-             f"and tags.`sddkit.analysis_key` = '{key}' and attributes.status = 'FINISHED'")
+    query = (f"tags.`mlflow.parentRunId` = {literal(ref.run_id)} and tags.`sddkit.kind` = {literal(kind)} "
+             f"and tags.`sddkit.analysis_key` = {literal(key)} and attributes.status = 'FINISHED'")
     runs = tracker.client.search_runs([ref.run.info.experiment_id], query, order_by=["attributes.start_time DESC"],
                                       max_results=1)
     return runs[0].info.run_id if runs else None

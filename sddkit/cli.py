@@ -77,7 +77,10 @@ def main() -> None:
                    "its files, whose md5 it records as dataset inputs (the DVC stages pass it).")
 @click.option("--wait", is_flag=True, help="If another process is training this trajectory, wait for it (then "
                                            "report or continue) instead of stopping.")
-def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait) -> None:
+@click.option("--redo-from", "redo_from", default=None, type=click.IntRange(min=0), metavar="ROUND",
+              help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
+                   "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")
+def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait, redo_from) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
     A trajectory's identity is its config and the code that runs it (the sddkit source as imported).
@@ -92,20 +95,29 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         fail("--jobs runs replicates in parallel: give the seeds too, e.g. --seeds 0 1 2 --jobs 3", code=2)
     if prepared_dir and seeds:
         fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
-    from sddkit import replicates, runner
+    if redo_from is not None and (seeds or force):
+        fail("--redo-from repairs one stored trajectory: use it without --seeds and --force", code=2)
+    import signal
+    from sddkit import lifeline, replicates, runner
     folder = Path(results_dir) if results_dir else None
     try:
+        # kill, a closed terminal, or the end of the `dvc` running this stage: stop as on Ctrl-C, so the run
+        # is marked KILLED and its lease released (workers, if any, are stopped the same way).
+        lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
+        lifeline.follow_dvc()
         if seeds:
             replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder)
         else:
             prepared = Path(prepared_dir) if prepared_dir else None
-            runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait)
+            runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,
+                                  redo_from=redo_from)
     except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail("interrupted: rerun the same command to continue the unfinished replicates", code=130)
+        fail("interrupted: rerun the same command to continue" + (" the unfinished replicates" if seeds else ""),
+             code=130)
 
 
 @main.command(cls=spreading("--rounds"))
@@ -136,8 +148,8 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
     from sddkit.tracking import Tracker
     settings = analyses.Settings(tuple(rounds), redense_epochs, redense_lr, interpolation_step, landscape_points,
                                  sharpness_radius, force)
-    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     try:
+        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
         rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
     except (*USER_ERRORS, config_mod.ConfigError) as exc:
         fail(str(exc))
@@ -194,8 +206,8 @@ def compare_command(selectors, where, experiment, output_dir, params_path) -> No
     from sddkit import compare
     from sddkit.paths import tracking_uri
     from sddkit.tracking import Tracker, TrackingError
-    tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     try:
+        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
         curves = compare.compare(tracker, list(selectors), experiment or cfg.tracking.experiment, list(where),
                                  settings.interpolation_threshold)
     except (TrackingError, config_mod.ConfigError) as exc:

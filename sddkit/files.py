@@ -3,6 +3,8 @@ modules reading datasets and writing results can all use it: ``write_atomic``, t
 others read (DVC, later runs), and ``DatasetError``, raised for input data that is missing, damaged or unusable."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
 from pathlib import Path
@@ -28,3 +30,56 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object]) -> N
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be written into ``folder`` (or, while it does not exist, where it would be created):
+    read-only, full, not permitted; None when a write works.
+
+    Probes by creating and removing a file: permission bits say nothing to root, and a read-only mount or a
+    full disk only shows on a real write."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # not there yet: probe where it would be created, and create nothing
+    probe = folder / f".sddkit-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)  # a block: a full disk refuses it, an empty file might still be created
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc.strerror or exc.__class__.__name__
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder never held it
+    return None
+
+
+def unwritable_file(path: Path) -> str | None:
+    """Why ``path`` does not open for writing (nothing is written), or None."""
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+    except OSError as exc:
+        return exc.strerror or exc.__class__.__name__
+    return None
+
+
+@contextlib.contextmanager
+def locked(path: Path, required: bool = True):
+    """An exclusive advisory lock (``flock``) on ``path``, created if need be, held for the ``with`` block:
+    processes on this machine that take it run the block one at a time. ``required=False``: where the lock
+    file cannot be created (a read-only folder), run the block without it."""
+    try:
+        handle = open(path, "a+b")
+    except OSError:
+        if required:
+            raise
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

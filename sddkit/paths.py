@@ -26,3 +26,34 @@ def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> str
     if config_uri:
         return config_uri
     return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URI (SQLAlchemy's form: four slashes for an absolute path)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def store_file_problem(uri: str) -> str | None:
+    """What is wrong with a sqlite store file that is not a database, or None. Checked before MLflow opens it:
+    MLflow would silently create a new, empty store in its place and orphan every artifact the old one indexed."""
+    db = sqlite_path(uri)
+    if db is None or not (db.exists() or db.is_symlink()):
+        return None
+    if not db.is_file():
+        return (f"{db} is not a file (a {'folder' if db.is_dir() else 'special file'}); the tracking store must be "
+                f"the sqlite file there: move that aside, or set tracking.uri elsewhere")
+    with open(db, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header == SQLITE_HEADER:
+        return None
+    what = "empty (0 bytes)" if not header else "not an SQLite database (its header is overwritten)"
+    runs = db.parent / "mlruns"
+    held = f"; the artifacts it indexed stay in {runs}" if runs.is_dir() else ""
+    return (f"tracking store {db} is {what}: restore it from a backup (or a copy of the project), or move it aside "
+            f"to start a new, empty store{held}")

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, prepare, results, trajectory
+from sddkit import analysis, prepare, results, retrain, trajectory
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
 from sddkit.lease import Lease, LeaseHeld, LeaseLost
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, log_data_inputs
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
+    store_problem
 
 USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost)
 console = Console(stderr=True)
@@ -50,19 +52,24 @@ def make_progress() -> Progress:
 
 def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
                    quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
-                   wait: bool = False) -> tuple[TrajectoryRun, list[dict]]:
+                   wait: bool = False, redo_from: int | None = None) -> tuple[TrajectoryRun, list[dict]]:
     """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
 
     ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
     no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
-    ``wait``: wait for another process that owns this trajectory instead of stopping."""
+    ``wait``: wait for another process that owns this trajectory instead of stopping; ``redo_from``: retrain
+    the stored trajectory from that round on (a repair that keeps the rounds before it)."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
-    if existing is not None and existing.info.status == "FINISHED":
+    if redo_from is not None and existing is None:
+        raise TrackingError(f"--redo-from {redo_from}: there is no run of this config ({cfg.identity_hash()}) and "
+                            f"code ({code}) to repair; drop --redo-from to start it")
+    if existing is not None and existing.info.status == "FINISHED" and redo_from is None:
         store, files = report_finished(tracker, cfg, code, existing), None
     else:
-        store, files = train_under_lease(tracker, cfg, root, code, force, quiet, reporter, prepared, wait)
+        store, files = train_under_lease(tracker, cfg, root, code, force, quiet, reporter, prepared, wait,
+                                         redo_from)
     rows = store.completed
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     if results_dir is not None:
@@ -82,28 +89,35 @@ def report_finished(tracker: Tracker, cfg: Config, code: str, run) -> Trajectory
 
 
 def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, force: bool, quiet: bool,
-                      reporter: trajectory.Reporter | None, prepared: Path | None, wait: bool
-                      ) -> tuple[TrajectoryRun, dict[str, bytes] | None]:
+                      reporter: trajectory.Reporter | None, prepared: Path | None, wait: bool,
+                      redo_from: int | None = None) -> tuple[TrajectoryRun, dict[str, bytes] | None]:
     """Load and check everything, take the trajectory's lease, then continue or start it and finish it.
     Returns the run and the closing files it stored (None when another owner had finished it meanwhile)."""
     # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
     external = tracker_masks(tracker, cfg, code)
     data_files, labelled = prepare.load_pinned(prepared, cfg) if prepared else ((), None)
     inputs = trajectory.load_inputs(cfg, root, labelled)
+    tracker.check_writable()  # a read-only or full store fails here, before anything is written
+    keeps_start = retrain.MODES[cfg.retrain.mode].start != "rewind"
+    tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, keeps_start))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     identity = f"{cfg.identity_hash()}.{code}"
     on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
     with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
         existing = None if force else tracker.find_trajectory(cfg, code)
-        if existing is not None and existing.info.status == "FINISHED":
+        if existing is not None and existing.info.status == "FINISHED" and redo_from is None:
             return report_finished(tracker, cfg, code, existing), None
-        store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease)
+        store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease,
+                                        redo_from=redo_from)
         lease.set_run(store.run_id)
         if data_files:
             log_data_inputs(tracker, store.run_id, data_files)
         announce(tracker, cfg, code, store)
-        if store.completed:
+        if redo_from is not None:
+            console.print(f"redoing rounds {redo_from}–{cfg.prune.rounds} (the replaced round runs are kept, "
+                          f"KILLED and tagged sddkit.replaced)")
+        elif store.completed:
             console.print(f"continuing after round {len(store.completed) - 1}")
         rows = drive(cfg, root, store, external, quiet, reporter, inputs)
         files = finish(store, cfg, rows)
@@ -142,8 +156,14 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
         raise  # the run is another process's now: leave its status alone
     except KeyboardInterrupt:
         store.stop("KILLED")
-        console.print(f"interrupted after round {len(store.completed) - 1}: rerun the same command to continue")
+        done = f"after round {len(store.completed) - 1}" if store.completed else "before round 0 finished"
+        console.print(f"interrupted {done}: rerun the same command to continue")
         raise SystemExit(130)
+    except (OSError, MlflowException) as exc:  # the data is in memory by now: these are the store's writes
+        store.stop("FAILED")
+        raise TrackingError(f"storing the trajectory failed after round {len(store.completed) - 1} "
+                            f"({store_problem(exc)}); fix that (free space, permissions), then rerun the same "
+                            f"command to continue") from exc
     except BaseException:
         store.stop("FAILED")
         raise

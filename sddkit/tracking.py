@@ -11,9 +11,14 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +29,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 
 from sddkit.config import Config
+from sddkit.files import locked, unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import code_hash
-from sddkit.paths import project_root, tracking_uri
+from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking_uri
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -40,11 +46,59 @@ class TrackingError(RuntimeError):
 
 
 class Tracker:
+    """The project's MLflow store. Nothing is opened or created until a command first reads or writes it:
+    a command that stops on bad input leaves no store behind."""
+
     def __init__(self, uri: str, root: Path):
         self.uri, self.root = uri, root.resolve()
-        self.client = MlflowClient(tracking_uri=uri)
+        check_store_file(uri)  # before MLflow opens it: it would turn a damaged file into a new, empty store
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_store(self.uri)
+        return self._client
+
+    @property
+    def exists(self) -> bool:
+        """False for a local sqlite store not created yet (it holds nothing: no need to create it to look)."""
+        db = sqlite_path(self.uri)
+        return db is None or db.exists()
+
+    @property
+    def local_folders(self) -> list[Path]:
+        """The folders a local store writes into (the sqlite file's and the artifact root); none for a server."""
+        db = sqlite_path(self.uri)
+        if db is None and not self.uri.startswith("file:"):
+            return []
+        return [folder for folder in ((db.parent if db else None), self.root / "mlruns") if folder is not None]
+
+    def check_writable(self) -> None:
+        """Fail before anything is written when a local store's folders refuse a write (read-only, full)."""
+        for folder in self.local_folders:
+            problem = unwritable(folder)
+            if problem:
+                raise TrackingError(f"cannot write into {folder} ({problem}): the store {self.uri} needs it "
+                                    f"writable; fix its permissions or mount, or free space, then rerun")
+        db = sqlite_path(self.uri)
+        problem = unwritable_file(db) if db is not None and db.is_file() else None
+        if problem:
+            raise TrackingError(f"cannot write to the tracking store {db} ({problem}); fix its permissions or "
+                                f"mount, then rerun")
+
+    def check_room(self, needed: int) -> None:
+        """Fail before training when the artifact folder has less free space than ``needed`` bytes."""
+        for folder in self.local_folders[-1:]:
+            free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+            if free < needed:
+                raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
+                                    f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
+                                    f"(or point tracking.uri at a bigger disk), then rerun")
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
+        if not create and not self.exists:
+            return None
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
@@ -61,7 +115,7 @@ class Tracker:
         exp = self.experiment_id(experiment, create=False)
         if exp is None:
             return []
-        query = f"tags.`sddkit.kind` = '{TRAJECTORY}'" + (f" and {filter_string}" if filter_string else "")
+        query = f"tags.`sddkit.kind` = {literal(TRAJECTORY)}" + (f" and {filter_string}" if filter_string else "")
         return list(self.client.search_runs([exp], query, order_by=["attributes.start_time DESC"],
                                             max_results=5000))
 
@@ -70,7 +124,7 @@ class Tracker:
 
         Raises TrackingError when the newest run of the config is unfinished and was started by other code:
         it is never continued (its rounds would mix two codes), and a silent new run would hide it."""
-        runs = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = '{cfg.identity_hash()}'")
+        runs = self.trajectories(cfg.tracking.experiment, f"tags.`sddkit.config_hash` = {literal(cfg.identity_hash())}")
         same_code = [r for r in runs if r.data.tags.get("sddkit.code_hash") == code]
         if same_code:
             return same_code[0]
@@ -83,27 +137,42 @@ class Tracker:
         return None
 
     def open_trajectory(self, cfg: Config, force: bool = False, existing=None, code: str | None = None,
-                        lease=None) -> "TrajectoryRun":
+                        lease=None, redo_from: int | None = None) -> "TrajectoryRun":
         """The unfinished run of this config and code to continue, the finished one to report, or a new one.
         ``existing``: the run ``find_trajectory`` already returned, to spare a second search; ``lease``: this
-        process's ``lease.Lease`` on the trajectory (checked before every write of a round)."""
+        process's ``lease.Lease`` on the trajectory (checked before every write of a round); ``redo_from``:
+        retrain the existing run from that round on (``TrajectoryRun.redo_from``)."""
         code = code or code_hash()
         existing = None if force else (existing or self.find_trajectory(cfg, code))
         if existing is not None:
             store = TrajectoryRun(self, existing.info.run_id, lease)
-            store.close_interrupted_rounds()  # only an owner may: a live owner's round is RUNNING too
+            # Only an owner may do this: a live owner's round is RUNNING too.
+            store.close_interrupted_rounds()
+            # A kill between creating the run and logging its params left it without them.
+            self.complete_identity(existing, cfg, code)
+            store.complete_parent_curve()
+            if redo_from is not None:
+                store.redo_from(redo_from)
+            store.reopen()
             return store
         exp = self.experiment_id(cfg.tracking.experiment)
         run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root, code), run_name=cfg.name)
-        run_id = run.info.run_id
-        params = [Param(k, param_text(v)) for k, v in cfg.flat().items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i:i + 100])
-        return TrajectoryRun(self, run_id, lease)
+        self.complete_identity(run, cfg, code)
+        return TrajectoryRun(self, run.info.run_id, lease)
+
+    def complete_identity(self, run, cfg: Config, code: str) -> None:
+        """Log the config params and provenance tags ``run`` lacks (all of them for a new run). Values it
+        already holds are kept: MLflow never changes a logged param, and keys outside the identity (device,
+        threads) may differ between the processes that ran it."""
+        have_params, have_tags = run.data.params, run.data.tags
+        params = [Param(k, param_text(v)) for k, v in cfg.flat().items() if k not in have_params]
+        tags = [RunTag(k, v) for k, v in trajectory_tags(cfg, self.root, code).items() if k not in have_tags]
+        for i in range(0, max(len(params), len(tags)), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100], tags=tags[i:i + 100])
 
     def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None) -> list:
         exp = experiment_id or self.client.get_run(parent_id).info.experiment_id
-        query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`sddkit.kind` = '{ROUND}'"
+        query = f"tags.`mlflow.parentRunId` = {literal(parent_id)} and tags.`sddkit.kind` = {literal(ROUND)}"
         runs = self.client.search_runs([exp], query, max_results=5000)
         if finished_only:
             runs = [r for r in runs if r.info.status == "FINISHED"]
@@ -113,8 +182,43 @@ class Tracker:
         try:
             return Path(self.client.download_artifacts(run_id, path, dst))
         except (MlflowException, OSError) as exc:
-            raise TrackingError(f"run {run_id}: artifact {path!r} is missing ({exc.__class__.__name__}); "
-                                f"rerun the trajectory with --force to rebuild it") from exc
+            raise damaged(self, run_id, path, f"missing ({exc.__class__.__name__})") from exc
+
+    def read_bytes(self, run_id: str, path: str) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.download(run_id, path, tmp).read_bytes()
+
+
+SAFE_LITERAL = re.compile(r"[\w.:/@+=, -]*")
+
+
+def literal(value: str) -> str:
+    """``value`` quoted for an MLflow filter string. MLflow's filter grammar has no escape for a quote, so a value
+    with a quote, backtick or backslash is refused rather than spliced in (it could rewrite the filter)."""
+    if not SAFE_LITERAL.fullmatch(value):
+        raise TrackingError(f"{value!r}: quotes, backticks and backslashes cannot be searched for in MLflow")
+    return f"'{value}'"
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client on ``uri``; a sqlite store is opened (created, migrated) under a lock file beside it: processes
+    that start together on a fresh store would each create and migrate its tables, and all but one crash
+    (``duplicate column name``, ``table _alembic_tmp_… already exists``). The first one creates it; the others
+    wait, then find it ready. MLflow keeps the opened store for the rest of the process."""
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    # A read-only folder takes no lock file; nothing can be created or migrated there either.
+    with locked(db.with_name(f".{db.name}.lock"), required=False):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def check_store_file(uri: str) -> None:
+    problem = store_file_problem(uri)
+    if problem:
+        raise TrackingError(problem)
 
 
 class TrajectoryRun:
@@ -135,6 +239,33 @@ class TrajectoryRun:
             if r.info.status == "RUNNING":
                 self.client.set_terminated(r.info.run_id, "KILLED")
 
+    def complete_parent_curve(self) -> None:
+        """Log the per-round parent metrics of finished rounds that lack them: a kill between a round run
+        turning FINISHED and the parent's metrics being logged leaves a gap in the parent's curve."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "test_acc")}
+        stamp = now_ms()
+        missing = [Metric(k, float(row[k]), stamp, row["round"]) for row in self.completed
+                   if row["round"] not in logged for k in PARENT_METRICS if k in row]
+        log_metrics(self.client, self.run_id, missing)
+
+    def redo_from(self, first: int) -> None:
+        """Retrain round ``first`` and every later one (to repair a damaged or deleted round artifact): their
+        runs are marked KILLED and tagged ``sddkit.replaced``, and rounds 0…first−1 are kept."""
+        if first > len(self.completed):
+            raise TrackingError(f"--redo-from {first}: run {self.run_id} has finished rounds 0–{len(self.completed) - 1} "
+                                f"only; rerun without --redo-from to continue it")
+        for r in self._rounds:
+            if int(r.data.tags["sddkit.round"]) >= first and r.info.status == "FINISHED":
+                self.client.set_tag(r.info.run_id, "sddkit.replaced", f"redone by --redo-from {first}")
+                self.client.set_terminated(r.info.run_id, "KILLED")
+        self.completed = self.completed[:first]
+        self.client.set_tag(self.run_id, "sddkit.redone_from", str(first))
+
+    def reopen(self) -> None:
+        """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.finished = False
+
     def check_owner(self) -> None:
         if self.lease is not None:
             self.lease.check()
@@ -148,14 +279,22 @@ class TrajectoryRun:
         log_files(self.client, self.run_id, {f"state/{name}.pt": torch_bytes(state)})
 
     def load_state(self, name: str) -> dict | None:
-        listed = {f.path for f in self.client.list_artifacts(self.run_id, "state")}
-        if f"state/{name}.pt" not in listed:
+        """The stored state, or None when it is absent or damaged: the engine then re-derives it (every
+        state is derivable from the config), so a half-written file is never trained on."""
+        path = f"state/{name}.pt"
+        if path not in {f.path for f in self.client.list_artifacts(self.run_id, "state")}:
             return None
-        return read_torch(self.tracker, self.run_id, f"state/{name}.pt")
+        try:
+            return read_torch(self.tracker, self.run_id, path)
+        except TrackingError as exc:
+            print(f"{path} of run {self.run_id} is unreadable ({exc.__cause__.__class__.__name__}): rebuilding it",
+                  file=sys.stderr)
+            self.client.set_tag(self.run_id, f"sddkit.rebuilt.{name}", time.strftime("%Y-%m-%d %H:%M:%S"))
+            return None
 
     def load_round(self, round_index: int):
         run_id = self._round_id(round_index)
-        return read_mask(self.tracker, run_id), read_torch(self.tracker, run_id, "weights.pt")
+        return read_mask(self.tracker, run_id), read_weights(self.tracker, run_id)
 
     def log_round(self, round_index, metrics, history, masks, weights, start) -> None:
         self.check_owner()
@@ -166,13 +305,19 @@ class TrajectoryRun:
         epoch_metrics = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"])
                          for row in history for k, v in row.items() if k != "epoch"]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
-        log_metrics(self.client, child, epoch_metrics + round_metrics)
         files = {"mask.npz": pack_mask(masks), "weights.pt": torch_bytes(weights),
                  "metrics.json": json.dumps(metrics, indent=1).encode()}
         if start is not None:
             files["start_weights.pt"] = torch_bytes(start)
-        log_files(self.client, child, files)
+        try:
+            log_metrics(self.client, child, epoch_metrics + round_metrics)
+            log_files(self.client, child, files)
+        except (OSError, MlflowException) as exc:  # a full disk, a store gone read-only
+            terminate_quietly(self.client, child, "FAILED")
+            raise TrackingError(f"round {round_index} could not be stored ({store_problem(exc)}); fix that, then "
+                                f"rerun the same command: it continues after round {round_index - 1}") from exc
         self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
+        # One batch, one transaction: test_acc is there exactly when the others are (complete_parent_curve).
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, round_index)
                                                     for k in PARENT_METRICS if k in metrics])
         self.completed.append(metrics)
@@ -187,13 +332,28 @@ class TrajectoryRun:
         self.finished = True
 
     def stop(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status)
+        terminate_quietly(self.client, self.run_id, status)
 
     def _round_id(self, round_index: int) -> str:
         for r in self.tracker.round_runs(self.run_id, experiment_id=self.experiment_id):
             if int(r.data.tags["sddkit.round"]) == round_index:
                 return r.info.run_id
         raise TrackingError(f"trajectory run {self.run_id} has no finished round {round_index}")
+
+
+def terminate_quietly(client: MlflowClient, run_id: str, status: str) -> None:
+    """Best effort, on the way out of an error: a store that cannot take the status must not hide the error."""
+    try:
+        client.set_terminated(run_id, status)
+    except Exception:  # noqa: BLE001 - the original error is what the user needs to see
+        pass
+
+
+def store_problem(exc: BaseException) -> str:
+    """The gist of a storage error, on one line (an OSError's message and file, MLflow's first line)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
 
 
 def contiguous(rounds: list) -> list:
@@ -238,8 +398,17 @@ def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
 
 
 def log_files(client: MlflowClient, run_id: str, files: dict[str, bytes]) -> None:
-    """Store each ``{artifact path: content}`` as an artifact of the run (a path may name a folder: ``state/x.pt``),
-    in one upload."""
+    """Store each ``{artifact path: content}`` as an artifact of the run (a path may name a folder: ``state/x.pt``).
+
+    Into a local artifact folder each file is written atomically (a temporary file, then a rename): a kill
+    never leaves half a file under its final name, which a resume would read. Elsewhere, in one upload."""
+    local = local_artifact_folder(client.get_run(run_id).info.artifact_uri)
+    if local is not None:
+        for name, content in files.items():
+            target = local / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, content)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for name, content in files.items():
             local = Path(tmp) / name
@@ -248,28 +417,66 @@ def log_files(client: MlflowClient, run_id: str, files: dict[str, bytes]) -> Non
         client.log_artifacts(run_id, tmp)
 
 
+def local_artifact_folder(artifact_uri: str) -> Path | None:
+    """The folder of a ``file:`` (or plain path) artifact URI; None for a server or cloud store."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(artifact_uri) if parsed.scheme == "" else None
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-def read_mask(tracker: Tracker, run_id: str) -> dict[str, torch.Tensor]:
-    with tempfile.TemporaryDirectory() as tmp:
-        content = tracker.download(run_id, "mask.npz", tmp).read_bytes()
+def read_mask(tracker: Tracker, run_id: str, content: bytes | None = None) -> dict[str, torch.Tensor]:
+    """A round run's mask (``content``: its bytes, already read)."""
+    content = tracker.read_bytes(run_id, "mask.npz") if content is None else content
     try:
         return unpack_mask(content)
-    except (ValueError, KeyError, OSError, EOFError) as exc:
-        raise TrackingError(f"run {run_id}: mask.npz is corrupt ({exc}); rerun with --force") from exc
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise damaged(tracker, run_id, "mask.npz", f"corrupt ({exc.__class__.__name__})") from exc
 
 
 def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         local = tracker.download(run_id, path, tmp)
         try:
-            return torch.load(local, map_location="cpu", weights_only=True)
+            state = torch.load(local, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a damaged file
-            raise TrackingError(f"run {run_id}: {path} is corrupt or unreadable ({exc.__class__.__name__}); "
-                                f"rerun the trajectory with --force to rebuild it") from exc
+            raise damaged(tracker, run_id, path, f"corrupt or unreadable ({exc.__class__.__name__})") from exc
+    if not isinstance(state, dict):
+        raise damaged(tracker, run_id, path, f"not a state dict (a {type(state).__name__})")
+    return state
+
+
+def read_weights(tracker: Tracker, run_id: str) -> dict[str, torch.Tensor]:
+    """A round run's final weights as a dense state dict."""
+    return read_torch(tracker, run_id, "weights.pt")
+
+
+def damaged(tracker: Tracker, run_id: str, path: str, problem: str) -> TrackingError:
+    """The error for an artifact that is missing or unreadable, naming the run and the file, with the repair
+    that keeps the finished rounds (never a bare --force, which would retrain all of them)."""
+    try:
+        tags = tracker.client.get_run(run_id).data.tags
+    except MlflowException:
+        return TrackingError(f"run {run_id}: {path} is {problem}, and the run itself is not in {tracker.uri}")
+    where = f"run {run_id}"
+    if tags.get("sddkit.kind") == ROUND:
+        k, parent = int(tags["sddkit.round"]), tags.get("mlflow.parentRunId", "?")
+        repair = (f"repair it with that trajectory's `sddkit run` (same settings) plus --redo-from {k}: it retrains "
+                  f"round {k} on and keeps rounds 0–{k - 1}" if k else
+                  f"repair it with that trajectory's `sddkit run` (same settings) plus --redo-from 0")
+        where = f"run {run_id} (round {k} of trajectory run {parent})"
+    elif path.startswith("state/"):
+        repair = ("it is derived from the config: its `sddkit run` rebuilds it when it continues the trajectory "
+                  "(for a finished one, add --redo-from with its last round, which retrains that round only)")
+    else:
+        repair = "rerun the trajectory's `sddkit run` with --redo-from 0 to rebuild it in place"
+    return TrackingError(f"{where}: {path} is {problem}; {repair} (--force would instead start a new run and "
+                         f"retrain every round)")
 
 
 def load_mask(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
@@ -279,7 +486,15 @@ def load_mask(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
 
 def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
     root = project_root()
-    return read_torch(Tracker(tracking_uri(uri, root), root), run_id, "weights.pt")
+    return read_weights(Tracker(tracking_uri(uri, root), root), run_id)
+
+
+def bytes_needed(state: dict[str, torch.Tensor], rounds: int, start_weights: bool) -> int:
+    """About the bytes ``rounds`` rounds of a model with ``state`` add to the artifact store (weights, mask and,
+    where the mode keeps them, start weights), plus the init and rewind states and a MiB of slack."""
+    weights = sum(t.numel() * t.element_size() for t in state.values())
+    mask = sum(t.numel() for t in state.values()) // 8
+    return rounds * (weights * (2 if start_weights else 1) + mask) + 2 * weights + 2**20
 
 
 def torch_bytes(state: dict) -> bytes:
@@ -420,13 +635,19 @@ def lottery_masks(tracker: Tracker, cfg: Config, code: str):
     if missing:
         raise TrackingError(f"{heading}: run {source.info.run_id} has no finished round {missing[0]}; finish that "
                             f"trajectory or lower prune.rounds")
-    return lambda r: read_mask(tracker, rounds[r])
+    # Every mask is read and checked now, before any training: a damaged one must not stop the run rounds in.
+    # The packed bytes are kept (a bit a weight) and unpacked when their round comes.
+    packed = {}
+    for r in range(1, cfg.prune.rounds + 1):
+        packed[r] = tracker.read_bytes(rounds[r], "mask.npz")
+        read_mask(tracker, rounds[r], packed[r])
+    return lambda r: read_mask(tracker, rounds[r], packed[r])
 
 
 def lottery_twin_run(tracker: Tracker, cfg: Config, code: str):
     """The newest finished run of this config in lottery mode by this code (named ``masks_from``, if set)."""
     twin = lottery_twin(cfg).identity_hash()
-    query = f"tags.`sddkit.config_hash` = '{twin}' and tags.`sddkit.code_hash` = '{code}'"
+    query = f"tags.`sddkit.config_hash` = {literal(twin)} and tags.`sddkit.code_hash` = {literal(code)}"
     runs = [r for r in tracker.trajectories(cfg.tracking.experiment, query) if r.info.status == "FINISHED"]
     name = cfg.retrain.masks_from
     named = [r for r in runs if name in (None, r.info.run_name, r.data.tags.get("sddkit.name"))]

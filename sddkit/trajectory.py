@@ -30,7 +30,7 @@ class Store(Protocol):
 
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None: ...
     def save_state(self, name: str, state: State) -> None: ...
-    def load_state(self, name: str) -> State | None: ...
+    def load_state(self, name: str) -> State | None: ...  # None when absent or unreadable: rebuilt
     def load_round(self, round_index: int) -> tuple[pruning.Masks, State]: ...
     def log_round(self, round_index: int, metrics: dict, history: list[dict], masks: pruning.Masks,
                   weights: State, start: State | None) -> None: ...
@@ -106,9 +106,23 @@ def load_inputs(cfg: Config, root: Path, labelled: tuple[data.Splits, torch.Tens
         model = model.to(memory_format=torch.channels_last)
         splits.channels_last = True  # batches in the model's layout too
     exclude = cfg.prune.exclude if cfg.prune.exclude is not None else models.default_exclude(cfg.model.arch)
+    prunable = models.prunable(model, exclude)
+    check_rounds(cfg, {name: w.numel() for name, w in prunable.items()})
     train_idx = data.stratified_subset(splits.y_train_clean.cpu(), cfg.train.train_eval_size,
                                        cfg.data.split_seed, "train.train_eval_size").to(device)
-    return Inputs(splits, noisy, model, list(models.prunable(model, exclude)), train_idx)
+    return Inputs(splits, noisy, model, list(prunable), train_idx)
+
+
+def check_rounds(cfg: Config, sizes: dict[str, int]) -> None:
+    """A tensor pruned to nothing cuts the net in two (every later round at chance, "dip nan"): refuse the
+    rounds past that point before any run exists. ``sizes``: the prunable tensors' weight counts."""
+    if not sizes:
+        return
+    most, name = pruning.max_rounds(sizes, cfg.prune.rate)
+    if cfg.prune.rounds > most:
+        raise ConfigError(f"prune.rounds = {cfg.prune.rounds}: at prune.rate {cfg.prune.rate} the smallest "
+                          f"prunable tensor ({name}, {sizes[name]:,} weights) keeps no weight from round "
+                          f"{most + 1} on; at most {most} rounds")
 
 
 def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]:
@@ -116,7 +130,11 @@ def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]
     device = ctx.init[ctx.names[0]].device
     on_device = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
     masks, previous = store.load_round(last)
-    ctx.rewind = on_device(store.load_state("rewind"))
+    rewind = store.load_state("rewind")
+    if rewind is None:  # deleted or damaged: re-derive it rather than lose the finished rounds
+        rewind = replay_to_rewind(ctx)
+        store.save_state("rewind", rewind)
+    ctx.rewind = on_device(rewind)
     if retrain.MODES[ctx.cfg.retrain.mode].masks == "oneshot":
         ctx.dense_final = on_device(store.load_round(0)[1])
     return on_device(masks), on_device(previous)
@@ -129,7 +147,7 @@ def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
     if not store.completed:
         store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
     init = store.load_state("init")
-    if init is None:
+    if init is None:  # a new trajectory, or a deleted or damaged init: the model was just built from the init seed
         init = snapshot(model)
         store.save_state("init", init)
     device = next(model.parameters()).device
@@ -218,6 +236,36 @@ def start_weights(ctx: Context, r: int, previous: State | None) -> State:
     if start == "previous":
         return previous
     return fresh_model(ctx.cfg, ctx.splits, r).to(ctx.init[ctx.names[0]].device).state_dict()
+
+
+class _RewindReached(Exception):
+    """Stops a replay of round 0 at the rewind step."""
+
+
+def replay_to_rewind(ctx: Context) -> State:
+    """Round 0's weights at the rewind step, re-derived: round 0 replayed from the init with its own
+    generators up to that step (the same weights on the same CPU machine; on CUDA only with
+    ``train.deterministic``). The init itself when the rewind step is 0."""
+    cfg = ctx.cfg
+    rewind_at = retrain.rewind_iteration(cfg, train.steps_per_epoch(len(ctx.noisy), cfg.train.batch_size))
+    if rewind_at == 0:
+        return {k: v.clone() for k, v in ctx.init.items()}
+    ctx.model.load_state_dict(ctx.init)
+    apply_masks = pruning.MaskApplier(dict(ctx.model.named_parameters()),
+                                      pruning.dense_masks(weights_of(ctx.model, ctx.names)))
+    captured: State = {}
+
+    def stop_at_rewind(step: int) -> None:
+        if step == rewind_at:
+            captured.update(snapshot(ctx.model))
+            raise _RewindReached
+    try:
+        gens = round_generators(cfg, 0, ctx.splits.x_train.device)
+        train.fit(ctx.model, ctx.splits, ctx.noisy, retrain.schedule(cfg, 0), gens, apply_masks,
+                  fresh_optimizer_at=rewind_at, on_step=stop_at_rewind)
+    except _RewindReached:
+        pass
+    return captured
 
 
 def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None] | None:
