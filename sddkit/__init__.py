@@ -1,20 +1,24 @@
 """sddkit: a reproducibility kit for sparse double descent.
 
-Heavy libraries (torch, mlflow) are imported lazily so that ``sddkit --help`` stays instant.
+The Python API lives in ``sddkit.api`` and is offered here: ``load_trajectory`` (stored trajectories as a pandas
+DataFrame, a row a round), ``load_round`` (a round's mask and weights by trajectory name and round),
+``load_mask`` and ``load_weights`` (by round run ID), and their errors ``TrackingError`` and ``NoProjectError``.
+It is imported on first use (PEP 562): it brings torch, mlflow and pandas, and ``sddkit --help`` stays instant.
 """
 __version__ = "0.1.0"
 
-
-def load_mask(run_id: str, tracking_uri: str | None = None):
-    """A round's mask: dict of parameter name -> bool tensor, from a nested (round) run ID."""
-    from sddkit import tracking
-    return tracking.load_mask(run_id, tracking_uri)
+API = ("load_trajectory", "load_round", "load_mask", "load_weights", "TrackingError", "NoProjectError")
 
 
-def load_weights(run_id: str, tracking_uri: str | None = None):
-    """A round's final weights (a state dict), from a nested (round) run ID."""
-    from sddkit import tracking
-    return tracking.load_weights(run_id, tracking_uri)
+def __getattr__(name: str):
+    if name in API:
+        from sddkit import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'sddkit' has no attribute {name!r}")
 
 
-__all__ = ["load_mask", "load_weights", "__version__"]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *API})
+
+
+__all__ = [*API, "__version__"]

@@ -142,8 +142,10 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
     ID); results are logged as runs nested under each round run."""
     root = project_root()
     cfg = resolve_config(None, (), None, root)
+    from sddkit.paths import missing_project, tracking_uri
+    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
     from sddkit import analyze as analyses
-    from sddkit.paths import tracking_uri
     from sddkit.runner import USER_ERRORS
     from sddkit.tracking import Tracker
     settings = analyses.Settings(tuple(rounds), redense_epochs, redense_lr, interpolation_step, landscape_points,
@@ -199,12 +201,15 @@ def compare_command(selectors, where, experiment, output_dir, params_path) -> No
     each curve's phases, the difference of the first two; a table, and a CSV and PNG with --output."""
     root = project_root()
     cfg = resolve_config(None, (), params_path, root)
+    from sddkit.paths import missing_project, tracking_uri
+    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
+             f"or tracking.uri in a --params file)")
     try:
         settings = config_mod.read_compare_settings(Path(params_path) if params_path else root / "params.yaml")
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
     from sddkit import compare
-    from sddkit.paths import tracking_uri
     from sddkit.tracking import Tracker, TrackingError
     try:
         tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
@@ -222,8 +227,11 @@ def ui_command(port, params_path) -> None:
     """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it."""
     root = project_root()
     cfg = resolve_config(None, (), params_path, root)
+    from sddkit.paths import missing_project, tracking_uri
+    if missing_project(cfg.tracking.uri):  # else mlflow server would create an empty mlflow.db right here
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
+             f"or tracking.uri in a --params file)")
     from sddkit import ui
-    from sddkit.paths import tracking_uri
     try:
         code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port)
     except ui.ServeError as exc:

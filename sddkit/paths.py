@@ -9,14 +9,31 @@ ROOT_MARKERS = ("params.yaml", "dvc.yaml", ".git")
 
 def project_root() -> Path:
     """``DVC_ROOT`` inside DVC stages, else the nearest folder above the working directory holding
-    params.yaml, dvc.yaml or .git, else the working directory."""
+    params.yaml, dvc.yaml or .git, else the working directory (where ``sddkit run`` then makes the project)."""
+    return find_project_root() or Path.cwd().resolve()
+
+
+def find_project_root() -> Path | None:
+    """``DVC_ROOT`` inside DVC stages, else the nearest folder above the working directory holding
+    params.yaml, dvc.yaml or .git, else None: commands that only read a store need a project to read."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if any((folder / marker).exists() for marker in ROOT_MARKERS):
             return folder
-    return here
+    return None
+
+
+def missing_project(uri: str | None = None) -> str | None:
+    """Why there is no store to read here ("no sddkit project here (…)"; the caller adds the remedy in its own
+    terms), or None: inside a project, or with a tracking URI given (``uri`` or ``MLFLOW_TRACKING_URI``).
+    Checked before anything opens a store: outside a project the default store would be a new, empty
+    mlflow.db in whatever folder the reader happens to be in."""
+    if uri or os.environ.get("MLFLOW_TRACKING_URI") or find_project_root() is not None:
+        return None
+    markers = f"{', '.join(ROOT_MARKERS[:-1])} or {ROOT_MARKERS[-1]}"
+    return f"no sddkit project here (no {markers} in {Path.cwd()} or any folder above it, and no DVC_ROOT)"
 
 
 def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> str:

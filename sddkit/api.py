@@ -1,0 +1,201 @@
+"""The Python API, for analysis in a notebook: stored trajectories as one long pandas DataFrame (a row a round),
+and a round's mask and weights by trajectory name and round. It only reads: nothing here writes to the store.
+
+    import sddkit
+    df = sddkit.load_trajectory("lottery", where={"noise.ratio": 0.2})   # every seed of it, a row a round
+    mask, weights = sddkit.load_round("lottery", 3, where={"seed": 0})
+
+The store is the project's (found from the working directory, as the commands find it), or ``tracking_uri``.
+Outside a project, with no ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``), every function fails with
+``NoProjectError`` before anything is opened: MLflow would otherwise create an empty mlflow.db right there.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sddkit import config, paths
+from sddkit.compare import check_filters, matches
+from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, finished_only, param_text, read_mask, \
+    read_weights, round_row, select_trajectories
+
+# Config keys every frame carries: what tells trajectories apart in most studies. Keys whose values differ
+# between the frame's trajectories are added to them.
+IDENTITY_COLUMNS = ("seed", "retrain.mode", "noise.kind", "noise.ratio", "prune.criterion", "model.arch",
+                    "data.name")
+
+
+class NoProjectError(TrackingError):
+    """No project here and no tracking URI given: there is no store to read, and none is created."""
+
+
+# ---------------------------------------------------------------- the API
+
+def load_trajectory(selector: str, *, where: dict | list[str] | str | None = None, experiment: str | None = None,
+                    tracking_uri: str | None = None) -> pd.DataFrame:
+    """Every finished round of every finished trajectory ``selector`` names (run name, ``sddkit.name`` tag or
+    run ID), kept where every ``where`` holds (``{"noise.ratio": 0.4}`` or ``["noise.ratio=0.4"]``, over tags
+    and params), as one long frame, oldest trajectory first. Columns: ``trajectory`` (its name; with the seed,
+    or a short run ID, where names repeat), ``round``, the round's metrics, the identifying config keys,
+    ``run_id`` (the round's run) and ``trajectory_run_id`` (the parent run)."""
+    tracker = open_store(tracking_uri)
+    runs = select(tracker, selector, where, experiment_name(experiment), f"load_trajectory({selector!r})")[::-1]
+    keys = [*IDENTITY_COLUMNS, *differing_keys(runs, skip=IDENTITY_COLUMNS)]
+    labels = trajectory_labels(runs)
+    rows = [row for run in runs for row in trajectory_rows(tracker, run, labels[run.info.run_id], keys)]
+    metrics = metric_columns(rows, exclude={*keys, "round"})
+    return pd.DataFrame(rows, columns=["trajectory", "round", *metrics, *keys, "run_id", "trajectory_run_id"])
+
+
+def load_round(selector: str, round: int, *, where: dict | list[str] | str | None = None,
+               experiment: str | None = None, tracking_uri: str | None = None):
+    """``(mask, weights)`` of round ``round`` of the one finished trajectory ``selector`` (and ``where``)
+    names: ``{parameter name: bool tensor}`` and the dense state dict. Several matches are an error that
+    lists them (never a silent pick of one): narrow it with ``where`` or give a run ID."""
+    call = f"load_round({selector!r}, {round})"
+    tracker = open_store(tracking_uri)
+    runs = select(tracker, selector, where, experiment_name(experiment), call)
+    if len(runs) > 1:
+        raise TrackingError(ambiguous(call, runs))
+    run_id = round_run_id(tracker, runs[0], round, call)
+    return read_mask(tracker, run_id), read_weights(tracker, run_id)
+
+
+def load_mask(run_id: str, tracking_uri: str | None = None, *, uri: str | None = None) -> dict[str, torch.Tensor]:
+    """A round's mask by its round run's ID: ``{parameter name: bool tensor}`` (``uri``: the older name of
+    ``tracking_uri``)."""
+    return read_mask(open_store(tracking_uri or uri), run_id)
+
+
+def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | None = None) -> dict[str, torch.Tensor]:
+    """A round's final weights by its round run's ID: the dense state dict, exact zeros where pruned (``uri``:
+    the older name of ``tracking_uri``)."""
+    return read_weights(open_store(tracking_uri or uri), run_id)
+
+
+# ---------------------------------------------------------------- the store
+
+def open_store(tracking_uri: str | None) -> Tracker:
+    """The store to read: ``tracking_uri``, else the project's (``MLFLOW_TRACKING_URI``, params.yaml's
+    ``tracking.uri``, or mlflow.db at the project root). Fails, creating nothing, outside a project without a
+    URI and where a local store does not exist yet (opening it would create an empty one)."""
+    problem = paths.missing_project(tracking_uri)
+    if problem:
+        raise NoProjectError(f"{problem}; pass tracking_uri= or cd into the project")
+    root = paths.project_root()
+    uri = tracking_uri or paths.tracking_uri(project_config(root).tracking.uri, root)
+    tracker = Tracker(uri, root)
+    if not tracker.exists:
+        raise TrackingError(f"no tracking store at {paths.sqlite_path(uri)}: nothing has been run there yet; "
+                            f"run `sddkit run` (or `dvc repro`) first, or pass tracking_uri=")
+    return tracker
+
+
+def experiment_name(experiment: str | None) -> str:
+    """``experiment``, else the project's ``tracking.experiment`` (params.yaml, else the default)."""
+    return experiment or project_config(paths.project_root()).tracking.experiment
+
+
+def project_config(root: Path) -> config.Config:
+    """The project's config (params.yaml, else the defaults): where its store is and its experiment's name."""
+    params = root / "params.yaml"
+    try:
+        return config.load_config(config.read_params_file(params) if params.is_file() else {})
+    except config.ConfigError as exc:  # one error type for a notebook to catch
+        raise TrackingError(f"{params}: {exc}; fix it, or pass tracking_uri= and experiment=") from exc
+
+
+# ---------------------------------------------------------------- selection
+
+def select(tracker: Tracker, selector: str, where, experiment: str, call: str) -> list:
+    """The finished trajectories ``selector`` names where every ``where`` holds, newest first. Both are matched
+    in Python, never spliced into an MLflow filter (a quote in them cannot change what is searched)."""
+    conditions = where_list(where)
+    check_filters(conditions)
+    found = select_trajectories(tracker, selector, experiment, finished=False, heading=call)
+    kept = [r for r in found if all(matches(r, w) for w in conditions)]
+    if not kept:
+        raise TrackingError(f"{call}: {len(found)} trajectories match, but none of them has "
+                            f"{' and '.join(conditions)}")
+    return finished_only(kept, f"{call}: no trajectory" + (f" with {' and '.join(conditions)}" if conditions else ""))
+
+
+def where_list(where: dict | list[str] | str | None) -> list[str]:
+    """``where`` as ``key=value`` texts (``compare --where``'s form)."""
+    if where is None:
+        return []
+    if isinstance(where, str):
+        return [where]
+    if isinstance(where, dict):
+        return [f"{k}={param_text(v)}" for k, v in where.items()]
+    return list(where)
+
+
+def round_run_id(tracker: Tracker, run, index: int, call: str) -> str:
+    rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(run.info.run_id)}
+    if index not in rounds:
+        have = f"finished rounds: {min(rounds)}–{max(rounds)}" if rounds else "no finished round"
+        raise TrackingError(f"{call}: trajectory {run.info.run_name} ({run.info.run_id}) has no finished round "
+                            f"{index} ({have})")
+    return rounds[index]
+
+
+# ---------------------------------------------------------------- the frame
+
+def trajectory_rows(tracker: Tracker, run, label: str, keys: list[str]) -> list[dict]:
+    """One row per finished round: its metrics as the round run holds them (not the per-epoch ones)."""
+    values = config_values(run)
+    shared = {"trajectory": label, "trajectory_run_id": run.info.run_id, **{k: values.get(k) for k in keys}}
+    return [{**round_row(r), "run_id": r.info.run_id, **shared} for r in tracker.round_runs(run.info.run_id)]
+
+
+def config_values(run) -> dict:
+    """The run's config as typed values (lists as their JSON text, so cells stay hashable for groupby)."""
+    try:
+        flat = config.from_params(run.data.params).flat()
+    except config.ConfigError:  # params of older code that no longer validate: show them as logged
+        return dict(run.data.params)
+    return {**run.data.params, **{k: param_text(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}}
+
+
+def differing_keys(runs: list, skip=()) -> list[str]:
+    """The params (but ``skip``) whose logged values differ between ``runs``: those that change results first
+    (config.NOT_IDENTITY last), each part sorted."""
+    keys = {k for r in runs for k in r.data.params} - set(skip)
+    differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    return sorted(differ, key=lambda k: (k in config.NOT_IDENTITY, k))
+
+
+def trajectory_labels(runs: list) -> dict[str, str]:
+    """Run ID -> the trajectory's name in the frame: its run name, with its seed where several share the name
+    (with a short run ID where the seeds do not tell them apart either)."""
+    by_name: dict[str, list] = {}
+    for r in runs:
+        by_name.setdefault(r.info.run_name, []).append(r)
+    labels = {}
+    for name, same in by_name.items():
+        seeds = [r.data.params.get("seed") for r in same]
+        by_seed = len(set(seeds)) == len(same)
+        for r, seed in zip(same, seeds):
+            labels[r.info.run_id] = (name if len(same) == 1 else f"{name} seed={seed}" if by_seed
+                                     else f"{name} {r.info.run_id[:8]}")
+    return labels
+
+
+def metric_columns(rows: list[dict], exclude: set[str]) -> list[str]:
+    """The metrics of ``rows``: the parent curve's first, in their usual order, then the others sorted."""
+    found = {k for row in rows for k in row} - exclude - {"trajectory", "run_id", "trajectory_run_id"}
+    return [k for k in PARENT_METRICS if k in found] + sorted(found - set(PARENT_METRICS))
+
+
+def ambiguous(call: str, runs: list) -> str:
+    """The error for a selector of ``load_round`` that names several trajectories: each, by what differs."""
+    differ = differing_keys(runs)[:3]
+    if not differ:  # the same config run again (--force, or other code): only the run ID tells them apart
+        ids = ", ".join(r.info.run_id for r in runs)
+        return f"{call}: {len(runs)} finished runs of the same config match ({ids}); pass one's run ID"
+    listed = "; ".join(f"{r.info.run_id} ({', '.join(f'{k}={r.data.params.get(k)}' for k in differ)})" for r in runs)
+    return (f"{call}: {len(runs)} finished trajectories match: {listed}; pick one with where= "
+            f"(e.g. where={{{differ[0]!r}: ...}}) or pass its run ID")
