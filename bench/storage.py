@@ -2,6 +2,7 @@
 
     python bench/storage.py                       # ~70 s on 2 CPU cores
     python bench/storage.py --rounds 5            # a quick look
+    python bench/storage.py --reinit              # and its reinit twin (~2 min)
 
 A real trajectory (``runner.run_trajectory``, round 0 plus ``--rounds`` lottery rounds at rate 0.2, global
 magnitude pruning) of ResNet-18 on tiny data: 20 digits of the embedded MNIST-5k at 7×7 (20 more to test on),
@@ -33,6 +34,7 @@ TINY_RESNET = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30, help="pruning rounds after the dense round 0")
+    parser.add_argument("--reinit", action="store_true", help="then the reinit twin: its bytes and trainings")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more config overrides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -41,7 +43,10 @@ def main() -> None:
         print(f"trajectory: {time.perf_counter() - started:.0f} s\n")
         rounds = per_round(store)
         print_rounds(rounds)
-        print_totals(experiment_folder(store), rounds)
+        ids = {store.run_id, *(r.info.run_id for r in store.tracker.round_runs(store.run_id))}
+        print_totals(experiment_folder(store), rounds, ids)
+        if args.reinit:
+            reinit_twin(Path(folder), args.rounds, args.sets, store.completed)
 
 
 def run(root: Path, rounds: int, sets: list[str]):
@@ -90,26 +95,52 @@ def print_rounds(rounds: list[dict]) -> None:
               f"{r['stored'] / r['dense']:.3f} |")
 
 
-def print_totals(folder: Path, rounds: list[dict]) -> None:
-    """The folder's bytes by kind of file, as stored and with every round's weights file dense."""
+def print_totals(folder: Path, rounds: list[dict], run_ids: set[str], start_weights: bool = False) -> int:
+    """The bytes of the runs ``run_ids`` in ``folder`` by kind of file, as stored, and as the code before sparse
+    checkpoints stored them: every round's weights dense, the init and the rewind state dense (2 dense states)
+    and, with ``start_weights`` (reinit), each pruned round's start weights dense. Returns the total."""
     kinds = Counter()
     for f in folder.rglob("*"):
-        if f.is_file():
+        if f.is_file() and f.relative_to(folder).parts[0] in run_ids:
             kinds[f.name if f.parent.name == "state" or f.name == "weights.pt" else "other"] += f.stat().st_size
     sparse, dense = sum(r["stored"] for r in rounds), sum(r["dense"] for r in rounds)
+    states, dense_state = kinds["init.pt"] + kinds["rewind.pt"], rounds[0]["dense"]
+    masks = sum(r["mask"] for r in rounds)
     total = sum(kinds.values())
+    before = total - sparse - states + dense + 2 * dense_state + (len(rounds) - 1) * dense_state * start_weights
     mb = lambda n: f"{n / 1e6:,.2f} MB"  # noqa: E731
-    print(f"\n{len(rounds)} rounds; the trajectory's artifact folder ({folder.name}/):")
+    print(f"\n{len(rounds)} rounds; the trajectory's artifacts:")
     print(f"  rounds' weights.pt     sparse {mb(sparse):>10}   dense before {mb(dense):>10}   "
           f"(the values alone: {mb(sum(r['values'] for r in rounds))})")
-    print(f"  init.pt + rewind.pt    {mb(kinds['init.pt'] + kinds['rewind.pt']):>10} (dense, unchanged)")
-    print(f"  masks                  {mb(sum(r['mask'] for r in rounds)):>10}")
-    print(f"  everything else        {mb(kinds['other'] - sum(r['mask'] for r in rounds)):>10} (metrics, labels, "
-          f"curve, summary)")
-    print(f"  total                  sparse {mb(total):>10}   dense before {mb(total - sparse + dense):>10}")
-    states = kinds["init.pt"] + kinds["rewind.pt"]
-    print(f"  goal ≤ 250 MB: {'met' if total <= 250e6 else 'not met'}; without the init and rewind states "
-          f"{mb(total - states)}")
+    print(f"  init + rewind states   now {mb(states):>10}   before {mb(2 * dense_state):>10} (the init is rebuilt "
+          f"from the seed; at rewind step 0 the rewind state is the init)")
+    if start_weights:
+        print(f"  start_weights.pt       now {mb(0):>10}   before {mb((len(rounds) - 1) * dense_state):>10} "
+              f"(re-derived from (seed, round))")
+    print(f"  masks                  {mb(masks):>10}")
+    print(f"  everything else        {mb(kinds['other'] - masks):>10} (metrics, labels, curve, summary)")
+    print(f"  total                  now {mb(total):>10}   before {mb(before):>10}")
+    print(f"  goal ≤ 250 MB: {'met' if total <= 250e6 else 'not met'}")
+    return total
+
+
+def reinit_twin(root: Path, rounds: int, sets: list[str], lottery) -> None:
+    """The reinit twin of the lottery trajectory: its bytes, and how many rounds it trained."""
+    from sddkit import runner
+    from sddkit.config import load_config
+    overrides = {**TINY_RESNET, "prune.rounds": rounds, "tracking.uri": f"sqlite:///{root}/mlflow.db",
+                 "retrain.mode": "reinit"}
+    cfg = load_config(overrides=[*(f"{k}={v}" for k, v in overrides.items()), *sets])
+    started = time.perf_counter()
+    store, rows = runner.run_trajectory(cfg, root, quiet=True)
+    seconds = time.perf_counter() - started
+    runs = store.tracker.round_runs(store.run_id)
+    copied = [r for r in runs if "sddkit.copied_from" in r.data.tags]
+    print(f"\nreinit twin: {seconds:.0f} s; {len(runs) - len(copied)} rounds trained of {len(runs)} "
+          f"(round 0 copied from the lottery twin: {len(copied) == 1}); round 0 took {rows[0]['round_seconds']:.2f} s "
+          f"against the lottery's {lottery[0]['round_seconds']:.2f} s of training")
+    ids = {store.run_id, *(r.info.run_id for r in runs)}
+    print_totals(experiment_folder(store), per_round(store), ids, start_weights=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 from mlflow.entities import Metric, Param
 
 from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, trajectory
-from sddkit.tracking import Tracker, TrackingError, damaged, literal, log_files, log_metrics, now_ms, read_mask, \
+from sddkit.tracking import INIT_DIGEST, Tracker, TrackingError, damaged, literal, log_files, log_metrics, now_ms, read_mask, \
     read_torch, read_weights, round_row, select_trajectories, torch_bytes
 
 LABELS = "noisy_labels.npy"  # the artifact of a trajectory with the labels it trained on
@@ -53,8 +53,18 @@ class StoredTrajectory:
     def __init__(self, tracker: Tracker, run_id: str, completed: list[dict]):
         self.tracker, self.run_id, self.completed = tracker, run_id, completed
 
-    def load_state(self, name: str) -> dict:
-        return read_torch(self.tracker, self.run_id, f"state/{name}.pt")
+    def load_state(self, name: str) -> dict | None:
+        """A stored state (older runs kept the init; a rewind state past step 0 is kept), else None."""
+        path = f"state/{name}.pt"
+        if path not in {f.path for f in self.tracker.client.list_artifacts(self.run_id, "state")}:
+            return None
+        return read_torch(self.tracker, self.run_id, path)
+
+    def init_digest(self) -> str | None:
+        return self.tracker.client.get_run(self.run_id).data.tags.get(INIT_DIGEST)
+
+    def record_init_digest(self, digest: str) -> None:
+        """Read-only: a run that recorded none (older code) is not written to."""
 
 
 def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], threshold: float) -> list[int]:

@@ -19,6 +19,7 @@ Knows nothing of MLflow: ``tracking`` stores and fetches the bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 
 import torch
@@ -115,3 +116,14 @@ def size_bound(state: State, prunable, density: float = 1.0) -> int:
     widest = max((t.element_size() for t in masked), default=0)
     rest = sum(t.numel() * t.element_size() for n, t in state.items() if n not in prunable)
     return FILE_OVERHEAD + TENSOR_OVERHEAD * len(state) + kept * widest + rest
+
+
+def digest(state: State) -> str:
+    """A sha256 of ``state``'s names, dtypes, shapes and values, in order: what a trajectory records of its init
+    instead of the init itself (rebuilt from the seed, it must hash the same)."""
+    h = hashlib.sha256()
+    for name, value in state.items():
+        value = value.detach().cpu().contiguous()
+        h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        h.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()

@@ -2,6 +2,7 @@
 mlflow are imported inside the commands so ``sddkit --help`` stays instant."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -120,19 +121,29 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
              code=130)
 
 
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses nan and inf (click.FloatRange lets nan through every bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 @main.command(cls=spreading("--rounds"))
 @click.argument("selector", metavar="RUN")
 @click.option("--rounds", multiple=True, type=click.IntRange(min=0), metavar="R [R ...]",
               help="Rounds to analyse (default: the landmarks dense, minimum, peak and last).")
 @click.option("--redense-epochs", type=click.IntRange(min=1), default=None,
               help="Re-dense epochs (default: the round's epoch count).")
-@click.option("--redense-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--redense-lr", type=FiniteRange(min=0, min_open=True), default=None,
               help="Re-dense constant lr (default: the lr of the round's last step).")
-@click.option("--interpolation-step", type=click.FloatRange(0, 1, min_open=True), default=0.05, show_default=True,
+@click.option("--interpolation-step", type=FiniteRange(0, 1, min_open=True), default=0.05, show_default=True,
               help="Step of α between the sparse (α=0) and the re-dense (α=1) solution; the paper used 0.01.")
 @click.option("--landscape-points", type=click.IntRange(min=2), default=41, show_default=True,
               help="Points of the 1-D loss landscape over t in [-1, 1] (0 and ±radius are added).")
-@click.option("--sharpness-radius", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+@click.option("--sharpness-radius", type=FiniteRange(0, 1, min_open=True), default=0.1, show_default=True,
               help="Sharpness = the largest rise of the train loss within |t| ≤ radius.")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
 @click.option("--force", is_flag=True, help="Redo analyses already stored with the same settings.")

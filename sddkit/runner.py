@@ -9,7 +9,7 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, prepare, results, retrain, trajectory
+from sddkit import analysis, prepare, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config
 from sddkit.sources import DatasetError
@@ -19,7 +19,7 @@ from sddkit.lease import Lease, LeaseHeld, LeaseLost
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
     store_problem
 
-USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost)
+USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost, trajectory.InitMismatch)
 console = Console(stderr=True)
 
 
@@ -81,6 +81,9 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
 
 
 def report_finished(tracker: Tracker, cfg: Config, code: str, run) -> TrajectoryRun:
+    # A run finished by code that was killed between creating it and logging its params lacks them; analyze
+    # and reinit read the config back from them. Logging only what is missing changes nothing else.
+    tracker.complete_identity(run, cfg, code)
     store = TrajectoryRun(tracker, run.info.run_id)
     announce(tracker, cfg, code, store)
     console.print("already finished with this config and code: reporting the stored rounds (use --force for a "
@@ -98,8 +101,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     data_files, labelled = prepare.load_pinned(prepared, cfg) if prepared else ((), None)
     inputs = trajectory.load_inputs(cfg, root, labelled)
     tracker.check_writable()  # a read-only or full store fails here, before anything is written
-    keeps_start = retrain.MODES[cfg.retrain.mode].start != "rewind"
-    tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, keeps_start))
+    tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, inputs.names, cfg.prune.rate))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     identity = f"{cfg.identity_hash()}.{code}"
     on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
@@ -178,8 +180,8 @@ def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
 def tracker_masks(tracker: Tracker, cfg: Config, code: str):
     if cfg.retrain.mode != "reinit":
         return None
-    from sddkit.tracking import lottery_masks
-    return lottery_masks(tracker, cfg, code)
+    from sddkit.tracking import LotteryMasks
+    return LotteryMasks(tracker, cfg, code)
 
 
 def print_table(rows: list[dict], ph: analysis.Phases) -> None:

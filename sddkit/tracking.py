@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,15 +29,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from sddkit import relocation
 from sddkit.config import Config
 from sddkit.files import locked, unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import code_hash
+from sddkit.relocation import artifact_home
 from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking_uri
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TRAJECTORY, ROUND = "trajectory", "round"
+INIT_DIGEST = "sddkit.init_sha256"  # a trajectory's init is rebuilt from its seed, never stored: this checks it
 PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
                   "memorized", "learning_distance", "distance_from_start", "round_seconds")
 
@@ -72,7 +76,16 @@ class Tracker:
         db = sqlite_path(self.uri)
         if db is None and not self.uri.startswith("file:"):
             return []
-        return [folder for folder in ((db.parent if db else None), self.root / "mlruns") if folder is not None]
+        return [folder for folder in ((db.parent if db else None), self.artifact_home) if folder is not None]
+
+    @property
+    def artifact_home(self) -> Path | None:
+        """Where a local store keeps artifacts: mlruns/ beside a sqlite file (``relocation``: the store moves
+        with it), <root>/mlruns for a file store; None for a server (it decides)."""
+        db = sqlite_path(self.uri)
+        if db is not None:
+            return artifact_home(db)
+        return self.root / "mlruns" if self.uri.startswith("file:") else None
 
     def check_writable(self) -> None:
         """Fail before anything is written when a local store's folders refuse a write (read-only, full)."""
@@ -104,8 +117,8 @@ class Tracker:
             return found.experiment_id
         if not create:
             return None
-        # A local store keeps artifacts under <root>/mlruns, never wherever the process happens to run.
-        location = (self.root / "mlruns").as_uri() if self.uri.startswith(("sqlite:", "file:")) else None
+        # A local store keeps artifacts beside it, never wherever the process happens to run.
+        location = self.artifact_home.as_uri() if self.artifact_home is not None else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by a concurrent process
@@ -210,9 +223,21 @@ def open_store(uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=uri)
     # A read-only folder takes no lock file; nothing can be created or migrated there either.
     with locked(db.with_name(f".{db.name}.lock"), required=False):
+        moved_store(db)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     return client
+
+
+def moved_store(db: Path) -> None:
+    """Point a copied or moved project's store at its own artifacts (``relocation``), or refuse it."""
+    try:
+        relocation.relocate(db)
+    except relocation.StoreElsewhere as exc:
+        raise TrackingError(str(exc)) from exc
+    except sqlite3.Error as exc:  # read-only, locked for a minute
+        raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be updated "
+                            f"({exc}); make it writable, then rerun") from exc
 
 
 def check_store_file(uri: str) -> None:
@@ -296,19 +321,45 @@ class TrajectoryRun:
         run_id = self._round_id(round_index)
         return read_mask(self.tracker, run_id), read_weights(self.tracker, run_id)
 
-    def log_round(self, round_index, metrics, history, masks, weights, start) -> None:
+    def init_digest(self) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(INIT_DIGEST)
+
+    def record_init_digest(self, digest: str) -> None:
+        self.client.set_tag(self.run_id, INIT_DIGEST, digest)
+
+    def log_round(self, round_index, metrics, history, masks, weights) -> None:
+        epoch_metrics = [Metric(f"epoch/{k}", float(v), 0, row["epoch"])
+                         for row in history for k, v in row.items() if k != "epoch"]
+        files = {"mask.npz": pack_mask(masks), WEIGHTS: sparse_weights(weights, masks),
+                 "metrics.json": json.dumps(metrics, indent=1).encode()}
+        self.store_round(round_index, metrics, epoch_metrics, files, {})
+
+    def adopt_round(self, round_index: int, source) -> dict:
+        """Round ``round_index`` as a copy of ``source``, an identical round run of another trajectory (reinit's
+        round 0 is its lottery twin's): its metrics, per-epoch history and artifacts, tagged
+        ``sddkit.copied_from``. ``round_seconds`` is the copy's time; ``copied_round_seconds`` the training's."""
+        started = time.perf_counter()
+        source_id = source.info.run_id
+        epoch_metrics = [m for key in source.data.metrics if key.startswith("epoch/")
+                         for m in self.client.get_metric_history(source_id, key)]
+        files = {name: self.tracker.read_bytes(source_id, name) for name in ("mask.npz", WEIGHTS, "metrics.json")}
+        metrics = round_row(source)
+        metrics["copied_round_seconds"] = metrics.get("round_seconds", float("nan"))
+        metrics["round_seconds"] = time.perf_counter() - started
+        files["metrics.json"] = json.dumps(metrics, indent=1).encode()
+        self.store_round(round_index, metrics, epoch_metrics, files, {"sddkit.copied_from": source_id})
+        return metrics
+
+    def store_round(self, round_index: int, metrics: dict, epoch_metrics: list[Metric], files: dict[str, bytes],
+                    tags: dict[str, str]) -> None:
+        """A round's nested run: its metrics, history and files; FINISHED only once all are stored."""
         self.check_owner()
-        tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
+        tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index), **tags}
         name = f"{self.name}/round-{round_index:02d}"
         child = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
         stamp = now_ms()
-        epoch_metrics = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"])
-                         for row in history for k, v in row.items() if k != "epoch"]
+        epoch_metrics = [Metric(m.key, m.value, stamp, m.step) for m in epoch_metrics]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
-        files = {"mask.npz": pack_mask(masks), WEIGHTS: sparse_weights(weights, masks),
-                 "metrics.json": json.dumps(metrics, indent=1).encode()}
-        if start is not None:
-            files["start_weights.pt"] = torch_bytes(start)
         try:
             log_metrics(self.client, child, epoch_metrics + round_metrics)
             log_files(self.client, child, files)
@@ -491,7 +542,7 @@ def damaged(tracker: Tracker, run_id: str, path: str, problem: str) -> TrackingE
         k, parent = int(tags["sddkit.round"]), tags.get("mlflow.parentRunId", "?")
         repair = (f"repair it with that trajectory's `sddkit run` (same settings) plus --redo-from {k}: it retrains "
                   f"round {k} on and keeps rounds 0–{k - 1}" if k else
-                  f"repair it with that trajectory's `sddkit run` (same settings) plus --redo-from 0")
+                  "repair it with that trajectory's `sddkit run` (same settings) plus --redo-from 0")
         where = f"run {run_id} (round {k} of trajectory run {parent})"
     elif path.startswith("state/"):
         repair = ("it is derived from the config: its `sddkit run` rebuilds it when it continues the trajectory "
@@ -520,22 +571,21 @@ def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]
     return read_weights(Tracker(tracking_uri(uri, root), root), run_id)
 
 
-def bytes_needed(state: dict[str, torch.Tensor], rounds: int, start_weights: bool,
-                 prunable: list[str] | None = None, rate: float = 0.0) -> int:
+def bytes_needed(state: dict[str, torch.Tensor], rounds: int, prunable: list[str] | None = None,
+                 rate: float = 0.0) -> int:
     """An upper bound on the bytes ``rounds`` rounds (0, 1, …) of a model with ``state`` add to the artifact
-    store: each round's sparse weights (``checkpoint.size_bound``) and mask, the start weights where the mode
-    keeps them (dense), plus the dense init and rewind states and a MiB of slack.
+    store: each round's sparse weights (``checkpoint.size_bound``) and mask, plus one dense state (a rewind
+    state, where the mode keeps one) and a MiB of slack. Start weights and the init are never stored.
 
     Round r keeps (1 − ``rate``)^r of the ``prunable`` weights (the names its masks cover; ``pruning.prune``
     keeps at most one weight a tensor more). Without ``prunable`` nothing says which tensors a mask covers, so
-    every round is counted dense: still an upper bound (a pruned round never takes more), but up to 1/density
-    times a round's real size (≈5× over a 31-round trajectory at rate 0.2)."""
+    every round is counted dense: still an upper bound, but up to 1/density times a round's real size."""
     from sddkit import checkpoint, pruning
     weights = sum(t.numel() * t.element_size() for t in state.values())
     mask = sum(t.numel() for t in state.values()) // 8
     density = lambda r: pruning.density_after(r, rate) if prunable else 1.0  # noqa: E731
     rounds_bytes = sum(checkpoint.size_bound(state, prunable or (), density(r)) for r in range(rounds))
-    return rounds_bytes + rounds * ((weights if start_weights else 0) + mask) + 2 * weights + 2**20
+    return rounds_bytes + rounds * mask + weights + 2**20
 
 
 def torch_bytes(state: dict) -> bytes:
@@ -661,28 +711,42 @@ def finished_only(runs: list, what: str) -> list:
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def lottery_masks(tracker: Tracker, cfg: Config, code: str):
-    """reinit's mask source: round r -> the mask of round r of its lottery trajectory.
+class LotteryMasks:
+    """reinit's mask source (``trajectory.MaskSource``): round r -> the mask of round r of its lottery trajectory.
 
     That is the exact twin (this config in lottery mode, run by the same code, finished), or the run whose
     ID ``retrain.masks_from`` gives. A name in ``masks_from`` narrows the twins to runs of that name; no other
-    run is ever taken, so a failed run or one of another noise level or schedule cannot slip in."""
-    chosen = cfg.retrain.masks_from
-    source = explicit_source(tracker, cfg) if chosen and RUN_ID.fullmatch(chosen) else lottery_twin_run(tracker, cfg,
-                                                                                                      code)
-    heading = f"retrain.masks_from = {chosen!r}" if chosen else "reinit's lottery twin"
-    rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(source.info.run_id)}
-    missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in rounds]
-    if missing:
-        raise TrackingError(f"{heading}: run {source.info.run_id} has no finished round {missing[0]}; finish that "
-                            f"trajectory or lower prune.rounds")
-    # Every mask is read and checked now, before any training: a damaged one must not stop the run rounds in.
-    # The packed bytes are kept (a bit a weight) and unpacked when their round comes.
-    packed = {}
-    for r in range(1, cfg.prune.rounds + 1):
-        packed[r] = tracker.read_bytes(rounds[r], "mask.npz")
-        read_mask(tracker, rounds[r], packed[r])
-    return lambda r: read_mask(tracker, rounds[r], packed[r])
+    run is ever taken, so a failed run or one of another noise level or schedule cannot slip in. Every mask is
+    read and checked here, before any training: a damaged one must not stop the run rounds in. The packed
+    bytes are kept (a bit a weight) and unpacked when their round comes."""
+
+    def __init__(self, tracker: Tracker, cfg: Config, code: str):
+        chosen = cfg.retrain.masks_from
+        self.tracker, self.code = tracker, code
+        self.twin_hash = lottery_twin(cfg).identity_hash()
+        self.source = (explicit_source(tracker, cfg) if chosen and RUN_ID.fullmatch(chosen)
+                       else lottery_twin_run(tracker, cfg, code))
+        heading = f"retrain.masks_from = {chosen!r}" if chosen else "reinit's lottery twin"
+        self.rounds = {int(r.data.tags["sddkit.round"]): r for r in tracker.round_runs(self.source.info.run_id)}
+        missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in self.rounds]
+        if missing:
+            raise TrackingError(f"{heading}: run {self.source.info.run_id} has no finished round {missing[0]}; "
+                                f"finish that trajectory or lower prune.rounds")
+        self.packed = {r: tracker.read_bytes(self.rounds[r].info.run_id, "mask.npz")
+                       for r in range(1, cfg.prune.rounds + 1)}
+        for r, content in self.packed.items():
+            read_mask(tracker, self.rounds[r].info.run_id, content)
+
+    def masks(self, round_index: int) -> dict[str, torch.Tensor]:
+        return read_mask(self.tracker, self.rounds[round_index].info.run_id, self.packed[round_index])
+
+    def same_round_zero(self, init_digest: str):
+        """The source's round 0 run when it is the exact twin's (its config in lottery mode, this code, this
+        init): then that round is this trajectory's round 0, bit for bit. Else None."""
+        tags = self.source.data.tags
+        exact = (tags.get("sddkit.config_hash") == self.twin_hash and tags.get("sddkit.code_hash") == self.code
+                 and tags.get(INIT_DIGEST) in (init_digest, None))
+        return self.rounds.get(0) if exact else None
 
 
 def lottery_twin_run(tracker: Tracker, cfg: Config, code: str):

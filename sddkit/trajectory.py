@@ -17,23 +17,42 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from sddkit import analysis, data, models, noise, pruning, retrain, seeds, train
+from sddkit import analysis, checkpoint, data, models, noise, pruning, retrain, seeds, train
 from sddkit.config import Config, ConfigError
 
 State = dict[str, torch.Tensor]
 
 
 class Store(Protocol):
-    """Where a trajectory's rounds are kept; ``tracking.TrajectoryRun`` is the real one."""
+    """Where a trajectory's rounds are kept; ``tracking.TrajectoryRun`` is the real one.
+
+    Nothing that can be re-derived from (seed, round) is stored: the init (only its digest, to check that a
+    rebuilt one is the same), a rewind state at step 0 (the init), any round's start weights."""
 
     completed: list[dict]  # the metric rows of the rounds already done, in order
 
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None: ...
     def save_state(self, name: str, state: State) -> None: ...
     def load_state(self, name: str) -> State | None: ...  # None when absent or unreadable: rebuilt
+    def init_digest(self) -> str | None: ...  # the digest recorded when the trajectory started, or None
+    def record_init_digest(self, digest: str) -> None: ...
     def load_round(self, round_index: int) -> tuple[pruning.Masks, State]: ...
     def log_round(self, round_index: int, metrics: dict, history: list[dict], masks: pruning.Masks,
-                  weights: State, start: State | None) -> None: ...
+                  weights: State) -> None: ...
+    def adopt_round(self, round_index: int, source: object) -> dict: ...  # a copy of an identical round; metrics
+
+
+class MaskSource(Protocol):
+    """Where a mode whose masks are "external" (reinit) takes them; ``tracking.LotteryMasks`` is the real one."""
+
+    def masks(self, round_index: int) -> pruning.Masks: ...
+    def same_round_zero(self, init_digest: str) -> object | None: ...
+    """The source's round 0 when it is this trajectory's round 0 (same config but the mode, same code, same
+    init): a handle for ``Store.adopt_round``. Else None, and round 0 is trained."""
+
+
+class InitMismatch(RuntimeError):
+    """The init rebuilt from the seed is not the one the trajectory started from (other torch or CPU)."""
 
 
 class Reporter:
@@ -56,17 +75,17 @@ class Context:
     train_idx: torch.Tensor
     rewind: State | None = None
     dense_final: State | None = None
-    external_masks: Callable[[int], pruning.Masks] | None = None
+    external: MaskSource | None = None
     reporter: Reporter = field(default_factory=Reporter)
 
 
 def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
-        external_masks: Callable[[int], pruning.Masks] | None = None, inputs: "Inputs | None" = None
-        ) -> list[dict]:
+        external: MaskSource | None = None, inputs: "Inputs | None" = None) -> list[dict]:
     """Run (or continue) the trajectory of ``cfg``; returns the per-round metric rows.
 
-    ``inputs`` (from ``load_inputs``) lets a caller load and check the data before it creates the store."""
-    ctx = setup(cfg, root, store, reporter or Reporter(), external_masks, inputs)
+    ``external``: the masks of an "external" mode (reinit); ``inputs`` (from ``load_inputs``) lets a caller
+    load and check the data before it creates the store."""
+    ctx = setup(cfg, root, store, reporter or Reporter(), external, inputs)
     rows = list(store.completed)
     masks, previous = pruning.dense_masks(weights_of(ctx.model, ctx.names)), None
     if rows:
@@ -130,30 +149,61 @@ def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]
     device = ctx.init[ctx.names[0]].device
     on_device = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
     masks, previous = store.load_round(last)
-    rewind = store.load_state("rewind")
-    if rewind is None:  # deleted or damaged: re-derive it rather than lose the finished rounds
-        rewind = replay_to_rewind(ctx)
-        store.save_state("rewind", rewind)
-    ctx.rewind = on_device(rewind)
+    if needs_rewind(ctx.cfg):
+        ctx.rewind = on_device(stored_rewind(ctx, store))
     if retrain.MODES[ctx.cfg.retrain.mode].masks == "oneshot":
         ctx.dense_final = on_device(store.load_round(0)[1])
     return on_device(masks), on_device(previous)
 
 
-def setup(cfg: Config, root: Path, store: Store, reporter: Reporter,
-          external_masks: Callable[[int], pruning.Masks] | None, inputs: Inputs | None = None) -> Context:
+def needs_rewind(cfg: Config) -> bool:
+    """Whether the mode's rounds start from the rewind state (lottery, oneshot)."""
+    return retrain.MODES[cfg.retrain.mode].start == "rewind"
+
+
+def rewind_at_step(ctx: Context) -> int:
+    return retrain.rewind_iteration(ctx.cfg, train.steps_per_epoch(len(ctx.noisy), ctx.cfg.train.batch_size))
+
+
+def stored_rewind(ctx: Context, store: Store) -> State:
+    """The rewind state of a trajectory under way: the init at step 0 (never stored), else the stored one, or
+    one re-derived when it is deleted or damaged, rather than lose the finished rounds."""
+    if rewind_at_step(ctx) == 0:
+        return ctx.init
+    rewind = store.load_state("rewind")
+    if rewind is None:
+        rewind = replay_to_rewind(ctx)
+        store.save_state("rewind", rewind)
+    return rewind
+
+
+def setup(cfg: Config, root: Path, store: Store, reporter: Reporter, external: MaskSource | None,
+          inputs: Inputs | None = None) -> Context:
     inputs = inputs or load_inputs(cfg, root)
     splits, noisy, model, names = inputs.splits, inputs.noisy, inputs.model, inputs.names
     if not store.completed:
         store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
-    init = store.load_state("init")
-    if init is None:  # a new trajectory, or a deleted or damaged init: the model was just built from the init seed
-        init = snapshot(model)
-        store.save_state("init", init)
     device = next(model.parameters()).device
-    init = {k: v.to(device) for k, v in init.items()}  # a stored init comes back on the CPU
-    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx,
-                   external_masks=external_masks, reporter=reporter)
+    init = {k: v.to(device) for k, v in trajectory_init(store, model).items()}  # a stored init is on the CPU
+    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx, external=external, reporter=reporter)
+
+
+def trajectory_init(store: Store, model: nn.Module) -> State:
+    """The init: ``model`` as ``load_inputs`` built it from the init seed, checked against the digest the
+    trajectory recorded when it started. Runs stored by older sddkit kept the init itself: that one is used."""
+    stored = store.load_state("init")
+    if stored is not None:
+        return stored
+    init = snapshot(model)
+    digest, recorded = checkpoint.digest(init), store.init_digest()
+    if recorded is None:
+        store.record_init_digest(digest)
+    elif recorded != digest:
+        raise InitMismatch(f"the init rebuilt from the seed is not the one this trajectory started "
+                           f"from (digest {digest[:12]} here, {recorded[:12]} recorded): torch or the CPU differ "
+                           f"from the machine it started on; continue it there, or rerun with --force for a new "
+                           f"trajectory (it retrains every round)")
+    return init
 
 
 def configure_torch(cfg: Config) -> None:
@@ -176,6 +226,10 @@ def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module
 
 
 def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous: State | None):
+    if r == 0 and ctx.external is not None:
+        source = ctx.external.same_round_zero(checkpoint.digest(ctx.init))
+        if source is not None:  # reinit's round 0 is its lottery twin's, bit for bit: copied, not retrained
+            return adopt_round_zero(ctx, store, source, masks)
     cfg, model, started = ctx.cfg, ctx.model, time.perf_counter()
     if r > 0:
         masks = next_masks(ctx, r, masks, previous)
@@ -186,7 +240,7 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     apply_masks()
     start = snapshot(model)
     per_epoch = train.steps_per_epoch(len(ctx.noisy), cfg.train.batch_size)
-    rewind_at = retrain.rewind_iteration(cfg, per_epoch)
+    rewind_at = rewind_at_step(ctx)
     first_step = retrain.start_step(cfg, r, rewind_at)
     ctx.reporter.round_started(r, cfg.prune.rounds, pruning.sparsity(masks), schedule.epochs - first_step // per_epoch)
     gens = round_generators(cfg, r, ctx.splits.x_train.device)
@@ -196,22 +250,29 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
                         on_epoch=lambda e, row: epoch_metrics(ctx, r, row, schedule.epochs))
     final = snapshot(model)
     if r == 0:
-        store.save_state("rewind", ctx.rewind)
+        if needs_rewind(cfg) and rewind_at > 0:  # at step 0 the rewind state is the init: not stored
+            store.save_state("rewind", ctx.rewind)
         ctx.dense_final = final
     metrics = round_metrics(ctx, r, masks, start, final)
     metrics["round_seconds"] = time.perf_counter() - started
-    # Keep the start weights only where they differ from what the parent already holds.
-    keep_start = r > 0 and retrain.MODES[cfg.retrain.mode].start != "rewind"
-    store.log_round(r, metrics, history, masks, final, start if keep_start else None)
+    store.log_round(r, metrics, history, masks, final)
     ctx.reporter.round_done(r, metrics)
     return masks, final, metrics
+
+
+def adopt_round_zero(ctx: Context, store: Store, source: object, masks: pruning.Masks):
+    """Round 0 copied from the source's identical round 0 (its metrics, history, mask and weights)."""
+    ctx.reporter.round_started(0, ctx.cfg.prune.rounds, 0.0, 0)
+    metrics = store.adopt_round(0, source)
+    ctx.reporter.round_done(0, metrics)
+    return masks, None, metrics  # reinit's later rounds need neither round 0's weights nor its masks
 
 
 def next_masks(ctx: Context, r: int, masks: pruning.Masks, previous: State) -> pruning.Masks:
     """Round r's mask: pruned from round r−1's weights, from the dense weights (oneshot), or given."""
     cfg, policy = ctx.cfg, retrain.MODES[ctx.cfg.retrain.mode].masks
     if policy == "external":
-        return {n: m.to(ctx.init[n].device) for n, m in ctx.external_masks(r).items()}
+        return {n: m.to(ctx.init[n].device) for n, m in ctx.external.masks(r).items()}
     source = ctx.dense_final if policy == "oneshot" else previous
     if policy == "oneshot":
         masks = pruning.dense_masks({n: source[n] for n in ctx.names})
@@ -246,8 +307,7 @@ def replay_to_rewind(ctx: Context) -> State:
     """Round 0's weights at the rewind step, re-derived: round 0 replayed from the init with its own
     generators up to that step (the same weights on the same CPU machine; on CUDA only with
     ``train.deterministic``). The init itself when the rewind step is 0."""
-    cfg = ctx.cfg
-    rewind_at = retrain.rewind_iteration(cfg, train.steps_per_epoch(len(ctx.noisy), cfg.train.batch_size))
+    cfg, rewind_at = ctx.cfg, rewind_at_step(ctx)
     if rewind_at == 0:
         return {k: v.clone() for k, v in ctx.init.items()}
     ctx.model.load_state_dict(ctx.init)
@@ -271,6 +331,9 @@ def replay_to_rewind(ctx: Context) -> State:
 def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None] | None:
     """In round 0, keep the weights at the rewind step (``check_rewind`` keeps it inside the schedule)."""
     if r != 0:
+        return None
+    if rewind_at == 0:
+        ctx.rewind = ctx.init  # round 0 starts from it: the weights at step 0
         return None
 
     def capture(step: int) -> None:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sddkit import lifeline
-from sddkit.files import unwritable, unwritable_file
+import sqlite3
+
+from sddkit import lifeline, relocation
+from sddkit.files import locked, unwritable, unwritable_file
 from sddkit.paths import sqlite_path, store_file_problem
 
 HOST = "127.0.0.1"
@@ -35,6 +37,7 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
     """Run the server until Ctrl-C (exit code 0) or until it exits on its own (its exit code)."""
     port = checked_port(port)
     check_store_writable(uri, root)
+    follow_moved_project(uri, root)
     previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     server = None
     try:
@@ -54,10 +57,26 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
             signal.signal(sig, handler)
 
 
+def follow_moved_project(uri: str, root: Path) -> None:
+    """A copied or moved project's store is pointed at its own artifacts first (``relocation``), as every
+    command that opens it does: the UI must not show, or write into, the original project's mlruns/."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db = root / db
+    with locked(db.with_name(f".{db.name}.lock"), required=False):
+        try:
+            relocation.relocate(db)
+        except (relocation.StoreElsewhere, sqlite3.Error) as exc:
+            raise ServeError(str(exc)) from exc
+
+
 def server_command(uri: str, root: Path, port: int) -> list[str]:
-    # Artifacts of experiments created from the UI land in <root>/mlruns too, never in the working directory.
+    # Artifacts of experiments created from the UI land beside the store too, never in the working directory.
+    db = sqlite_path(uri)
+    home = relocation.artifact_home(root / db) if db is not None else root / "mlruns"
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", HOST,
-            "--port", str(port), "--workers", "1", "--artifacts-destination", str(root / "mlruns")]
+            "--port", str(port), "--workers", "1", "--artifacts-destination", str(home)]
 
 
 def start(uri: str, root: Path, port: int) -> subprocess.Popen:

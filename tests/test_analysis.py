@@ -353,6 +353,7 @@ def test_analyze_names_the_runs_that_exist_when_the_run_is_unknown(stored):
 def test_analyze_leaves_out_failed_and_unfinished_trajectories_of_the_same_name(stored_once, tmp_path):
     project, _, parent_id, _ = stored_once
     shutil.copy(project / "mlflow.db", tmp_path / "mlflow.db")  # a store of our own: the shared one stays as is
+    shutil.copytree(project / "mlruns", tmp_path / "mlruns")  # with its artifacts (else it is refused as moved)
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", project)
     client, experiment = tracker.client, tracker.experiment_id("sddkit")
     for name, status in (("lottery", "FAILED"), ("lottery", "RUNNING"), ("broken", "FAILED")):

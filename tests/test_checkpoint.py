@@ -125,9 +125,9 @@ def high_sparsity_run(project, tmp_path, monkeypatch):
     handed = {}
     log_round = tracking.TrajectoryRun.log_round
 
-    def keep_a_copy(self, round_index, metrics, history, masks, weights, start):
+    def keep_a_copy(self, round_index, metrics, history, masks, weights):
         handed[round_index] = ({k: v.clone() for k, v in weights.items()}, {k: m.clone() for k, m in masks.items()})
-        return log_round(self, round_index, metrics, history, masks, weights, start)
+        return log_round(self, round_index, metrics, history, masks, weights)
     monkeypatch.setattr(tracking.TrajectoryRun, "log_round", keep_a_copy)
     store, rows = runner.run_trajectory(cfg, project, quiet=True)
     client = MlflowClient(cfg.tracking.uri)
@@ -153,8 +153,8 @@ def test_bytes_needed_bounds_the_trajectory_and_shrinks_with_the_prunable_names(
     stored = sum(f.stat().st_size for f in artifact_path(client, store.run_id, "").parent.parent.rglob("*")
                  if f.is_file())  # the experiment's folder: parent and round runs, all artifacts
     state, masks = handed[0]
-    dense = tracking.bytes_needed(state, len(rounds), False)
-    sparse = tracking.bytes_needed(state, len(rounds), False, list(masks), cfg.prune.rate)
+    dense = tracking.bytes_needed(state, len(rounds))
+    sparse = tracking.bytes_needed(state, len(rounds), list(masks), cfg.prune.rate)
     assert stored <= sparse < dense
 
 

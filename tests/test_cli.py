@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from click.testing import CliRunner
 
 from sddkit.cli import main
@@ -65,3 +67,11 @@ def test_cuda_asked_on_a_machine_without_one_exits_2(project):
         pytest.skip("this machine has CUDA: the error for a missing CUDA device cannot be shown here")
     result = CliRunner().invoke(main, ["run", "--set", "train.device=cuda", "--set", "train.epochs=1"])
     assert result.exit_code == 2 and "no CUDA device is available here" in result.output
+
+
+@pytest.mark.parametrize("flag, value", [("--redense-lr", "nan"), ("--redense-lr", "inf"),
+                                         ("--interpolation-step", "nan"), ("--sharpness-radius", "nan")])
+def test_analyze_refuses_a_non_finite_setting_in_one_line_before_opening_a_store(project, flag, value):
+    result = CliRunner().invoke(main, ["analyze", "lottery", flag, value])
+    assert result.exit_code == 2 and "is not a finite number" in result.output and "Traceback" not in result.output
+    assert not (project / "mlflow.db").exists()

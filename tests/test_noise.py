@@ -150,6 +150,12 @@ class MemoryStore:
     def load_state(self, name):
         return self.states.get(name)
 
+    def init_digest(self):
+        return self.states.get("init_digest")
+
+    def record_init_digest(self, digest):
+        self.states["init_digest"] = digest
+
 
 def test_trajectory_corrupts_train_labels_only(tmp_path):
     from sddkit import sources, trajectory

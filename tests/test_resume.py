@@ -21,8 +21,8 @@ from sddkit.config import load_config
 
 
 def science(rows):
-    """What a resumed trajectory must reproduce: every metric but the wall-clock time."""
-    return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
+    """What a resumed trajectory must reproduce: every metric but the wall-clock times."""
+    return [{k: v for k, v in r.items() if k not in ("round_seconds", "copied_round_seconds")} for r in rows]
 
 
 def trajectories(client, experiment, mode=None):

@@ -5,7 +5,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sddkit import data, retrain, runner, tracking, train
+from sddkit import checkpoint, data, retrain, runner, tracking, train
+from sddkit import trajectory as engine
+from sddkit.analysis import learning_distance
 from sddkit.config import ConfigError, load_config
 
 SMALL = {"data.train_size": 200, "train.epochs": 1, "prune.rounds": 2, "train.batch_size": 50,
@@ -23,6 +25,27 @@ def artifact(store, run_id, path):
     return tracking.read_torch(store.tracker, run_id, path)
 
 
+def init_of(cfg, project):
+    """The init every round 0 starts from: rebuilt from the seed (it is never stored)."""
+    return engine.snapshot(engine.load_inputs(cfg, project).model)
+
+
+def fresh_start(cfg, project, r, mask):
+    """Round r's start weights of a fresh-init mode, re-derived from (seed, round) and masked."""
+    splits = engine.load_inputs(cfg, project).splits
+    start = engine.fresh_model(cfg, splits, r).state_dict()
+    return {n: (start[n] * mask[n]) if n in mask else start[n] for n in start}
+
+
+def assert_started_from(row, start, final, mask):
+    """The round's distance_from_start is the distance from ``start``: it started there."""
+    assert row["distance_from_start"] == pytest.approx(learning_distance(start, final, mask), rel=1e-9)
+
+
+def stored_files(store, run_id, folder=""):
+    return sorted(f.path for f in store.client.list_artifacts(run_id, folder or None))
+
+
 def test_the_table_has_every_mode_and_finetune_uses_its_own_schedule():
     assert set(retrain.MODES) == {"lottery", "finetune", "lr_rewind", "scratch", "reinit", "oneshot"}
     cfg = load_config(overrides={"retrain.mode": "finetune", "retrain.finetune_epochs": 3})
@@ -38,24 +61,26 @@ def test_rewind_step_counts_iterations_or_epochs():
 
 @pytest.mark.parametrize("mode", ["lr_rewind", "finetune"])
 def test_previous_weight_modes_start_from_the_last_round_masked(project, tmp_path, mode):
-    _, store, _, rounds = trajectory(project, tmp_path, **{"retrain.mode": mode})
+    _, store, rows, rounds = trajectory(project, tmp_path, **{"retrain.mode": mode})
     for r in (1, 2):
-        start = artifact(store, rounds[r], "start_weights.pt")
         previous = tracking.load_weights(rounds[r - 1], store.tracker.uri)
         mask = tracking.load_mask(rounds[r], store.tracker.uri)
-        for name, m in mask.items():
-            assert torch.equal(start[name], previous[name] * m)
+        final = tracking.load_weights(rounds[r], store.tracker.uri)
+        assert_started_from(rows[r], {n: previous[n] * m for n, m in mask.items()}, final, mask)
+        # Derivable from round r-1's stored weights: no start weights are stored.
+        assert stored_files(store, rounds[r]) == ["mask.npz", "metrics.json", "weights.pt"]
     if mode == "finetune":
         lrs = MlflowClient(store.tracker.uri).get_metric_history(rounds[1], "epoch/lr")
         assert [m.value for m in lrs] == [0.001]
 
 
 def test_lottery_rewinds_to_the_saved_weights_at_the_rewind_step(project, tmp_path):
-    _, store, rows, rounds = trajectory(project, tmp_path, **{"retrain.rewind_step": 2})
-    init, rewind = store.load_state("init"), store.load_state("rewind")
+    cfg, store, rows, rounds = trajectory(project, tmp_path, **{"retrain.rewind_step": 2})
+    init, rewind = init_of(cfg, project), store.load_state("rewind")
+    assert stored_files(store, store.run_id, "state") == ["state/rewind.pt"]  # the init is never stored
+    assert store.init_digest() == checkpoint.digest(init)  # only its digest
     assert not torch.equal(init["1.weight"], rewind["1.weight"])  # two steps of training moved it
     # distance_from_start is measured from the masked rewind weights: recompute it from the artifacts.
-    from sddkit.analysis import learning_distance
     for r in (1, 2):
         mask = tracking.load_mask(rounds[r], store.tracker.uri)
         final = tracking.load_weights(rounds[r], store.tracker.uri)
@@ -64,25 +89,72 @@ def test_lottery_rewinds_to_the_saved_weights_at_the_rewind_step(project, tmp_pa
         assert rows[r]["learning_distance"] == pytest.approx(learning_distance(init, final, mask), rel=1e-9)
 
 
+def test_lottery_rewinding_to_the_init_stores_no_state(project, tmp_path):
+    cfg, store, rows, rounds = trajectory(project, tmp_path)
+    assert stored_files(store, store.run_id, "state") == []  # rewind step 0: the rewind state is the init
+    init = init_of(cfg, project)
+    for r in (1, 2):
+        mask = tracking.load_mask(rounds[r], store.tracker.uri)
+        final = tracking.load_weights(rounds[r], store.tracker.uri)
+        assert_started_from(rows[r], {n: init[n] * m for n, m in mask.items()}, final, mask)
+
+
 def test_scratch_draws_a_fresh_initialisation_every_round(project, tmp_path):
-    _, store, _, rounds = trajectory(project, tmp_path, **{"retrain.mode": "scratch"})
-    init = store.load_state("init")
-    starts = [artifact(store, rounds[r], "start_weights.pt") for r in (1, 2)]
-    mask = tracking.load_mask(rounds[1], store.tracker.uri)["1.weight"]
+    cfg, store, rows, rounds = trajectory(project, tmp_path, **{"retrain.mode": "scratch"})
+    init = init_of(cfg, project)
+    masks = [tracking.load_mask(rounds[r], store.tracker.uri) for r in (1, 2)]
+    starts = [fresh_start(cfg, project, r, m) for r, m in zip((1, 2), masks)]
+    for r, start, mask in zip((1, 2), starts, masks):
+        assert_started_from(rows[r], start, tracking.load_weights(rounds[r], store.tracker.uri), mask)
+        assert stored_files(store, rounds[r]) == ["mask.npz", "metrics.json", "weights.pt"]
+    mask = masks[0]["1.weight"]
     assert not torch.equal(starts[0]["1.weight"][mask], (init["1.weight"])[mask])
     assert not torch.equal(starts[0]["5.weight"], starts[1]["5.weight"])
 
 
 def test_reinit_uses_exactly_the_lottery_masks_with_fresh_weights(project, tmp_path):
-    _, lottery, _, lottery_rounds = trajectory(project, tmp_path)
-    _, reinit, _, reinit_rounds = trajectory(project, tmp_path, **{"retrain.mode": "reinit",
-                                                                  "retrain.masks_from": "lottery"})
+    cfg, lottery, _, lottery_rounds = trajectory(project, tmp_path)
+    reinit_cfg, reinit, rows, reinit_rounds = trajectory(project, tmp_path, **{"retrain.mode": "reinit",
+                                                                             "retrain.masks_from": "lottery"})
     uri = lottery.tracker.uri
+    init = init_of(cfg, project)
     for r in (1, 2):
         ours, theirs = tracking.load_mask(reinit_rounds[r], uri), tracking.load_mask(lottery_rounds[r], uri)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
-        start = artifact(reinit, reinit_rounds[r], "start_weights.pt")
-        assert not torch.equal(start["5.weight"], lottery.load_state("init")["5.weight"])
+        start = fresh_start(reinit_cfg, project, r, ours)
+        assert_started_from(rows[r], start, tracking.load_weights(reinit_rounds[r], uri), ours)
+        assert not torch.equal(start["5.weight"], init["5.weight"])
+        assert stored_files(reinit, reinit_rounds[r]) == ["mask.npz", "metrics.json", "weights.pt"]
+
+
+def test_reinit_copies_its_lottery_twins_round_0_and_trains_only_the_pruned_rounds(project, tmp_path,
+                                                                                     monkeypatch):
+    cfg, lottery, lottery_rows, lottery_rounds = trajectory(project, tmp_path)
+    fits = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    _, reinit, rows, reinit_rounds = trajectory(project, tmp_path, **{"retrain.mode": "reinit"})
+    assert len(fits) == cfg.prune.rounds  # R trainings, not R + 1: round 0 is the twin's
+    run = reinit.client.get_run(reinit_rounds[0])
+    assert run.data.tags["sddkit.copied_from"] == lottery_rounds[0]
+    same = ("test_acc", "train_acc_noisy", "train_acc_clean", "learning_distance", "sparsity")
+    assert {k: rows[0][k] for k in same} == {k: lottery_rows[0][k] for k in same}
+    assert rows[0]["copied_round_seconds"] == lottery_rows[0]["round_seconds"]
+    ours, theirs = tracking.load_weights(reinit_rounds[0], reinit.tracker.uri), \
+        tracking.load_weights(lottery_rounds[0], reinit.tracker.uri)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    history = lambda run_id: [(m.step, m.value) for m in  # noqa: E731
+                              reinit.client.get_metric_history(run_id, "epoch/train_loss")]
+    assert history(reinit_rounds[0]) == history(lottery_rounds[0])
+    # Its parent curve starts at the twin's dense accuracy too.
+    assert [m.value for m in reinit.client.get_metric_history(reinit.run_id, "test_acc")][0] == lottery_rows[0]["test_acc"]
+
+
+def test_reinit_from_a_lottery_run_of_another_seed_trains_its_own_round_0(project, tmp_path):
+    _, other, _, _ = trajectory(project, tmp_path, **{"seed": 1})
+    _, reinit, rows, rounds = trajectory(project, tmp_path, **{"retrain.mode": "reinit",
+                                                              "retrain.masks_from": other.run_id})
+    assert "sddkit.copied_from" not in reinit.client.get_run(rounds[0]).data.tags
 
 
 def test_reinit_without_its_lottery_names_what_exists(project, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from sddkit import runner
+from sddkit import runner, tracking
 from sddkit.cli import main
 from sddkit.config import from_params, load_config
 from sddkit.fingerprint import code_hash
@@ -60,6 +60,22 @@ def test_a_parent_killed_before_its_params_were_logged_gets_them_all_on_resume(p
     assert from_params(run.data.params).identity_hash() == cfg.identity_hash()
 
 
+def test_a_finished_run_without_params_gets_them_when_it_is_reported(project, tmp_path):
+    cfg = small_config(tmp_path)
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    tracker = Tracker(cfg.tracking.uri, project)
+    # The same finished run as older code could leave it: every param lost (a fresh store without them).
+    import sqlite3
+    with sqlite3.connect(tracker.uri.removeprefix("sqlite:///")) as con:
+        con.execute("delete from params where run_uuid = ?", (store.run_id,))
+    assert tracker.client.get_run(store.run_id).data.params == {}
+
+    again, again_rows = runner.run_trajectory(cfg, project, quiet=True)
+
+    assert again.run_id == store.run_id and again_rows == rows  # reported, not retrained
+    assert from_params(tracker.client.get_run(store.run_id).data.params).identity_hash() == cfg.identity_hash()
+
+
 # ---------------------------------------------------------------- damaged artifacts
 
 def test_a_truncated_round_mask_gives_one_line_and_redo_from_repairs_it_keeping_earlier_rounds(project, tmp_path):
@@ -91,7 +107,7 @@ def test_a_truncated_round_mask_gives_one_line_and_redo_from_repairs_it_keeping_
     assert client.get_run(parent).info.status == "FINISHED"
 
 
-def test_deleted_rewind_and_truncated_init_are_rebuilt_on_resume_to_the_same_results(project, tmp_path):
+def test_deleted_rewind_is_rebuilt_on_resume_to_the_same_results(project, tmp_path):
     rewind_late = {"retrain.rewind_step": 3}  # the rewind state is round 0's weights at step 3: replayed
     whole_store, whole = runner.run_trajectory(small_config(tmp_path, **rewind_late, **{"tracking.experiment":
                                                                                         "whole"}), project, quiet=True)
@@ -100,21 +116,33 @@ def test_deleted_rewind_and_truncated_init_are_rebuilt_on_resume_to_the_same_res
         runner.run_trajectory(cfg, project, quiet=True, reporter=StopAfter(1))
     client = MlflowClient(cfg.tracking.uri)
     parent = trajectories(client, "cut")[0].info.run_id
-    rewind, init = artifact_file(client, parent, "state/rewind.pt"), artifact_file(client, parent, "state/init.pt")
+    rewind = artifact_file(client, parent, "state/rewind.pt")
     kept_rewind = rewind.read_bytes()
     rewind.unlink()
-    init.write_bytes(init.read_bytes()[:100])
 
     store, rows = runner.run_trajectory(cfg, project, quiet=True)
 
     assert store.run_id == parent and science(rows) == science(whole)
-    tags = client.get_run(parent).data.tags
-    assert "sddkit.rebuilt.init" in tags
     import torch
     import io
     rebuilt = torch.load(io.BytesIO(rewind.read_bytes()), weights_only=True)
     original = torch.load(io.BytesIO(kept_rewind), weights_only=True)
     assert rebuilt.keys() == original.keys() and all(torch.equal(rebuilt[k], original[k]) for k in original)
+
+
+def test_an_init_that_rebuilds_differently_stops_the_resume_in_one_line(project, tmp_path):
+    """The init is rebuilt from the seed, never stored: on another torch or CPU it could come out otherwise,
+    and a lottery trajectory continued from another init would no longer be one. The recorded digest says so."""
+    cfg = small_config(tmp_path)
+    with pytest.raises(SystemExit):
+        runner.run_trajectory(cfg, project, quiet=True, reporter=StopAfter(1))
+    client = MlflowClient(cfg.tracking.uri)
+    parent = trajectories(client, "sddkit")[0].info.run_id
+    client.set_tag(parent, tracking.INIT_DIGEST, "0" * 64)  # what another machine's init would record
+    result = CliRunner().invoke(main, ["run", *sets(cfg)])
+    assert result.exit_code == 1 and result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "init rebuilt from the seed is not the one this trajectory started from" in result.output
+    assert len(round_runs(client, parent)) == 2  # rounds 0 and 1, nothing trained on the other init
 
 
 def test_reinit_stops_before_training_when_a_lottery_round_mask_is_missing(project, tmp_path):
@@ -193,18 +221,18 @@ def mounted_tmpfs(folder: Path, size: str, read_only: bool = False):
 
 def test_a_read_only_artifact_folder_fails_at_start_up_with_nothing_written(project, tmp_path):
     cfg = small_config(tmp_path)
-    with mounted_tmpfs(project / "mlruns", "1m", read_only=True):
+    with mounted_tmpfs(tmp_path / "mlruns", "1m", read_only=True):
         with pytest.raises(TrackingError) as caught:
             runner.run_trajectory(cfg, project, quiet=True)
     message = str(caught.value)
-    assert one_line(message) and str(project / "mlruns") in message and "Read-only" in message
+    assert one_line(message) and str(tmp_path / "mlruns") in message and "Read-only" in message
     client = MlflowClient(cfg.tracking.uri)
     assert trajectories(client, cfg.tracking.experiment) == []
 
 
 def test_too_little_room_for_the_trajectory_fails_at_start_up(project, tmp_path):
     cfg = small_config(tmp_path)
-    with mounted_tmpfs(project / "mlruns", "1m"):
+    with mounted_tmpfs(tmp_path / "mlruns", "1m"):
         with pytest.raises(TrackingError) as caught:
             runner.run_trajectory(cfg, project, quiet=True)
     message = str(caught.value)
@@ -229,7 +257,7 @@ class FillDiskAfter(StopAfter):
 def test_a_disk_that_fills_up_mid_trajectory_leaves_no_run_running_and_the_rerun_continues(project, tmp_path):
     cfg = small_config(tmp_path)
     client = MlflowClient(cfg.tracking.uri)
-    with mounted_tmpfs(project / "mlruns", "12m") as folder:
+    with mounted_tmpfs(tmp_path / "mlruns", "12m") as folder:
         with pytest.raises(TrackingError) as caught:
             runner.run_trajectory(cfg, project, quiet=True, reporter=FillDiskAfter(1, folder))
         message = str(caught.value)

@@ -1,0 +1,111 @@
+"""A project you can move: a sqlite store's artifact locations follow the store file.
+
+MLflow freezes absolute artifact locations into the store (``experiments.artifact_location``,
+``runs.artifact_uri``). A copied or moved project would keep reading, and writing, the original project's
+``mlruns/``. The rule here: a local sqlite store's artifacts live in ``mlruns/`` beside its file (the project
+root, by default). Before the store is opened, every location under some other ``…/mlruns`` folder is
+rewritten to the same place under this one, provided this one holds the artifacts of every run concerned (a
+``cp -a`` or ``mv`` of the project does); else the store is refused with one line that says how to fix it.
+Locations elsewhere (an artifact server, a bucket, a folder not named mlruns) are left alone.
+
+Only sqlite3 and the standard library: ``sddkit ui`` calls it before it starts a server.
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+HOME = "mlruns"
+# (table, key column, location column): where MLflow keeps artifact locations of what sddkit stores.
+LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"))
+
+
+class StoreElsewhere(RuntimeError):
+    """The store's artifacts are in another project's mlruns/ and this one lacks them; the message says what
+    to do."""
+
+
+def artifact_home(db: Path) -> Path:
+    """Where the artifacts of the sqlite store ``db`` live: ``mlruns/`` beside it."""
+    return db.resolve().parent / HOME
+
+
+def local_path(location: str | None) -> Path | None:
+    """The folder of a ``file:`` URI or plain absolute path; None for anything else (a server, a bucket)."""
+    if not location:
+        return None
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(location) if parsed.scheme == "" and location.startswith("/") else None
+
+
+def moved_from(path: Path, home: Path) -> tuple[Path, Path] | None:
+    """(the other ``mlruns`` folder ``path`` lies in, ``path`` relative to it), or None when ``path`` is
+    under ``home`` already or in no folder named mlruns."""
+    parts = path.parts
+    if HOME not in parts:
+        return None
+    cut = len(parts) - parts[::-1].index(HOME)
+    old = Path(*parts[:cut])
+    return None if old == home else (old, Path(*parts[cut:]))
+
+
+def relocate(db: Path) -> int:
+    """Rewrite the artifact locations of the store ``db`` that point into another project's mlruns/ to this
+    one's; returns how many were rewritten (0 for a store already in place). Run it under the store's lock.
+
+    Raises StoreElsewhere when a run's artifacts are not in this project's mlruns/ (a store copied without
+    its artifacts): nothing is rewritten then."""
+    if not db.is_file():
+        return 0
+    home = artifact_home(db)
+    with sqlite3.connect(db, timeout=60) as con:
+        tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+        if not {table for table, _, _ in LOCATIONS} <= tables:
+            return 0  # not created yet: MLflow creates it with this process's locations
+        changes = planned_changes(con, home)
+        if not changes:
+            return 0
+        check_copied(db, home, changes)
+        for table, key, column, value, _, new in changes:
+            con.execute(f"update {table} set {column} = ? where {key} = ?", (new, value))
+    runs = [c for c in changes if c[0] == "runs"]
+    if runs:  # an experiment alone can differ without a move (MLflow's Default one, made in the caller's folder)
+        olds = ", ".join(sorted({str(old) for *_, old, _ in runs}))
+        print(f"{db}: the project was moved or copied; the artifact locations of {len(runs)} runs now point "
+              f"into {home} instead of {olds}", file=sys.stderr)
+    return len(changes)
+
+
+def planned_changes(con: sqlite3.Connection, home: Path) -> list[tuple[str, str, str, str, Path, str]]:
+    """(table, key column, location column, key, the other mlruns/ folder, new location) for every location
+    under another mlruns/."""
+    changes = []
+    for table, key, column in LOCATIONS:
+        for value, location in con.execute(f"select {key}, {column} from {table}"):
+            path = local_path(location)
+            moved = moved_from(path, home) if path is not None else None
+            if moved is not None:
+                new = home / moved[1]
+                text = new.as_uri() if location.startswith("file:") else str(new)
+                changes.append((table, key, column, value, moved[0], text))
+    return changes
+
+
+def check_copied(db: Path, home: Path, changes: list) -> None:
+    """The runs whose locations move must have their artifacts in ``home``: refused when one's folder is
+    still only in the other mlruns/ (a store copied without its artifacts), or when none of them is in
+    ``home`` (a run that never stored a file has no folder anywhere; that alone is no reason to refuse)."""
+    runs = [(value, old, local_path(new).parent) for table, _, _, value, old, new in changes if table == "runs"]
+    present = [folder.is_dir() for _, _, folder in runs]
+    left_behind = [(value, old) for (value, old, folder), here in zip(runs, present)
+                   if not here and (old / folder.relative_to(home)).is_dir()]
+    if left_behind or (runs and not any(present)):
+        value, old = left_behind[0] if left_behind else runs[0][:2]
+        raise StoreElsewhere(f"tracking store {db} keeps its artifacts in {old}, outside this project, and "
+                             f"{home} lacks them (run {value}): copy that folder to {home} (cp -a), then rerun; "
+                             f"or set tracking.uri to the store beside {old}")
