@@ -115,9 +115,6 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
     if redo_from is not None and (seeds or force):
         fail("--redo-from repairs one stored trajectory: use it without --seeds and --force", code=2)
-    if seeds and table_format != "table":
-        fail("--format applies to one trajectory's table; with --seeds, read the mean ± std from "
-             "`sddkit compare --runs NAME` or from the group's CSV", code=2)
     import signal
     from sddkit import lifeline, replicates, runner
     folder = Path(results_dir) if results_dir else None
@@ -127,7 +124,7 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
         lifeline.follow_dvc()
         if seeds:
-            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder)
+            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder, table_format)
         else:
             prepared = Path(prepared_dir) if prepared_dir else None
             runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,

@@ -63,17 +63,6 @@ ROUND_COLUMNS = {"sparsity": "sparsity %", "train_acc_noisy": "train noisy %", "
                  "memorized": "memorized %", "test_acc": "test %"}
 
 
-def round_table(rows: list[dict], ph: analysis.Phases, title: str, keys: tuple[str, ...], std: bool = False,
-                phase_header: str = "phase"):
-    """A rich table, one line a round: the ``keys`` columns (with ± their std where ``std``), then the phase."""
-    table = Table(title=title)
-    for header in ("round", *(ROUND_COLUMNS[k] for k in keys), phase_header):
-        table.add_column(header, justify="right")
-    for i in range(len(rows)):
-        table.add_row(str(i), *(round_cell(rows, i, k, std) for k in keys), phase_cell(ph, i))
-    return table
-
-
 def round_cell(rows: list[dict], i: int, key: str, std: bool = False) -> str:
     """Round ``i``'s ``key`` in % ('' past the last round), with ± ``<key>_std`` where ``std`` and stored."""
     if i >= len(rows):
@@ -122,14 +111,20 @@ def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", 
     return table
 
 
-def closing_table(rows: list[dict], ph: analysis.Phases, keys: tuple[str, ...], fmt: str, title: str):
-    """A trajectory's rounds (the ``keys`` of ROUND_COLUMNS, its phase and landmarks) by ``render_table``:
-    fractions and percentages as stored in csv/json, in % with fixed decimals in table/md."""
-    records = [{"round": i, **{k: r.get(k) for k in keys}, "phase": ph.label(i),
+def closing_table(rows: list[dict], ph: analysis.Phases, keys: tuple[str, ...], fmt: str, title: str,
+                  std: tuple[str, ...] = ()):
+    """A trajectory's rounds (the ``keys`` of ROUND_COLUMNS, each of ``std`` followed by its ``<key>_std``, then
+    the phase and landmarks) by ``render_table``: fractions and percentages as stored in csv/json, in % with
+    fixed decimals in table/md."""
+    records = [{**r, "round": i, "phase": ph.label(i),
                 "landmark": ", ".join(n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i)}
                for i, r in enumerate(rows)]
-    columns = {"round": "round", **{k: ROUND_COLUMNS[k] for k in keys}, "phase": "phase", "landmark": "landmark"}
-    formats = {k: (lambda v: f"{100 * v:.2f}") if k == "sparsity" else (lambda v: f"{v:.1f}") for k in keys}
+    columns = {"round": "round"}
+    for k in keys:
+        columns.update({k: ROUND_COLUMNS[k], **({f"{k}_std": "± std"} if k in std else {})})
+    columns.update(phase="phase", landmark="landmark")
+    formats = {k: (lambda v: f"{100 * v:.2f}") if k == "sparsity" else (lambda v: f"{v:.1f}")
+               for k in columns if k in ROUND_COLUMNS or k.endswith("_std")}
     return render_table(records, columns, fmt, title, formats)
 
 

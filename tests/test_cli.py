@@ -204,3 +204,12 @@ def test_run_prints_its_closing_table_as_csv_on_stdout_alone(in_store):
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["round"] for r in rows] == ["0", "1", "2"] and rows[0]["landmark"].startswith("dense")
     assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.2, 0.36] and "already finished" in result.stderr
+
+
+def test_run_with_one_seed_prints_its_mean_table_as_json_without_a_std_column(in_store):
+    import json
+    sets = [a for k, v in {**SMALL, "noise.ratio": 0.2}.items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(main, ["run", *sets, "--seeds", "0", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["round"] for r in rows] == [0, 1, 2] and "test_acc_std" not in rows[0]  # n = 1: no spread to show
