@@ -294,15 +294,16 @@ def ls_command(experiment, table_format) -> None:
     status, rounds done (dense round included) of the total, and a finished one's landmark test accuracies."""
     root = project_root()
     cfg = resolve_config(None, (), None, root)
-    from sddkit.paths import missing_project
+    from sddkit.paths import missing_project, sqlite_path, tracking_uri
     if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
         fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
     from sddkit import api
     from sddkit.results import render_table
     from sddkit.tracking import TrackingError
     experiment = experiment or cfg.tracking.experiment
-    try:
-        rows, differ = api.list_trajectories(experiment=experiment)
+    db = sqlite_path(tracking_uri(cfg.tracking.uri, root))
+    try:  # a store not created yet holds no trajectories (and reading it must not create it)
+        rows, differ = ([], []) if db is not None and not db.exists() else api.list_trajectories(experiment=experiment)
     except TrackingError as exc:
         fail(str(exc))
     if not rows and table_format == "table":

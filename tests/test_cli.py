@@ -186,6 +186,13 @@ def test_ls_of_an_experiment_without_trajectories_says_so(in_store):
     assert result.exit_code == 0 and "no trajectories in experiment 'nothing-here'" in result.output
 
 
+def test_ls_in_a_project_that_has_run_nothing_yet_says_so_and_creates_no_store(project):
+    result = invoke("ls")
+    assert result.exit_code == 0 and "no trajectories in experiment 'sddkit' yet" in result.output
+    assert invoke("ls", "--format", "json").output == "[]\n"
+    assert not (project / "mlflow.db").exists()
+
+
 def test_ls_outside_a_project_refuses_in_one_line_and_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
