@@ -75,6 +75,34 @@ def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | Non
     return read_weights(open_store(tracking_uri or uri), run_id)
 
 
+LANDMARKS = ("dense", "minimum", "peak", "last")
+
+
+def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
+    """Every trajectory of the experiment, finished or not, newest first (what `sddkit ls` shows), and the
+    params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``,
+    ``rounds_done`` (finished rounds, the dense one included) of ``rounds_total``, and for a finished one the
+    landmark test accuracies ``<landmark>_test_acc`` (dense, minimum, peak, last) from its summary metrics."""
+    tracker = open_store(tracking_uri)
+    runs = tracker.trajectories(experiment_name(experiment))
+    differ = [k for k in differing_keys(runs) if k not in ("seed", "tracking.run_name")]
+    rows = []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        rounds = params.get("prune.rounds")
+        rows.append({"name": run.info.run_name, "run_id": run.info.run_id, **{k: params.get(k) for k in differ},
+                     "seed": params.get("seed"), "status": run.info.status,
+                     "rounds_done": len(tracker.round_runs(run.info.run_id, experiment_id=run.info.experiment_id)),
+                     "rounds_total": int(rounds) + 1 if rounds is not None else None,
+                     **{f"{n}_test_acc": summary_metric(metrics, f"{n}_test_acc") for n in LANDMARKS}})
+    return rows, differ
+
+
+def summary_metric(metrics: dict, key: str) -> float | None:
+    """A parent's summary metric, stored as ``key`` or grouped under ``summary/``."""
+    return metrics.get(key, metrics.get(f"summary/{key}"))
+
+
 # ---------------------------------------------------------------- the store
 
 def open_store(tracking_uri: str | None) -> Tracker:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from sddkit import config as config_mod
 from sddkit.paths import project_root
@@ -55,6 +54,22 @@ def spreading(*options: str) -> type[click.Command]:
     return type("SpreadCommand", (SpreadOptions,), {"spread": options})
 
 
+# The packaged presets as a choice: a wrong name fails in one line listing them, and shell completion offers them.
+preset_option = click.option("--preset", default=None, type=click.Choice(config_mod.preset_names()),
+                             help="Preset to start from (default: params.yaml's, else quick).")
+
+
+def format_option(what: str):
+    return click.option("--format", "table_format", type=click.Choice(config_mod.TABLE_FORMATS), default="table",
+                        show_default=True, help=f"How {what} is printed: a table (full width, never cut, when "
+                                                f"piped), or csv, json, markdown text on stdout.")
+
+
+def show(rendered) -> None:
+    from sddkit import results  # (rich only: results imports torch where it needs it)
+    results.print_table(rendered, out)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sddkit")
 def main() -> None:
@@ -62,7 +77,7 @@ def main() -> None:
 
 
 @main.command(cls=spreading("--seeds"))
-@click.option("--preset", default=None, help="Preset to start from (default: params.yaml's, else quick).")
+@preset_option
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
 @click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
 @click.option("--force", is_flag=True, help="Start a new trajectory even if this config already ran.")
@@ -81,7 +96,9 @@ def main() -> None:
 @click.option("--redo-from", "redo_from", default=None, type=click.IntRange(min=0), metavar="ROUND",
               help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
                    "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")
-def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait, redo_from) -> None:
+@format_option("the closing table of the rounds")
+def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait, redo_from,
+        table_format) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
     A trajectory's identity is its config and the code that runs it (the sddkit source as imported).
@@ -107,11 +124,11 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
         lifeline.follow_dvc()
         if seeds:
-            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder)
+            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder, table_format)
         else:
             prepared = Path(prepared_dir) if prepared_dir else None
             runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,
-                                  redo_from=redo_from)
+                                  redo_from=redo_from, table_format=table_format)
     except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:
@@ -147,8 +164,9 @@ class FiniteRange(click.FloatRange):
               help="Sharpness = the largest rise of the train loss within |t| ≤ radius.")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
 @click.option("--force", is_flag=True, help="Redo analyses already stored with the same settings.")
+@format_option("the table of analysed rounds")
 def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, landscape_points,
-            sharpness_radius, experiment, force) -> None:
+            sharpness_radius, experiment, force, table_format) -> None:
     """Re-dense, interpolation and 1-D loss landscape for rounds of stored trajectories (RUN: run name or
     ID); results are logged as runs nested under each round run."""
     root = project_root()
@@ -166,21 +184,21 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
         rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
     except (*USER_ERRORS, config_mod.ConfigError) as exc:
         fail(str(exc))
-    table = Table(title=f"analysis of {selector}")
-    for column in ("run", "round", "sparsity %", "test %", "re-dense test %", "max train loss along α", "sharpness"):
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(r["trajectory"][:8], str(r["round"]), f"{100 * r['sparsity']:.2f}", f"{r['test_acc']:.1f}",
-                      f"{r['redense_test_acc']:.1f}", f"{r['interpolation_max_train_loss']:.3f}",
-                      f"{r['sharpness']:.4g}")
-    out.print(table)
+    columns = {"trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
+               "redense_test_acc": "re-dense test %", "interpolation_max_train_loss": "max train loss along α",
+               "sharpness": "sharpness"}
+    percent, accuracy = (lambda v: f"{100 * v:.2f}"), (lambda v: f"{v:.1f}")  # noqa: E731
+    formats = {"trajectory": lambda v: v[:8], "sparsity": percent, "test_acc": accuracy, "redense_test_acc": accuracy,
+               "interpolation_max_train_loss": lambda v: f"{v:.3f}"}
+    from sddkit.results import render_table
+    show(render_table(rows, columns, table_format, f"analysis of {selector}", formats))
     console.print("plots and curves: the redense / interpolation / landscape runs nested under each round run")
 
 
 @main.command("prepare")
 @click.option("--out", "out_dir", default="data/prepared", show_default=True, type=click.Path(file_okay=False),
               help="Folder for splits.npz, noisy_labels.npy and prepared.json.")
-@click.option("--preset", default=None, help="Preset to start from (default: params.yaml's, else quick).")
+@preset_option
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
 @click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
 def prepare_command(out_dir, preset, sets, params_path) -> None:
@@ -251,25 +269,51 @@ def ui_command(port, params_path) -> None:
 
 
 @main.command()
-def presets() -> None:
+@format_option("the list")
+def presets(table_format) -> None:
     """List the presets with a one-line description."""
-    table = Table(title="presets")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    for name in config_mod.preset_names():
-        table.add_row(name, config_mod.preset_description(name))
-    out.print(table)
+    from sddkit.results import render_table
+    rows = [{"name": name, "description": config_mod.preset_description(name)} for name in config_mod.preset_names()]
+    show(render_table(rows, {"name": "name", "description": "description"}, table_format, "presets"))
 
 
 @main.command()
-def keys() -> None:
-    """List every config key (the names used by params.yaml, --set and MLflow params)."""
-    table = Table(title="config keys")
-    for column in ("key", "type", "meaning"):
-        table.add_column(column)
-    for row in config_mod.describe_keys():
-        table.add_row(*row)
-    out.print(table)
+@format_option("the list")
+def keys(table_format) -> None:
+    """List every config key (the names used by params.yaml, --set and MLflow params): its type, default (with
+    no params.yaml: the quick preset's value), allowed values and meaning."""
+    from sddkit.results import render_table
+    show(render_table(config_mod.describe_keys(), config_mod.KEY_COLUMNS, table_format, "config keys"))
+
+
+@main.command("ls")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@format_option("the list")
+def ls_command(experiment, table_format) -> None:
+    """List the trajectories in the store, newest first: name, the params that differ between them, seed,
+    status, rounds done (dense round included) of the total, and a finished one's landmark test accuracies."""
+    root = project_root()
+    cfg = resolve_config(None, (), None, root)
+    from sddkit.paths import missing_project, sqlite_path, tracking_uri
+    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
+    from sddkit import api
+    from sddkit.results import render_table
+    from sddkit.tracking import TrackingError
+    experiment = experiment or cfg.tracking.experiment
+    db = sqlite_path(tracking_uri(cfg.tracking.uri, root))
+    try:  # a store not created yet holds no trajectories (and reading it must not create it)
+        rows, differ = ([], []) if db is not None and not db.exists() else api.list_trajectories(experiment=experiment)
+    except TrackingError as exc:
+        fail(str(exc))
+    if not rows and table_format == "table":
+        console.print(f"no trajectories in experiment {experiment!r} yet: `sddkit run` (or `dvc repro`) makes them")
+        return
+    columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status",
+               "rounds_done": "rounds done", "rounds_total": "of",
+               **{f"{n}_test_acc": f"{n} test %" for n in api.LANDMARKS}}
+    formats = {"run_id": lambda v: v[:8], **{f"{n}_test_acc": (lambda v: f"{v:.1f}") for n in api.LANDMARKS}}
+    show(render_table(rows, columns, table_format, f"trajectories in experiment {experiment}", formats))
 
 
 if __name__ == "__main__":

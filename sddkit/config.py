@@ -8,6 +8,7 @@ the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ import yaml
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "tinyimagenet")
 ARCHS = ("lenet300_100", "resnet18", "resnet34", "resnet101", "vgg11_bn", "vgg16_bn")
 NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip")
+TABLE_FORMATS = ("table", "csv", "json", "md")  # the commands' --format (rendered by results.render_table)
 STAGES_KEY = "sddkit_stages"  # params.yaml section of DVC pipeline settings (not a trajectory's config)
 RETRAIN_MODES = ("lottery", "finetune", "lr_rewind", "scratch", "reinit", "oneshot")
 
@@ -34,8 +36,10 @@ class ConfigError(ValueError):
 
 def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None = None,
           hi: float | None = None, lo_open: bool = False, hi_open: bool = False, help: str = "",
-          factory: Any = None) -> Any:
-    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, help=help)
+          factory: Any = None, allowed: str = "") -> Any:
+    """A knob: default, checked choices or range, ``help`` (its meaning, for `sddkit keys`) and ``allowed``
+    (what it takes, where neither choices nor a range says it: patterns and names checked elsewhere)."""
+    meta = dict(choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, help=help, allowed=allowed)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,8 +47,9 @@ def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None
 
 @dataclass
 class DataConfig:
-    name: str = _spec("mnist5k", choices=DATASETS, help="dataset")
-    root: str = _spec("data", help="folder holding downloaded datasets (relative to the project root)")
+    name: str = _spec("mnist5k", choices=DATASETS, help="dataset (mnist5k is embedded; the others are read from data.root)")
+    root: str = _spec("data", help="folder holding downloaded datasets (relative to the project root)",
+                     allowed="a folder path")
     downsample: int = _spec(1, lo=1, help="average-pool factor applied to images (2: 28x28 -> 14x14)")
     standardize: bool = _spec(True, help="subtract the train mean and divide by the train std per channel")
     train_size: int = _spec(0, lo=0, help="stratified train subset size; 0 keeps the whole train split")
@@ -63,7 +68,7 @@ class NoiseConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = _spec("lenet300_100", choices=ARCHS, help="backbone")
+    arch: str = _spec("lenet300_100", choices=ARCHS, help="backbone (timm ResNet/VGG adapted to 32x32 input)")
     init: str = _spec("default", choices=("default", "kaiming_normal", "open_lth"),
                       help="weight init of conv/linear layers; default keeps the framework's, open_lth is the "
                            "paper code's (kaiming-normal fan_in, batch norm weight U(0, 1))")
@@ -71,50 +76,60 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    optimizer: str = _spec("sgd", choices=("sgd", "adam"))
-    lr: float = _spec(0.1, lo=0.0, lo_open=True)
-    momentum: float = _spec(0.0, lo=0.0, hi=1.0, hi_open=True)
-    weight_decay: float = _spec(0.0, lo=0.0)
-    schedule: str = _spec("constant", choices=("constant", "multistep", "cosine"))
+    optimizer: str = _spec("sgd", choices=("sgd", "adam"), help="optimizer of every round")
+    lr: float = _spec(0.1, lo=0.0, lo_open=True, help="initial learning rate of a round's schedule")
+    momentum: float = _spec(0.0, lo=0.0, hi=1.0, hi_open=True, help="SGD momentum (unused by adam)")
+    weight_decay: float = _spec(0.0, lo=0.0, help="L2 weight decay of the optimizer")
+    schedule: str = _spec("constant", choices=("constant", "multistep", "cosine"),
+                          help="learning-rate schedule over a round's epochs")
     milestones: list[int] = _spec(factory=list, lo=0, help="epochs at which multistep multiplies lr by gamma")
-    gamma: float = _spec(0.1, lo=0.0, hi=1.0, lo_open=True)
-    epochs: int = _spec(10, lo=0)
-    batch_size: int = _spec(128, lo=1)
-    eval_batch_size: int = _spec(1024, lo=1)
+    gamma: float = _spec(0.1, lo=0.0, hi=1.0, lo_open=True, help="multistep lr factor at each milestone")
+    epochs: int = _spec(10, lo=0, help="training epochs of each round (dense and every pruned one)")
+    batch_size: int = _spec(128, lo=1, help="training mini-batch size")
+    eval_batch_size: int = _spec(1024, lo=1, help="batch size of evaluation (speed only; results unchanged)")
     train_eval_size: int = _spec(0, lo=0, help="fixed train subset for train accuracy; 0 = all")
     eval_every: int = _spec(1, lo=1, help="epochs between test evaluations within a round (the last epoch is "
                                          "always evaluated); 1 = every epoch, as the paper's code")
-    device: str = _spec("auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: str = _spec("auto", help="where to train: auto = CUDA when present, else the CPU",
+                       allowed="auto, cpu, cuda, cuda:N")
     threads: int = _spec(1, lo=0, help="torch CPU threads; 0 leaves torch's default")
     deterministic: bool = _spec(False, help="torch.use_deterministic_algorithms")
 
 
 @dataclass
 class PruneConfig:
-    criterion: str = _spec("magnitude", choices=("magnitude", "gradient", "random"))
-    scope: str = _spec("global", choices=("global", "layer"))
+    criterion: str = _spec("magnitude", choices=("magnitude", "gradient", "random"),
+                           help="weight score before pruning: |w|, |w * dL/dw|, or random")
+    scope: str = _spec("global", choices=("global", "layer"),
+                       help="global: one threshold over all prunable tensors; layer: the same fraction of each")
     rate: float = _spec(0.2, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                         help="fraction of the remaining prunable weights removed per round")
-    rounds: int = _spec(10, lo=0)
-    exclude: list[str] | None = _spec(None, help="parameter names kept dense; null = the arch's default")
+    rounds: int = _spec(10, lo=0, help="pruning rounds after the dense round 0 (the paper's levels)")
+    exclude: list[str] | None = _spec(None, help="parameter names kept dense; null = the arch's default",
+                                      allowed="names of the model's .weight parameters, or null")
     gradient_batches: int = _spec(10, lo=1, help="batches accumulated by the gradient criterion")
 
 
 @dataclass
 class RetrainConfig:
-    mode: str = _spec("lottery", choices=RETRAIN_MODES)
+    mode: str = _spec("lottery", choices=RETRAIN_MODES,
+                      help="where a pruned round starts and which schedule it runs (docs/architecture.md)")
     rewind_step: int = _spec(0, lo=0, help="lottery rewind point (0 = dense initialisation)")
-    rewind_unit: str = _spec("iterations", choices=("iterations", "epochs"))
-    finetune_lr: float = _spec(0.001, lo=0.0, lo_open=True)
+    rewind_unit: str = _spec("iterations", choices=("iterations", "epochs"), help="unit of retrain.rewind_step")
+    finetune_lr: float = _spec(0.001, lo=0.0, lo_open=True, help="constant lr of finetune rounds")
     finetune_epochs: int = _spec(0, lo=0, help="epochs of finetune rounds; 0 = train.epochs")
-    masks_from: str | None = _spec(None, help="reinit: run name or ID of the lottery trajectory")
+    masks_from: str | None = _spec(None, help="reinit: run name or ID of the lottery trajectory",
+                                  allowed="a run name or run ID, or null for the exact lottery twin")
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = _spec(None, help="MLflow tracking URI; null = sqlite mlflow.db at the project root")
-    experiment: str = _spec("sddkit")
-    run_name: str | None = _spec(None, help="parent run name; null = the retrain mode")
+    uri: str | None = _spec(None, help="MLflow tracking URI; null = sqlite mlflow.db at the project root",
+                           allowed="sqlite:///path, http(s)://host:port, a database URI, or null")
+    experiment: str = _spec("sddkit", help="MLflow experiment the trajectories are logged to",
+                             allowed="a name of 1 to 256 characters")
+    run_name: str | None = _spec(None, help="parent run name; null = the retrain mode",
+                                allowed="a name of 1 to 250 characters, or null")
 
 
 @dataclass
@@ -137,8 +152,9 @@ class CompareConfig:
 
 @dataclass
 class Config:
-    preset: str = _spec("quick", help="the preset this config starts from")
-    seed: int = _spec(0, lo=0)
+    preset: str = _spec("quick", help="the preset this config starts from",
+                         allowed="a name `sddkit presets` lists")
+    seed: int = _spec(0, lo=0, help="seed of init, data order, augmentation (and noise, unless noise.seed)")
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -371,7 +387,8 @@ def build(cls: type, tree: Any, prefix: str):
     unknown = sorted(set(tree) - set(fields))
     if unknown:
         allowed = ", ".join(prefix + name for name in fields)
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed keys here: {allowed}")
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key{did_you_mean(cls, prefix, unknown[0])}; "
+                          f"allowed keys here: {allowed}")
     values = {}
     for name, value in tree.items():
         hint, key = hints[name], prefix + name
@@ -380,6 +397,15 @@ def build(cls: type, tree: Any, prefix: str):
         else:
             values[name] = check_value(key, value, hint, fields[name].metadata)
     return cls(**values)
+
+
+def did_you_mean(cls: type, prefix: str, name: str) -> str:
+    """`` (did you mean train.lr?)`` for a mistyped key of section ``cls``: the closest of its keys and of the
+    dotted keys below it (``lr`` at the top finds ``train.lr``), or ''."""
+    keys = [f.name for f in dataclasses.fields(cls)] + [key for key, _, _ in leaf_fields(cls)]
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    close = close or [key for key in keys if key.endswith("." + name)][:1]
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
@@ -446,9 +472,45 @@ def leaf_fields(cls: type | None = None, prefix: str = ""):
             yield prefix + f.name, hints[f.name], f
 
 
-def describe_keys() -> list[tuple[str, str, str]]:
-    """(dotted key, type, help) for every knob, for docs and `sddkit keys`."""
-    return [(key, str(hint).replace("typing.", ""), f.metadata.get("help", "")) for key, hint, f in leaf_fields()]
+KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "allowed": "allowed values",
+               "meaning": "meaning"}
+
+
+def describe_keys() -> list[dict[str, str]]:
+    """Every knob's row for docs and `sddkit keys` (KEY_COLUMNS): dotted key, type, default (a config
+    without params.yaml: the quick preset's value), allowed values and meaning, each as text."""
+    defaults = load_config().flat()
+    return [{"key": key, "type": type_name(hint), "default": yaml_text(defaults[key]),
+             "allowed": allowed_text(hint, f.metadata), "meaning": f.metadata.get("help", "")}
+            for key, hint, f in leaf_fields()]
+
+
+def type_name(hint: Any) -> str:
+    """``int``, ``list[str]``, ``str or null``: the type as a params.yaml writer reads it."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return f"{type_name(inner[0])} or null"
+    if typing.get_origin(hint) is list:
+        return f"list[{type_name(inner[0])}]"
+    return hint.__name__
+
+
+def yaml_text(value: Any) -> str:
+    """A value as params.yaml writes it: null, true, [68], 0.003."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+
+
+def allowed_text(hint: Any, meta: typing.Mapping) -> str:
+    if meta.get("choices"):
+        return ", ".join(map(str, meta["choices"]))
+    if meta.get("allowed"):
+        return meta["allowed"]
+    if hint is bool:
+        return "true, false"
+    each = "each " if typing.get_origin(hint) is list or "list[" in type_name(hint) else ""
+    text = each + _range_text(meta) if meta.get("lo") is not None or meta.get("hi") is not None else ""
+    null = ", or null" if "or null" in type_name(hint) else ""
+    return (text or ("any finite number" if "float" in type_name(hint) else "any")) + null
 
 
 def from_params(params: dict[str, str]) -> Config:

@@ -83,8 +83,8 @@ def work(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Repl
 
 
 def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
-                   results_dir: Path | None = None) -> list[Replicate]:
-    """One trajectory per seed (``jobs`` at a time), then the group's mean ± std table and curve."""
+                   results_dir: Path | None = None, table_format: str = "table") -> list[Replicate]:
+    """One trajectory per seed (``jobs`` at a time), then the group's mean ± std table (``table_format``) and curve."""
     if len(set(seeds)) != len(seeds):
         raise ReplicateFailed(f"--seeds {' '.join(map(str, seeds))}: each seed once, please")
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
@@ -97,7 +97,7 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     log_group(tracker, done, group)
     if results_dir is not None:
         results.write_folder(results_dir, group)
-    print_table(results.mean_rows([r.rows for r in done]), [r.seed for r in done], cfg)
+    print_table(results.mean_rows([r.rows for r in done]), [r.seed for r in done], cfg, table_format)
     where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{done[0].run_id}/{ARTIFACT_DIR}/"
     console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)",
                   highlight=False)
@@ -187,9 +187,9 @@ def log_group(tracker: Tracker, done: list[Replicate], files: dict[str, bytes]) 
         tracker.client.set_tag(r.run_id, "sddkit.replicate_seeds", " ".join(str(x.seed) for x in done))
 
 
-def print_table(rows: list[dict], seeds: list[int], cfg: Config) -> None:
-    title = f"mean ± std over seeds {' '.join(map(str, seeds))}"
+def print_table(rows: list[dict], seeds: list[int], cfg: Config, table_format: str = "table") -> None:
+    title = f"mean ± std over seeds {' '.join(map(str, seeds))} (phases of the mean)"
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
-    Console().print(results.round_table(rows, ph, title,
-                                        ("sparsity", "train_acc_noisy", "test_acc"), std=True,
-                                        phase_header="phase (of the mean)"))
+    std = results.STD_KEYS if len(seeds) > 1 else ()  # one seed has no spread: no std column rather than 0.0
+    results.print_table(results.closing_table(rows, ph, ("sparsity", "train_acc_noisy", "test_acc"), table_format,
+                                              title, std))

@@ -5,13 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from sddkit import analysis
 from sddkit.files import write_atomic
+
+if TYPE_CHECKING:  # torch comes with analysis: `sddkit presets` and `keys` render tables without it
+    from sddkit import analysis
 
 RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 CSV_COLUMNS = ("round", "sparsity", "remaining", "train_acc_noisy", "train_acc_clean", "memorized",
@@ -37,6 +43,7 @@ def summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
         out[f"{name}_round"] = index
         out[f"{name}_test_acc"] = rows[index]["test_acc"]
         out[f"{name}_sparsity"] = rows[index]["sparsity"]
+    from sddkit import analysis
     out.update(analysis.double_descent_margins(rows, ph))
     return out
 
@@ -56,17 +63,6 @@ ROUND_COLUMNS = {"sparsity": "sparsity %", "train_acc_noisy": "train noisy %", "
                  "memorized": "memorized %", "test_acc": "test %"}
 
 
-def round_table(rows: list[dict], ph: analysis.Phases, title: str, keys: tuple[str, ...], std: bool = False,
-                phase_header: str = "phase"):
-    """A rich table, one line a round: the ``keys`` columns (with ± their std where ``std``), then the phase."""
-    table = Table(title=title)
-    for header in ("round", *(ROUND_COLUMNS[k] for k in keys), phase_header):
-        table.add_column(header, justify="right")
-    for i in range(len(rows)):
-        table.add_row(str(i), *(round_cell(rows, i, k, std) for k in keys), phase_cell(ph, i))
-    return table
-
-
 def round_cell(rows: list[dict], i: int, key: str, std: bool = False) -> str:
     """Round ``i``'s ``key`` in % ('' past the last round), with ± ``<key>_std`` where ``std`` and stored."""
     if i >= len(rows):
@@ -80,6 +76,68 @@ def phase_cell(ph: analysis.Phases, i: int) -> str:
     """Round ``i``'s phase, with the landmarks it is (``◀ minimum``)."""
     marks = [n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i]
     return ph.label(i) + (f" ◀ {', '.join(marks)}" if marks else "")
+
+
+def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", title: str = "",
+                 formats: dict[str, Callable[[Any], str]] | None = None):
+    """``rows`` in ``fmt`` (config.TABLE_FORMATS): a rich Table for ``table``, else text. csv and json carry the
+    keys of ``columns`` and the raw values (non-finite numbers as null/empty); table and md the headers (the
+    values of ``columns``) and each cell as ``formats[key]`` writes it (default: floats to 4 digits)."""
+    def finite(value):
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    if fmt == "json":
+        return json.dumps([{k: finite(r.get(k)) for k in columns} for r in rows], indent=1) + "\n"
+    if fmt == "csv":
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if finite(r.get(k)) is None else r[k] for k in columns] for r in rows])
+        return text.getvalue()
+    shown = {k: (formats or {}).get(k) or (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)) for k in columns}
+    cells = [["" if r.get(k) is None else shown[k](r[k]) for k in columns] for r in rows]
+    if fmt == "md":
+        line = lambda texts: "| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |"  # noqa: E731
+        head = [f"**{title}**", ""] if title else []
+        return "\n".join([*head, line(columns.values()), line(["---"] * len(columns)), *map(line, cells)]) + "\n"
+    if fmt != "table":
+        raise ValueError(f"table format {fmt!r}: use one of table, csv, json, md")
+    table = Table(title=title or None)
+    for key, header in columns.items():
+        numeric = bool(rows) and all(r.get(key) is None or isinstance(r.get(key), (int, float)) for r in rows)
+        table.add_column(header, justify="right" if numeric else "left")
+    for row in cells:
+        table.add_row(*map(Text, row))  # as text: rich would read ``list[int]`` or ``[68]`` as markup and drop it
+    return table
+
+
+def closing_table(rows: list[dict], ph: analysis.Phases, keys: tuple[str, ...], fmt: str, title: str,
+                  std: tuple[str, ...] = ()):
+    """A trajectory's rounds (the ``keys`` of ROUND_COLUMNS, each of ``std`` followed by its ``<key>_std``, then
+    the phase and landmarks) by ``render_table``: fractions and percentages as stored in csv/json, in % with
+    fixed decimals in table/md."""
+    records = [{**r, "round": i, "phase": ph.label(i),
+                "landmark": ", ".join(n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i)}
+               for i, r in enumerate(rows)]
+    columns = {"round": "round"}
+    for k in keys:
+        columns.update({k: ROUND_COLUMNS[k], **({f"{k}_std": "± std"} if k in std else {})})
+    columns.update(phase="phase", landmark="landmark")
+    formats = {k: (lambda v: f"{100 * v:.2f}") if k == "sparsity" else (lambda v: f"{v:.1f}")
+               for k in columns if k in ROUND_COLUMNS or k.endswith("_std")}
+    return render_table(records, columns, fmt, title, formats)
+
+
+def print_table(rendered, console: Console | None = None) -> None:
+    """Print what ``render_table`` made: text as it is, a rich table in full (never cut to 80 columns: at the
+    terminal's width, and unbounded when stdout is a file or a pipe)."""
+    if isinstance(rendered, str):
+        print(rendered, end="", flush=True)
+        return
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(width=1 << 16, file=console.file)  # rich's default off a terminal is 80 columns
+    console.print(rendered, soft_wrap=False)
 
 
 def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[str, bytes]:

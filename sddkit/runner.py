@@ -52,13 +52,15 @@ def make_progress() -> Progress:
 
 def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
                    quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
-                   wait: bool = False, redo_from: int | None = None) -> tuple[TrajectoryRun, list[dict]]:
+                   wait: bool = False, redo_from: int | None = None,
+                   table_format: str = "table") -> tuple[TrajectoryRun, list[dict]]:
     """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
 
     ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
     no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
     ``wait``: wait for another process that owns this trajectory instead of stopping; ``redo_from``: retrain
-    the stored trajectory from that round on (a repair that keeps the rounds before it)."""
+    the stored trajectory from that round on (a repair that keeps the rounds before it); ``table_format``:
+    the closing table's (config.TABLE_FORMATS)."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
@@ -76,7 +78,7 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
         files = files or results.trajectory_files(rows, ph, cfg.name)  # drawn once: the finish made them
         results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
     if not quiet:
-        print_table(rows, ph)
+        print_table(rows, ph, table_format)
     return store, rows
 
 
@@ -184,9 +186,10 @@ def tracker_masks(tracker: Tracker, cfg: Config, code: str):
     return LotteryMasks(tracker, cfg, code)
 
 
-def print_table(rows: list[dict], ph: analysis.Phases) -> None:
+def print_table(rows: list[dict], ph: analysis.Phases, table_format: str = "table") -> None:
     keys = ("sparsity", "train_acc_noisy", "train_acc_clean", "memorized", "test_acc")
-    Console().print(results.round_table(rows, ph, "trajectory", keys))
+    results.print_table(results.closing_table(rows, ph, keys, table_format, "trajectory"))
     margins = analysis.double_descent_margins(rows, ph)
-    Console().print(f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
+    # csv, json and md: stdout holds the table alone (for a file or a pipe), the landmarks go to stderr
+    (Console() if table_format == "table" else console).print(f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
                     f"drop {margins['drop']:.1f} points", highlight=False)

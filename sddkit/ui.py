@@ -156,6 +156,9 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
 def checked_port(port: int | None) -> int:
     """``port`` if it is free on loopback (else a clear error), or a free one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds it: a port whose last connections linger in TIME_WAIT (a UI just stopped) is free;
+        # one with a listener on it still is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port or 0))
         except OSError as exc:

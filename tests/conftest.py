@@ -72,3 +72,29 @@ def quick_lease_settle(monkeypatch):
     outwaits it and spares the suite a second per trajectory. Subprocesses keep the real 1 s."""
     from sddkit import lease
     monkeypatch.setattr(lease, "SETTLE_S", 0.1)
+
+
+def project_with_trajectories(folder, experiment: str, configs: list[dict]):
+    """A project in ``folder`` (its params.yaml names ``experiment``) whose mlflow.db holds one finished
+    trajectory per override dict of ``configs``, trained in process with quiet output; its root."""
+    from sddkit import lease, runner
+    from sddkit.config import load_config
+    root = folder / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text(f"tracking:\n  experiment: {experiment}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("DVC_ROOT", raising=False)
+        mp.setattr(lease, "SETTLE_S", 0.1)
+        for overrides in configs:
+            runner.run_trajectory(load_config(overrides={**overrides, "tracking.experiment": experiment}), root,
+                                  quiet=True)
+    return root
+
+
+def enter_project(root, monkeypatch):
+    """``root`` as the working directory, with no store named by the environment: the store is the project's."""
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root

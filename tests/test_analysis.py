@@ -375,3 +375,13 @@ def test_a_damaged_noisy_labels_artifact_is_named(tmp_path):
     tracker.client.log_artifact(run_id, str(damaged))
     with pytest.raises(TrackingError, match=f"run {run_id}: noisy_labels.npy is corrupt .*--force"):
         analyze.check_labels(tracker, run_id, torch.zeros(3, dtype=torch.long))
+
+
+def test_analyze_prints_its_table_as_json_on_stdout_alone(stored):
+    import json
+    cfg, parent_id, tracker = stored
+    result = CliRunner().invoke(cli.main, [*ANALYZE, "--format", "json"])  # reuses the stored analyses
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["trajectory"], r["round"]) for r in rows] == [(parent_id, 1), (parent_id, 2)]
+    assert all(r["sharpness"] >= 0 and 0 <= r["redense_test_acc"] <= 100 for r in rows)

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 import sddkit
-from sddkit import lease, runner, tracking
+from sddkit import tracking
 from sddkit.cli import main
-from sddkit.config import load_config
+from conftest import enter_project, project_with_trajectories
 
 SMALL = {"data.train_size": 300, "train.epochs": 2, "prune.rounds": 2, "train.batch_size": 64,
          "train.milestones": [], "train.threads": 1, "tracking.experiment": "api-test"}
@@ -23,24 +23,12 @@ INJECTION = "x' or '1'='1"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A project whose default store (mlflow.db at its root; experiment from its params.yaml) holds both runs."""
-    root = tmp_path_factory.mktemp("api") / "project"
-    root.mkdir()
-    (root / "params.yaml").write_text("tracking:\n  experiment: api-test\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("DVC_ROOT", raising=False)
-        mp.setattr(lease, "SETTLE_S", 0.1)
-        for extra in RUNS:
-            runner.run_trajectory(load_config(overrides={**SMALL, **extra}), root, quiet=True)
-    return root
+    return project_with_trajectories(tmp_path_factory.mktemp("api"), "api-test", [{**SMALL, **r} for r in RUNS])
 
 
 @pytest.fixture
 def inside(store, monkeypatch):
-    monkeypatch.chdir(store)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return store
+    return enter_project(store, monkeypatch)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from sddkit.cli import main
+from conftest import enter_project, project_with_trajectories
 
 
 def test_help_imports_no_heavy_library():
@@ -75,3 +76,147 @@ def test_analyze_refuses_a_non_finite_setting_in_one_line_before_opening_a_store
     result = CliRunner().invoke(main, ["analyze", "lottery", flag, value])
     assert result.exit_code == 2 and "is not a finite number" in result.output and "Traceback" not in result.output
     assert not (project / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------- tables, keys, presets, completion
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_keys_lists_every_key_with_type_default_allowed_values_and_meaning():
+    import json
+    from sddkit.config import leaf_fields
+    result = invoke("keys", "--format", "json")
+    rows = json.loads(result.output)
+    assert result.exit_code == 0 and [r["key"] for r in rows] == [k for k, _, _ in leaf_fields()]
+    assert all(r[c] for r in rows for c in ("type", "default", "allowed", "meaning"))
+    table = invoke("keys").output
+    assert "<class" not in table and "allowed values" in table and "list[int]" in table
+
+
+def test_piped_tables_are_printed_in_full_not_cut_to_80_columns():
+    from sddkit.config import preset_description
+    result = invoke("presets")  # CliRunner's stdout is no terminal, as a pipe or a file
+    assert result.exit_code == 0 and "…" not in result.output
+    assert preset_description("quick") in result.output  # on one line, whole
+    assert "(kaiming-normal fan_in, batch norm weight U(0, 1))" in invoke("keys").output
+
+
+@pytest.mark.parametrize("fmt, start", [("csv", "name,description\ncifar10-resnet18,"),
+                                        ("md", "**presets**\n\n| name | description |\n| --- | --- |\n"),
+                                        ("json", '[\n {\n  "name": "cifar10-resnet18"')])
+def test_presets_in_each_text_format(fmt, start):
+    result = invoke("presets", "--format", fmt)
+    assert result.exit_code == 0 and result.output.startswith(start)
+
+
+def test_an_unknown_preset_is_refused_in_one_line_naming_the_presets(project):
+    result = invoke("run", "--preset", "quik")
+    assert result.exit_code == 2 and "'quik' is not one of" in result.output and "'quick'" in result.output
+    assert not (project / "mlflow.db").exists()
+
+
+def test_a_mistyped_key_in_set_or_params_yaml_gets_did_you_mean(project):
+    result = invoke("run", "--set", "train.lrr=0.1")
+    assert result.exit_code == 2 and "train.lrr: unknown key (did you mean train.lr?)" in result.output
+    (project / "params.yaml").write_text("noise:\n  ration: 0.4\n")
+    result = invoke("run")
+    assert result.exit_code == 2 and "noise.ration: unknown key (did you mean noise.ratio?)" in result.output
+    assert not (project / "mlflow.db").exists()
+
+
+def completion(shell_env: dict) -> str:
+    import os
+    env = {**os.environ, **shell_env}
+    return subprocess.run(["sddkit"], env=env, capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_completion_script_of_each_shell_is_emitted(shell):
+    assert "_SDDKIT_COMPLETE" in completion({"_SDDKIT_COMPLETE": f"{shell}_source"})
+
+
+def test_completion_offers_the_commands_and_the_presets():
+    words = completion({"_SDDKIT_COMPLETE": "bash_complete", "COMP_WORDS": "sddkit run --preset ", "COMP_CWORD": "3"})
+    assert "plain,quick" in words.splitlines() and "plain,mnist-lenet" in words.splitlines()
+    commands = completion({"_SDDKIT_COMPLETE": "bash_complete", "COMP_WORDS": "sddkit ", "COMP_CWORD": "1"})
+    assert {"plain,ls", "plain,keys", "plain,run"} <= set(commands.splitlines())
+
+
+# ---------------------------------------------------------------- sddkit ls and run --format, on a real store
+
+SMALL = {"data.train_size": 300, "train.epochs": 2, "prune.rounds": 2, "train.batch_size": 64,
+         "train.milestones": [], "train.threads": 1}
+TWO = ({"seed": 0, "noise.ratio": 0.2}, {"seed": 1, "noise.ratio": 0.4})
+
+
+@pytest.fixture(scope="module")
+def two_trajectories(tmp_path_factory):
+    """A project (experiment ls-test in its params.yaml) whose mlflow.db holds two tiny finished trajectories."""
+    return project_with_trajectories(tmp_path_factory.mktemp("ls"), "ls-test", [{**SMALL, **t} for t in TWO])
+
+
+@pytest.fixture
+def in_store(two_trajectories, monkeypatch):
+    return enter_project(two_trajectories, monkeypatch)
+
+
+def test_ls_lists_each_trajectory_with_what_differs_its_status_rounds_and_landmarks(in_store):
+    import json
+    from mlflow import MlflowClient
+    result = invoke("ls", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["name"], r["seed"], r["noise.ratio"]) for r in rows] == [("lottery", "1", "0.4"), ("lottery", "0", "0.2")]
+    for r in rows:
+        assert (r["status"], r["rounds_done"], r["rounds_total"]) == ("FINISHED", 3, 3)
+        assert 0 < r["dense_test_acc"] <= 100 and 0 < r["last_test_acc"] <= 100
+        stored = MlflowClient(f"sqlite:///{in_store}/mlflow.db").get_run(r["run_id"]).data.metrics
+        for n in ("minimum", "peak"):  # a curve of three rounds need not have both
+            key = f"{n}_test_acc"
+            assert r[key] == stored.get(key, stored.get(f"summary/{key}"))
+    assert "train.lr" not in rows[0]  # the same in both: not a column
+    table = invoke("ls").output
+    assert "noise.ratio" in table and "dense test %" in table and "FINISHED" in table
+
+
+def test_ls_of_an_experiment_without_trajectories_says_so(in_store):
+    result = invoke("ls", "--experiment", "nothing-here")
+    assert result.exit_code == 0 and "no trajectories in experiment 'nothing-here'" in result.output
+
+
+def test_ls_in_a_project_that_has_run_nothing_yet_says_so_and_creates_no_store(project):
+    result = invoke("ls")
+    assert result.exit_code == 0 and "no trajectories in experiment 'sddkit' yet" in result.output
+    assert invoke("ls", "--format", "json").output == "[]\n"
+    assert not (project / "mlflow.db").exists()
+
+
+def test_ls_outside_a_project_refuses_in_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = invoke("ls")
+    assert result.exit_code == 1 and "no sddkit project here" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_prints_its_closing_table_as_csv_on_stdout_alone(in_store):
+    import csv
+    import io
+    sets = [a for k, v in {**SMALL, **TWO[0]}.items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(main, ["run", *sets, "--format", "csv"])
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["round"] for r in rows] == ["0", "1", "2"] and rows[0]["landmark"].startswith("dense")
+    assert [round(float(r["sparsity"]), 3) for r in rows] == [0.0, 0.2, 0.36] and "already finished" in result.stderr
+
+
+def test_run_with_one_seed_prints_its_mean_table_as_json_without_a_std_column(in_store):
+    import json
+    sets = [a for k, v in {**SMALL, "noise.ratio": 0.2}.items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(main, ["run", *sets, "--seeds", "0", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["round"] for r in rows] == [0, 1, 2] and "test_acc_std" not in rows[0]  # n = 1: no spread to show

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sddkit.config import Config, ConfigError, leaf_fields, load_config, parse_assignment, preset_names
+from sddkit.config import Config, ConfigError, describe_keys, leaf_fields, load_config, parse_assignment, \
+    preset_names
 
 
 def test_quick_is_default_and_matches_the_documented_setting():
@@ -28,7 +29,8 @@ def test_every_core_key_has_one_dotted_name():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("noise.ratioo=0.1", "noise.ratioo: unknown key; allowed keys here: noise.kind, noise.ratio, noise.seed"),
+    ("noise.ratioo=0.1", "noise.ratioo: unknown key (did you mean noise.ratio?); allowed keys here: noise.kind, "
+                         "noise.ratio, noise.seed"),
     ("noise.ratio=1.0", "noise.ratio = 1.0: out of range; allowed: 0.0 ≤ value < 1.0"),
     ("noise.ratio=-0.1", "noise.ratio = -0.1: out of range"),
     ("prune.rate=0", "prune.rate = 0.0: out of range; allowed: 0.0 < value < 1.0"),
@@ -259,3 +261,35 @@ def test_bad_tracking_values_stop_sddkit_run_in_one_line_with_exit_2_and_nothing
         result = CliRunner().invoke(main, ["run", "--set", value])
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert sorted(p.name for p in project.iterdir()) == [".git"]
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("train.lrr=0.1", "train.lrr: unknown key (did you mean train.lr?)"),
+    ("train.epoch=3", "train.epoch: unknown key (did you mean train.epochs?)"),
+    ("lr=0.1", "lr: unknown key (did you mean train.lr?)"),  # the section left out
+    ("trian.lr=0.1", "trian: unknown key (did you mean train?)"),
+])
+def test_a_mistyped_key_gets_the_closest_real_one_in_its_one_line_error(override, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(suggestion) and "\n" not in str(err.value)
+
+
+def test_a_key_nothing_resembles_gets_no_guess():
+    with pytest.raises(ConfigError, match=r"^zzz: unknown key; allowed keys here: preset, seed"):
+        load_config(overrides=["zzz=1"])
+
+
+def test_every_key_is_described_with_a_readable_type_default_allowed_values_and_meaning():
+    rows = describe_keys()
+    assert [r["key"] for r in rows] == [key for key, _, _ in leaf_fields()]
+    for row in rows:
+        assert all(row[column].strip() for column in ("type", "default", "allowed", "meaning")), row
+        assert "class" not in row["type"] and "typing" not in row["type"], row
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["train.milestones"] == {**by_key["train.milestones"], "type": "list[int]", "default": "[68]"}
+    assert (by_key["noise.seed"]["type"], by_key["noise.seed"]["default"]) == ("int or null", "null")
+    assert by_key["noise.ratio"]["allowed"] == "0.0 ≤ value < 1.0"
+    assert by_key["train.optimizer"]["allowed"] == "sgd, adam"
+    assert by_key["data.standardize"]["allowed"] == "true, false"
+    assert by_key["prune.exclude"]["type"] == "list[str] or null"

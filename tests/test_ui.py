@@ -234,3 +234,24 @@ def test_ui_on_a_read_only_project_fails_fast_in_one_line(read_only_project):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(read_only_project) in lines[0] and "not writable" in lines[0], err
     assert not servers_on(port)
+
+
+def test_a_port_just_freed_by_a_stopped_server_is_accepted_and_a_listened_one_refused():
+    from sddkit import ui as port_probe  # (`ui` names the server process in the tests above)
+    # The stopped server (uvicorn binds with SO_REUSEADDR) leaves its closed connection in TIME_WAIT.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((port_probe.HOST, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection((port_probe.HOST, port))
+    served, _ = listener.accept()
+    served.close()  # the server closes first: its side of the connection waits in TIME_WAIT
+    client.close()
+    with socket.socket() as busy:
+        busy.bind((port_probe.HOST, 0))
+        busy.listen()
+        with pytest.raises(port_probe.ServeError, match="already in use"):
+            port_probe.checked_port(busy.getsockname()[1])
+    listener.close()
+    assert port_probe.checked_port(port) == port
