@@ -137,7 +137,7 @@ def differences(ours, theirs, limit: int = 3) -> str:
 def selector_label(selector: str, run) -> str:
     """A name selector labels its curve; a tag, run ID or folder is labelled by the run's name."""
     plain = "=" not in selector and not (Path(selector) / RUN_FILE).is_file()
-    return selector if plain and selector != run.info.run_id else run.info.run_name
+    return selector if plain and selector != run.info.run_id else trajectory_name(run)
 
 
 def unique_label(label: str, taken: list[str]) -> str:

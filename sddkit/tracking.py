@@ -40,7 +40,8 @@ from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TRAJECTORY, ROUND = "trajectory", "round"
-# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds model training.
+# The experiment holds model training, not GenAI traces (MLflow UIs without the GenAI | Model training switch
+# choose their view by it; 3.17.2's follows the link's workflowType, which `sddkit ui`'s link sets).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 INIT_DIGEST = "sddkit.init_sha256"  # a trajectory's init is rebuilt from its seed, never stored: this checks it
 PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",

@@ -50,7 +50,7 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
         url = wait_ready(server, port, ready_timeout)
         link = trajectories_link(url, experiment)
         console.print(f"MLflow UI of {uri} at [bold]{url}[/] (Ctrl-C stops it); the trajectories of experiment "
-                      f"{experiment!r}:", highlight=False)
+                      f"{experiment!r}:", highlight=False, soft_wrap=True)
         print(link, flush=True)
         if open_browser:
             webbrowser.open(link)
@@ -69,7 +69,9 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
 # What MLflow 3.17's UI reads from the link (its experiment page routes): ``workflowType=machine_learning``
 # shows the training runs rather than the GenAI overview, ``searchFilter`` fills the runs table's search box.
 TRAJECTORY_FILTER = "tags.`sddkit.kind` = 'trajectory'"
-ML_KIND = ("mlflow.experimentKind", "custom_model_development")  # tracking.EXPERIMENT_KIND: the ML view by default
+# The experiment's kind (tracking.EXPERIMENT_KIND), for UIs that choose the view by it. 3.17.2's, which has the
+# GenAI | Model training switch, chooses by the link's workflowType, else the browser's last choice of the switch.
+ML_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def trajectories_link(url: str, experiment: str) -> str:
