@@ -65,27 +65,33 @@ def servers_on(port: int) -> list[int]:
     return found
 
 
-def start_ui(project, tmp_path) -> tuple[int, subprocess.Popen]:
+def start_ui(project, tmp_path, *extra: str, **env_extra: str) -> tuple[int, subprocess.Popen]:
     """`sddkit ui` on a free port in its own session, its stderr in ui.log; (port, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}, **env_extra}
     log = open(tmp_path / "ui.log", "w")
-    return port, subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port)], cwd=project,
-                                  env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    return port, subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port), *extra],
+                                  cwd=project, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                                  start_new_session=True)
 
 
 def test_ui_serves_the_trajectory_and_stops_on_ctrl_c(project, tmp_path):
     cfg = config.load_config(overrides=TINY)
     store, _ = runner.run_trajectory(cfg, project, quiet=True)  # the default store: <project>/mlflow.db
-    port, ui = start_ui(project, tmp_path)
+    opened = tmp_path / "opened.txt"  # the "browser" --open starts (webbrowser runs $BROWSER, %s: the link)
+    port, ui = start_ui(project, tmp_path, "--open", BROWSER=f"sh -c 'echo \"$0\" > {opened}' %s")
     try:
         link = first_url(ui.stdout)
         url = f"http://127.0.0.1:{port}"
         assert link is not None and link.startswith(f"{url}/#/experiments/"), (tmp_path / "ui.log").read_text()
         check_rest_api(url, store.run_id, cfg.prune.rounds)
         check_link(url, link)
+        deadline = time.monotonic() + 30
+        while not opened.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert opened.read_text().strip() == link
 
         ui.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         assert ui.wait(timeout=60) == 0
