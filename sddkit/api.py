@@ -19,7 +19,7 @@ import torch
 from sddkit import config, paths
 from sddkit.compare import check_filters, matches
 from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, finished_only, param_text, read_mask, \
-    read_weights, round_row, select_trajectories
+    read_weights, round_row, select_trajectories, trajectory_name
 
 # Config keys every frame carries: what tells trajectories apart in most studies. Keys whose values differ
 # between the frame's trajectories are added to them.
@@ -197,11 +197,11 @@ def differing_keys(runs: list, skip=()) -> list[str]:
 
 
 def trajectory_labels(runs: list) -> dict[str, str]:
-    """Run ID -> the trajectory's name in the frame: its run name, with its seed where several share the name
+    """Run ID -> the trajectory's name in the frame: its name (``sddkit.name``), with its seed where several share it
     (with a short run ID where the seeds do not tell them apart either)."""
     by_name: dict[str, list] = {}
     for r in runs:
-        by_name.setdefault(r.info.run_name, []).append(r)
+        by_name.setdefault(trajectory_name(r), []).append(r)
     labels = {}
     for name, same in by_name.items():
         seeds = [r.data.params.get("seed") for r in same]

@@ -252,8 +252,11 @@ def compare_command(selectors, where, experiment, output_dir, params_path) -> No
 @main.command("ui")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: a free one).")
 @click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
-def ui_command(port, params_path) -> None:
-    """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it."""
+@click.option("--experiment", default=None, help="MLflow experiment to link to (default: tracking.experiment).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the link in a web browser too.")
+def ui_command(port, params_path, experiment, open_browser) -> None:
+    """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it. Prints a link
+    to the experiment's trajectories in the UI's training-runs view."""
     root = project_root()
     cfg = resolve_config(None, (), params_path, root)
     from sddkit.paths import missing_project, tracking_uri
@@ -262,7 +265,8 @@ def ui_command(port, params_path) -> None:
              f"or tracking.uri in a --params file)")
     from sddkit import ui
     try:
-        code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port)
+        code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port,
+                        experiment=experiment or cfg.tracking.experiment, open_browser=open_browser)
     except ui.ServeError as exc:
         fail(str(exc))
     sys.exit(code)

@@ -22,7 +22,7 @@ from rich.table import Table
 from sddkit import analysis, config, plots, results
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, finished_only, round_row, select_trajectories, \
-    unknown_trajectory
+    trajectory_name, unknown_trajectory
 
 console = Console(stderr=True)
 CSV_NAME, PNG_NAME = "compare.csv", "compare.png"
@@ -107,7 +107,7 @@ def newest_group(selector: str, runs: list) -> list:
     """The replicates (one run per seed, the newest) of the newest config among ``runs``."""
     groups: dict[tuple, list] = {}
     for r in runs:  # newest first, so the first group met is the newest and each seed's first run too
-        groups.setdefault((r.info.run_name, group_of(r)), []).append(r)
+        groups.setdefault((trajectory_name(r), group_of(r)), []).append(r)
     chosen, *others = groups.values()
     if others:
         console.print(f"[yellow]note:[/] --runs {selector} covers {len(groups)} configs; comparing the newest "
@@ -137,7 +137,7 @@ def differences(ours, theirs, limit: int = 3) -> str:
 def selector_label(selector: str, run) -> str:
     """A name selector labels its curve; a tag, run ID or folder is labelled by the run's name."""
     plain = "=" not in selector and not (Path(selector) / RUN_FILE).is_file()
-    return selector if plain and selector != run.info.run_id else run.info.run_name
+    return selector if plain and selector != run.info.run_id else trajectory_name(run)
 
 
 def unique_label(label: str, taken: list[str]) -> str:

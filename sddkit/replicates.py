@@ -12,13 +12,12 @@ import multiprocessing
 import os
 import signal
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
-from sddkit import analysis, lifeline, plots, results, runner, trajectory
+from sddkit import analysis, lifeline, plots, results, runner
 from sddkit.config import Config, ConfigError
 from sddkit.paths import tracking_uri
 from sddkit.tracking import Tracker, log_files
@@ -38,18 +37,6 @@ class Replicate:
     rows: list[dict]
 
 
-class LineReporter(trajectory.Reporter):
-    """One plain line a round (rich bars from several processes would overwrite each other)."""
-
-    def __init__(self, seed: int):
-        self.seed, self.started = seed, time.perf_counter()
-
-    def round_done(self, round_index: int, metrics: dict) -> None:
-        print(f"seed {self.seed}: round {round_index:>2}  sparsity {100 * metrics['sparsity']:6.2f}%  "
-              f"test {metrics['test_acc']:5.1f}%  train(noisy) {metrics['train_acc_noisy']:5.1f}%  "
-              f"{time.perf_counter() - self.started:7.1f}s", file=sys.stderr, flush=True)
-
-
 def seeded(cfg: Config, seed: int, parallel: bool) -> Config:
     """``cfg`` with ``seed`` replaced; in parallel workers one torch thread where torch would take every core."""
     threads = cfg.train.threads or (1 if parallel else 0)
@@ -57,10 +44,10 @@ def seeded(cfg: Config, seed: int, parallel: bool) -> Config:
 
 
 def run_one(cfg: Config, root: Path, force: bool, results_dir: Path | None) -> Replicate:
-    """A worker: one trajectory, quiet apart from one line a round."""
+    """A worker: one trajectory, quiet apart from its timestamped lines (``runner.LineReporter``)."""
     folder = results_dir / f"seed-{cfg.seed}" if results_dir else None
     store, rows = runner.run_trajectory(cfg, root, force=force, results_dir=folder, quiet=True,
-                                        reporter=LineReporter(cfg.seed))
+                                        reporter=runner.LineReporter(f"seed {cfg.seed}"))
     return Replicate(cfg.seed, store.run_id, rows)
 
 
@@ -101,6 +88,9 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{done[0].run_id}/{ARTIFACT_DIR}/"
     console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)",
                   highlight=False)
+    names = ", ".join(tracker.client.get_run(r.run_id).info.run_name for r in done)
+    runner.print_lines(runner.where_lines(tracker, cfg, f"runs {names} ({', '.join(r.run_id for r in done)})",
+                                          cfg.name), to_stderr=table_format != "table")
     return done
 
 

@@ -1,8 +1,12 @@
 """What ``sddkit run`` does: open (or find) the trajectory's MLflow run, drive the engine with rich
-progress, then write the closing summary, table and files."""
+progress (in a terminal) or timestamped lines (a file, a pipe, CI), then write the closing summary, table,
+files and where to find them."""
 from __future__ import annotations
 
 import json
+import shlex
+import sys
+import time
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -11,13 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sddkit import analysis, prepare, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
-from sddkit.config import Config
+from sddkit.config import Config, load_config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
 from sddkit.lease import Lease, LeaseHeld, LeaseLost
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
-    store_problem
+    store_problem, trajectory_name
 
 USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost, trajectory.InitMismatch)
 console = Console(stderr=True)
@@ -43,6 +47,39 @@ class RichReporter(trajectory.Reporter):
     def round_done(self, round_index, metrics):
         self.progress.update(self.rounds, completed=round_index + 1,
                              info=f"test {metrics['test_acc']:.1f}%  train(noisy) {metrics['train_acc_noisy']:.1f}%")
+
+
+EPOCH_LINE_EVERY = 10  # LineReporter: one line every this many epochs of a round, and after its last
+
+
+class LineReporter(trajectory.Reporter):
+    """Plain timestamped lines for a log file, a pipe or CI, where bars would show nothing until the end: one a
+    round (round k/R, sparsity, test and noisy-train accuracy, the round's seconds) and one every
+    ``EPOCH_LINE_EVERY`` epochs. ``who`` starts each line (the trajectory's name, or ``seed 3`` for replicates
+    running side by side)."""
+
+    def __init__(self, who: str, every: int = EPOCH_LINE_EVERY):
+        self.who, self.every, self.started = who, every, time.perf_counter()
+        self.rounds = self.epochs = self.epochs_done = 0
+
+    def say(self, text: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.who}: {text}", file=sys.stderr, flush=True)
+
+    def round_started(self, round_index, rounds, sparsity, epochs):
+        self.rounds, self.epochs, self.epochs_done, self.started = rounds, epochs, 0, time.perf_counter()
+
+    def epoch_done(self, round_index, row):
+        self.epochs_done += 1
+        if self.epochs_done % self.every and self.epochs_done != self.epochs:
+            return
+        test = f"  test {row['test_acc']:5.1f}%" if "test_acc" in row else ""  # not every epoch (train.eval_every)
+        self.say(f"round {round_index}/{self.rounds}  epoch {self.epochs_done}/{self.epochs}  "
+                 f"train {row['train_acc_running']:5.1f}%{test}  {time.perf_counter() - self.started:7.1f}s")
+
+    def round_done(self, round_index, metrics):
+        self.say(f"round {round_index}/{self.rounds}  sparsity {100 * metrics['sparsity']:6.2f}%  "
+                 f"test {metrics['test_acc']:5.1f}%  train(noisy) {metrics['train_acc_noisy']:5.1f}%  "
+                 f"{metrics.get('round_seconds', time.perf_counter() - self.started):7.1f}s")
 
 
 def make_progress() -> Progress:
@@ -79,6 +116,7 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
         results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
     if not quiet:
         print_table(rows, ph, table_format)
+        print_where(tracker, cfg, store, to_stderr=table_format != "table")
     return store, rows
 
 
@@ -130,7 +168,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
 
 def announce(tracker: Tracker, cfg: Config, code: str, store: TrajectoryRun) -> None:
     console.print(f"trajectory [bold]{cfg.name}[/] (config {cfg.identity_hash()}, code {code}) -> run "
-                  f"{store.run_id} in {tracker.uri}", highlight=False)
+                  f"{store.run_id} in {tracker.uri}", highlight=False, soft_wrap=True)
 
 
 def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> dict[str, bytes]:
@@ -138,8 +176,9 @@ def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> dict[str, byt
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     tag_round_phases(store, ph)
     files = results.trajectory_files(rows, ph, cfg.name)
-    store.finish(files, {**results.summary(rows, ph), **analysis.phase_metrics(ph)},
-                 {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph)})
+    store.finish(files, results.parent_summary(rows, ph),
+                 {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph),
+                  "mlflow.note.content": results.landmarks_line(rows, ph)})  # the run's description in the UI
     return files
 
 
@@ -154,6 +193,8 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
     try:
         if quiet or reporter is not None:
             return trajectory.run(cfg, root, store, reporter, external, inputs)
+        if not console.is_terminal:  # a file, a pipe, CI: bars would show nothing until the end
+            return trajectory.run(cfg, root, store, LineReporter(cfg.name), external, inputs)
         with make_progress() as progress:
             return trajectory.run(cfg, root, store, RichReporter(progress), external, inputs)
     except LeaseLost:
@@ -189,7 +230,30 @@ def tracker_masks(tracker: Tracker, cfg: Config, code: str):
 def print_table(rows: list[dict], ph: analysis.Phases, table_format: str = "table") -> None:
     keys = ("sparsity", "train_acc_noisy", "train_acc_clean", "memorized", "test_acc")
     results.print_table(results.closing_table(rows, ph, keys, table_format, "trajectory"))
-    margins = analysis.double_descent_margins(rows, ph)
     # csv, json and md: stdout holds the table alone (for a file or a pipe), the landmarks go to stderr
-    (Console() if table_format == "table" else console).print(f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
-                    f"drop {margins['drop']:.1f} points", highlight=False)
+    (Console() if table_format == "table" else console).print(results.landmarks_line(rows, ph), highlight=False)
+
+
+def print_where(tracker: Tracker, cfg: Config, store: TrajectoryRun, to_stderr: bool = False) -> None:
+    """The closing lines: which run holds the results, and the commands that show and compare it."""
+    print_lines(where_lines(tracker, cfg, f"run {store.name} ({store.run_id})", store.run_id), to_stderr)
+
+
+def print_lines(lines: list[str], to_stderr: bool = False) -> None:
+    # soft wrap: a long URI stays one line; beside a csv/json/md table on stdout they go to stderr
+    Console(soft_wrap=True, stderr=to_stderr).print("\n".join(lines), highlight=False)
+
+
+def where_lines(tracker: Tracker, cfg: Config, what: str, selector: str) -> list[str]:
+    """Where ``what`` (say ``run lottery·ε=0.2·s0 (<ID>)``) is stored, and the ``sddkit ui`` and ``sddkit
+    compare --runs <selector> …`` commands, with the store and experiment spelled out where they are not the
+    project's defaults."""
+    defaults = load_config()
+    env = "" if tracker.uri == tracking_uri(None, tracker.root) else f"MLFLOW_TRACKING_URI={shlex.quote(tracker.uri)} "
+    experiment = cfg.tracking.experiment
+    option = "" if experiment == defaults.tracking.experiment else f" --experiment {shlex.quote(experiment)}"
+    others = [n for n in sorted({trajectory_name(r) for r in tracker.trajectories(experiment)}) if n != cfg.name]
+    against = shlex.quote(others[0]) if others else "OTHER"  # a name, run ID or --results folder to set beside it
+    return [f"results: {what} in experiment {experiment!r} of {tracker.uri}",
+            f"  browse:  {env}sddkit ui --open{option}",
+            f"  compare: {env}sddkit compare --runs {shlex.quote(selector)} {against}{option}"]

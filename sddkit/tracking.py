@@ -40,6 +40,9 @@ from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TRAJECTORY, ROUND = "trajectory", "round"
+# The experiment holds model training, not GenAI traces (MLflow UIs without the GenAI | Model training switch
+# choose their view by it; 3.17.2's follows the link's workflowType, which `sddkit ui`'s link sets).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 INIT_DIGEST = "sddkit.init_sha256"  # a trajectory's init is rebuilt from its seed, never stored: this checks it
 PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
                   "memorized", "learning_distance", "distance_from_start", "round_seconds")
@@ -114,13 +117,15 @@ class Tracker:
             return None
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if create and not found.tags.get("mlflow.experimentKind"):  # made by older sddkit
+                self.client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
             return found.experiment_id
         if not create:
             return None
         # A local store keeps artifacts beside it, never wherever the process happens to run.
         location = self.artifact_home.as_uri() if self.artifact_home is not None else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by a concurrent process
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -169,7 +174,7 @@ class Tracker:
             store.reopen()
             return store
         exp = self.experiment_id(cfg.tracking.experiment)
-        run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root, code), run_name=cfg.name)
+        run = self.client.create_run(exp, tags=trajectory_tags(cfg, self.root, code), run_name=run_label(cfg))
         self.complete_identity(run, cfg, code)
         return TrajectoryRun(self, run.info.run_id, lease)
 
@@ -257,6 +262,7 @@ class TrajectoryRun:
         self.code_hash = run.data.tags.get("sddkit.code_hash", "")
         self._rounds = self.tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
         self.completed = [round_row(r) for r in contiguous([r for r in self._rounds if r.info.status == "FINISHED"])]
+        self._started: tuple[int, str] | None = None  # (round, run ID) of the round run under way
 
     def close_interrupted_rounds(self) -> None:
         """Mark the rounds left RUNNING by a dead owner KILLED (they are redone, never counted)."""
@@ -350,24 +356,45 @@ class TrajectoryRun:
         self.store_round(round_index, metrics, epoch_metrics, files, {"sddkit.copied_from": source_id})
         return metrics
 
-    def store_round(self, round_index: int, metrics: dict, epoch_metrics: list[Metric], files: dict[str, bytes],
-                    tags: dict[str, str]) -> None:
-        """A round's nested run: its metrics, history and files; FINISHED only once all are stored."""
+    def start_round(self, round_index: int, sparsity_target: float | None = None) -> None:
+        """Create the round's nested run now, RUNNING, so its duration is the round's: with the round's
+        params (``round``, ``sparsity_target``) and the parent's config params, to search rounds by them. A
+        round cut off midway stays RUNNING (``close_interrupted_rounds`` marks it KILLED on resume)."""
         self.check_owner()
-        tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index), **tags}
+        tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
         name = f"{self.name}/round-{round_index:02d}"
         child = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        own = {"round": str(round_index)}
+        if sparsity_target is not None:
+            own["sparsity_target"] = f"{sparsity_target:.6g}"
+        params = {**self.client.get_run(self.run_id).data.params, **own}
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(child, params=items[i:i + 100])
+        self._started = (round_index, child)
+
+    def store_round(self, round_index: int, metrics: dict, epoch_metrics: list[Metric], files: dict[str, bytes],
+                    tags: dict[str, str]) -> None:
+        """A round's nested run (the one ``start_round`` created): its metrics, history and files; FINISHED
+        only once all are stored."""
+        self.check_owner()
+        if self._started is None or self._started[0] != round_index:
+            self.start_round(round_index)
+        child = self._started[1]
         stamp = now_ms()
         epoch_metrics = [Metric(m.key, m.value, stamp, m.step) for m in epoch_metrics]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
         try:
+            self.client.log_batch(child, tags=[RunTag(k, v) for k, v in tags.items()])
             log_metrics(self.client, child, epoch_metrics + round_metrics)
             log_files(self.client, child, files)
         except (OSError, MlflowException) as exc:  # a full disk, a store gone read-only
             terminate_quietly(self.client, child, "FAILED")
+            self._started = None
             raise TrackingError(f"round {round_index} could not be stored ({store_problem(exc)}); fix that, then "
                                 f"rerun the same command: it continues after round {round_index - 1}") from exc
         self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
+        self._started = None
         # One batch, one transaction: test_acc is there exactly when the others are (complete_parent_curve).
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), stamp, round_index)
                                                     for k in PARENT_METRICS if k in metrics])
@@ -375,6 +402,8 @@ class TrajectoryRun:
 
     # ---- end of a trajectory
     def finish(self, files: dict[str, bytes], summary: dict[str, float], tags: dict[str, str]) -> None:
+        """Close the trajectory: its files, its one-value metrics (``summary``: named ``summary/…`` and
+        ``phase/…`` by ``results.parent_summary``), tags (``mlflow.note.content`` is its description)."""
         self.check_owner()
         log_files(self.client, self.run_id, files)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in summary.items()],
@@ -383,6 +412,10 @@ class TrajectoryRun:
         self.finished = True
 
     def stop(self, status: str) -> None:
+        """End the run (and the round under way) as ``status``: KILLED on Ctrl-C, FAILED on an error."""
+        if self._started is not None:
+            terminate_quietly(self.client, self._started[1], status)
+            self._started = None
         terminate_quietly(self.client, self.run_id, status)
 
     def _round_id(self, round_index: int) -> str:
@@ -628,6 +661,39 @@ def trajectory_tags(cfg: Config, root: Path, code: str) -> dict[str, str]:
     }
 
 
+def run_label(cfg: Config) -> str:
+    """The parent run's name in the MLflow UI: the trajectory's name (``Config.name``, the ``sddkit.name`` tag,
+    kept exactly as given) and what tells it from its neighbours in the experiment: under `dvc exp run` the
+    DVC experiment's name (``lottery·bushy-lamb``), else the noise ratio and seed (``lottery·ε=0.4·s1``).
+    Only a label: runs are found by their tags (config hash), never by this name."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{cfg.name}·{exp}" if exp else f"{cfg.name}·ε={param_text(cfg.noise.ratio)}·s{cfg.seed}"
+
+
+def trajectory_name(run) -> str:
+    """A trajectory run's name as given (``sddkit.name``; runs of older sddkit: their run name)."""
+    return run.data.tags.get("sddkit.name") or run.info.run_name
+
+
+SUMMARY_PREFIX, PHASE_PREFIX = "summary/", "phase/"
+
+
+def stored_summary(run) -> dict[str, float]:
+    """A finished trajectory's one-value metrics under their ``results.summary`` / ``analysis.phase_metrics``
+    names (``dense_test_acc``, ``phase_light_first``), read from ``summary/…`` and ``phase/…``, or from the
+    unprefixed names runs of older sddkit logged."""
+    out = {}
+    for key, value in run.data.metrics.items():
+        if key.startswith(SUMMARY_PREFIX):
+            out[key[len(SUMMARY_PREFIX):]] = value
+        elif key.startswith(PHASE_PREFIX):
+            out[f"phase_{key[len(PHASE_PREFIX):]}"] = value
+    if out:
+        return out
+    curve = {*PARENT_METRICS, "noise_realised_rate"}
+    return {k: v for k, v in run.data.metrics.items() if k not in curve and "/" not in k}
+
+
 def dvc_tags() -> dict[str, str]:
     """Inside a DVC stage: the stage and, under `dvc exp run`, the experiment's name."""
     names = {"DVC_STAGE": "sddkit.dvc_stage", "DVC_EXP_NAME": "sddkit.dvc_exp_name"}
@@ -672,7 +738,7 @@ def find_trajectories(tracker: Tracker, selector: str, experiment: str) -> list:
 
 
 def known_names(tracker: Tracker, experiment: str) -> list[str]:
-    return sorted({r.info.run_name for r in tracker.trajectories(experiment)})
+    return sorted({trajectory_name(r) for r in tracker.trajectories(experiment)})
 
 
 def select_trajectories(tracker: Tracker, selector: str, experiment: str, finished: bool = True,

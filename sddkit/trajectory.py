@@ -37,6 +37,7 @@ class Store(Protocol):
     def init_digest(self) -> str | None: ...  # the digest recorded when the trajectory started, or None
     def record_init_digest(self, digest: str) -> None: ...
     def load_round(self, round_index: int) -> tuple[pruning.Masks, State]: ...
+    def start_round(self, round_index: int, sparsity_target: float) -> None: ...  # before the round's work
     def log_round(self, round_index: int, metrics: dict, history: list[dict], masks: pruning.Masks,
                   weights: State) -> None: ...
     def adopt_round(self, round_index: int, source: object) -> dict: ...  # a copy of an identical round; metrics
@@ -226,6 +227,8 @@ def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module
 
 
 def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous: State | None):
+    # Told first, so the stored round spans its pruning and training (and an interrupted one shows as begun).
+    store.start_round(r, 1.0 - pruning.density_after(r, ctx.cfg.prune.rate))
     if r == 0 and ctx.external is not None:
         source = ctx.external.same_round_zero(checkpoint.digest(ctx.init))
         if source is not None:  # reinit's round 0 is its lottery twin's, bit for bit: copied, not retrained

@@ -6,6 +6,7 @@ that whole group; if this command is killed -9, the guard ends it. So no server 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import webbrowser
 from pathlib import Path
 
 from rich.console import Console
@@ -33,8 +36,10 @@ class ServeError(RuntimeError):
     would import mlflow and torch into a command that only starts a server.)"""
 
 
-def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 180.0) -> int:
-    """Run the server until Ctrl-C (exit code 0) or until it exits on its own (its exit code)."""
+def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 180.0, experiment: str = "sddkit",
+          open_browser: bool = False) -> int:
+    """Run the server until Ctrl-C (exit code 0) or until it exits on its own (its exit code). Prints the
+    link to ``experiment``'s trajectories (``trajectories_link``), and opens it in a browser if asked."""
     port = checked_port(port)
     check_store_writable(uri, root)
     follow_moved_project(uri, root)
@@ -43,8 +48,12 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
     try:
         server = start(uri, root, port)
         url = wait_ready(server, port, ready_timeout)
-        console.print(f"MLflow UI of {uri} at [bold]{url}[/] (Ctrl-C stops it)", highlight=False)
-        print(url, flush=True)
+        link = trajectories_link(url, experiment)
+        console.print(f"MLflow UI of {uri} at [bold]{url}[/] (Ctrl-C stops it); the trajectories of experiment "
+                      f"{experiment!r}:", highlight=False, soft_wrap=True)
+        print(link, flush=True)
+        if open_browser:
+            webbrowser.open(link)
         code = server.wait()
         console.print(f"mlflow server stopped by itself (exit code {code})", highlight=False)
         return code
@@ -55,6 +64,41 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
             stop(server)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# What MLflow 3.17's UI reads from the link (its experiment page routes): ``workflowType=machine_learning``
+# shows the training runs rather than the GenAI overview, ``searchFilter`` fills the runs table's search box.
+TRAJECTORY_FILTER = "tags.`sddkit.kind` = 'trajectory'"
+# The experiment's kind (tracking.EXPERIMENT_KIND), for UIs that choose the view by it. 3.17.2's, which has the
+# GenAI | Model training switch, chooses by the link's workflowType, else the browser's last choice of the switch.
+ML_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def trajectories_link(url: str, experiment: str) -> str:
+    """The UI's runs table of ``experiment`` in the machine-learning view, filtered to trajectories (round runs
+    stay nested under theirs). The experiment's own page when the server does not know it (yet): ``url``."""
+    found = api(url, "experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": experiment}))
+    if found is None:
+        return url
+    exp = found["experiment"]
+    if not any(t.get("key") == ML_KIND[0] for t in exp.get("tags", [])):  # created by older sddkit
+        api(url, "experiments/set-experiment-tag",
+            {"experiment_id": exp["experiment_id"], "key": ML_KIND[0], "value": ML_KIND[1]})
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": TRAJECTORY_FILTER},
+                                   quote_via=urllib.parse.quote)
+    return f"{url}/#/experiments/{exp['experiment_id']}/runs?{query}"
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict | None:
+    """One call of the server's REST API (POST when ``body`` is given); None when it answers with an error."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return None
 
 
 def follow_moved_project(uri: str, root: Path) -> None:

@@ -293,7 +293,7 @@ def test_phases_are_logged_on_the_parent_and_round_runs(stored):
     parent = tracker.client.get_run(parent_id)
     ph = analysis.phases([round_row(r) for r in tracker.round_runs(parent_id)])
     assert {k: parent.data.tags[k] for k in analysis.phase_tags(ph)} == analysis.phase_tags(ph)
-    assert parent.data.metrics["phase_light_first"] == 0
+    assert parent.data.metrics["phase/light_first"] == 0
     assert parent.data.tags["sddkit.group"] == cfg.group_hash()
     labels = [r.data.tags["sddkit.phase"] for r in tracker.round_runs(parent_id)]
     assert labels == [ph.label(i) for i in range(3)]

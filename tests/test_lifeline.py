@@ -133,7 +133,7 @@ def test_killing_dvc_repro_stops_its_stage_and_the_next_repro_runs_each_round_on
 
     run(["dvc", "repro"], repo, env)
     parents = store(repo).trajectories("sddkit")
-    assert sorted(r.info.run_name for r in parents) == ["lottery", "reinit"]  # the lottery run was continued
+    assert sorted(r.data.tags["sddkit.name"] for r in parents) == ["lottery", "reinit"]  # lottery was continued
     assert lottery.info.run_id in {r.info.run_id for r in parents}
     for parent in parents:
         assert parent.info.status == "FINISHED"

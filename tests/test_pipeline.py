@@ -166,7 +166,8 @@ def test_dvc_exp_run_in_a_temp_copy_logs_into_the_one_store(repo):
     assert ran(out) == list(STAGES)
     exp = re.search(r"Ran experiment\(s\): ([\w-]+)", out).group(1)
     runs = store(repo).trajectories("sddkit")
-    assert sorted(r.info.run_name for r in runs) == ["lottery", "reinit"]  # in the repo's store, not the copy's
+    assert sorted(r.data.tags["sddkit.name"] for r in runs) == ["lottery", "reinit"]  # the repo's store, not the copy's
+    assert sorted(r.info.run_name for r in runs) == [f"lottery·{exp}", f"reinit·{exp}"]  # named after the DVC exp
     assert all(r.data.params["noise.ratio"] == "0.1" and r.data.tags["sddkit.dvc_exp_name"] == exp for r in runs)
     ref = run(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/**/{exp}"], repo, env).strip()
     exp_lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], repo, env))

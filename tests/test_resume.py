@@ -196,7 +196,7 @@ def test_sddkit_run_killed_mid_round_is_continued_by_the_same_command(tmp_path):
             runs = client.search_runs([exp.experiment_id], "tags.`sddkit.kind` = 'round' and tags.`sddkit.round` = '1'")
             return next((r for r in runs if r.info.status == "FINISHED"), None)
         round_1 = wait_until("finished round 1", round_1_finished, first, first_log, 120)
-        # Round 2 is training now (its run is created only when it ends): kill a third of a round in.
+        # Round 2 is training now (its run, created when it started, is RUNNING): kill a third of a round in.
         time.sleep(min(max(0.3 * round_1.data.metrics["round_seconds"], 0.1), 2.0))
         assert first.poll() is None, f"sddkit run ended before the kill:\n{first_log.read_text()[-3000:]}"
         os.killpg(first.pid, signal.SIGKILL)

@@ -366,3 +366,93 @@ def test_four_configs_started_at_once_into_a_fresh_store_all_finish_with_nothing
         rounds = round_runs(client, parent.info.run_id)
         assert [(int(r.data.tags["sddkit.round"]), r.info.status) for r in rounds] == [(0, "FINISHED"),
                                                                                       (1, "FINISHED")]
+
+
+# ---------------------------------------------------------------- what the MLflow UI shows
+
+class WatchRoundStart(runner.trajectory.Reporter):
+    """Records, as each round starts training, the round runs the store holds then."""
+
+    def __init__(self, client, experiment):
+        self.client, self.experiment, self.seen = client, experiment, {}
+
+    def round_started(self, round_index, rounds, sparsity, epochs):
+        parent = trajectories(self.client, self.experiment)[0].info.run_id
+        self.seen[round_index] = [(r.data.tags["sddkit.round"], r.info.status, r.data.params.get("round"))
+                                  for r in round_runs(self.client, parent)][round_index:]
+
+
+def test_a_round_run_exists_from_its_start_with_the_rounds_and_the_trajectorys_params(project, tmp_path):
+    cfg = small_config(tmp_path)
+    client = MlflowClient(cfg.tracking.uri)
+    watch = WatchRoundStart(client, cfg.tracking.experiment)
+    store, rows = runner.run_trajectory(cfg, project, quiet=True, reporter=watch)
+    # While round k trains, its run is there, RUNNING, with its params: its duration is the round's.
+    assert watch.seen == {k: [(str(k), "RUNNING", str(k))] for k in range(4)}
+    parent = client.get_run(store.run_id)
+    for run, row in zip(round_runs(client, store.run_id), rows):
+        k = row["round"]
+        assert run.data.params == {**parent.data.params, "round": str(k),
+                                   "sparsity_target": f"{1 - 0.8 ** k:.6g}"}  # quick's prune.rate 0.2
+        assert run.data.params["retrain.mode"] == "lottery"
+        assert run.info.end_time - run.info.start_time >= 1000 * row["round_seconds"] - 50
+    # Searchable: the rounds of a config by its params.
+    found = client.search_runs([store.experiment_id], "params.`retrain.mode` = 'lottery' and params.round = '2'")
+    assert [r.info.run_id for r in found] == [round_runs(client, store.run_id)[2].info.run_id]
+
+
+def test_ctrl_c_in_the_middle_of_a_round_marks_that_round_killed_and_the_rerun_redoes_it(project, tmp_path):
+    class CtrlCInRound1(runner.trajectory.Reporter):
+        def epoch_done(self, round_index, row):
+            if round_index == 1:
+                raise KeyboardInterrupt
+
+    cfg = small_config(tmp_path)
+    client = MlflowClient(cfg.tracking.uri)
+    with pytest.raises(SystemExit):
+        runner.run_trajectory(cfg, project, quiet=True, reporter=CtrlCInRound1())
+    parent = trajectories(client, cfg.tracking.experiment)[0].info.run_id
+    assert [(r.data.tags["sddkit.round"], r.info.status) for r in round_runs(client, parent)] == [
+        ("0", "FINISHED"), ("1", "KILLED")]
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    assert store.run_id == parent and len(rows) == 4
+    statuses = sorted((r.data.tags["sddkit.round"], r.info.status) for r in round_runs(client, parent))
+    assert statuses == [("0", "FINISHED"), ("1", "FINISHED"), ("1", "KILLED"), ("2", "FINISHED"), ("3", "FINISHED")]
+
+
+def test_the_trajectory_run_groups_its_one_value_metrics_apart_and_describes_its_landmarks(project, tmp_path):
+    from sddkit import analysis, results
+    cfg = small_config(tmp_path, **{"noise.ratio": 0.4, "seed": 1})
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(store.run_id)
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
+    curve = set(tracking.PARENT_METRICS) | {"noise_realised_rate"}
+    assert {k for k in run.data.metrics if "/" not in k} == curve  # the rest is under summary/ and phase/
+    assert tracking.stored_summary(run) == pytest.approx({**results.summary(rows, ph), **analysis.phase_metrics(ph)},
+                                                         nan_ok=True)
+    assert run.data.tags["mlflow.note.content"] == results.landmarks_line(rows, ph)
+    # Named by what tells it apart; found by its tags, and by its name as given.
+    assert run.info.run_name == "lottery·ε=0.4·s1" and run.data.tags["sddkit.name"] == "lottery"
+    assert [r.info.run_id for r in tracking.find_trajectories(Tracker(cfg.tracking.uri, project), "lottery",
+                                                              cfg.tracking.experiment)] == [store.run_id]
+    # The experiment opens on the UI's training runs, not its GenAI overview.
+    assert client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_summary_metrics_of_runs_logged_before_the_prefixes_are_still_read(project, tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    old = client.create_run(client.create_experiment("old"))
+    for key, value in {"test_acc": 90.0, "dense_test_acc": 91.0, "phase_light_first": 0.0, "dip": 2.0,
+                       "noise_realised_rate": 0.2}.items():
+        client.log_metric(old.info.run_id, key, value)
+    assert tracking.stored_summary(client.get_run(old.info.run_id)) == {"dense_test_acc": 91.0,
+                                                                         "phase_light_first": 0.0, "dip": 2.0}
+
+
+def test_under_dvc_exp_run_the_run_is_named_after_the_dvc_experiment(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-lamb")
+    cfg = load_config(overrides={"tracking.run_name": "reinit", "retrain.mode": "reinit"})
+    assert tracking.run_label(cfg) == "reinit·bushy-lamb"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.run_label(cfg) == "reinit·ε=0.2·s0"

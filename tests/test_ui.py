@@ -65,25 +65,33 @@ def servers_on(port: int) -> list[int]:
     return found
 
 
-def start_ui(project, tmp_path) -> tuple[int, subprocess.Popen]:
+def start_ui(project, tmp_path, *extra: str, **env_extra: str) -> tuple[int, subprocess.Popen]:
     """`sddkit ui` on a free port in its own session, its stderr in ui.log; (port, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}, **env_extra}
     log = open(tmp_path / "ui.log", "w")
-    return port, subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port)], cwd=project,
-                                  env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    return port, subprocess.Popen([sys.executable, "-m", "sddkit.cli", "ui", "--port", str(port), *extra],
+                                  cwd=project, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                                  start_new_session=True)
 
 
 def test_ui_serves_the_trajectory_and_stops_on_ctrl_c(project, tmp_path):
     cfg = config.load_config(overrides=TINY)
     store, _ = runner.run_trajectory(cfg, project, quiet=True)  # the default store: <project>/mlflow.db
-    port, ui = start_ui(project, tmp_path)
+    opened = tmp_path / "opened.txt"  # the "browser" --open starts (webbrowser runs $BROWSER, %s: the link)
+    port, ui = start_ui(project, tmp_path, "--open", BROWSER=f"sh -c 'echo \"$0\" > {opened}' %s")
     try:
-        url = first_url(ui.stdout)
-        assert url == f"http://127.0.0.1:{port}", (tmp_path / "ui.log").read_text()
+        link = first_url(ui.stdout)
+        url = f"http://127.0.0.1:{port}"
+        assert link is not None and link.startswith(f"{url}/#/experiments/"), (tmp_path / "ui.log").read_text()
         check_rest_api(url, store.run_id, cfg.prune.rounds)
+        check_link(url, link)
+        deadline = time.monotonic() + 30
+        while not opened.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert opened.read_text().strip() == link
 
         ui.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         assert ui.wait(timeout=60) == 0
@@ -109,6 +117,21 @@ def check_rest_api(url: str, parent_id: str, rounds: int) -> None:
         names = {f["path"] for f in listed["files"]}
         assert {"mask.npz", "weights.pt", "metrics.json"} <= names
         assert all(int(f["file_size"]) > 0 for f in listed["files"])
+
+
+def check_link(url: str, link: str) -> None:
+    """The link opens the experiment's training runs (not the GenAI overview), filtered to trajectories."""
+    experiment = get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="sddkit")["experiment"]
+    route, _, query = link.removeprefix(f"{url}/#").partition("?")
+    assert route == f"/experiments/{experiment['experiment_id']}/runs"
+    params = urllib.parse.parse_qs(query)
+    assert params["workflowType"] == ["machine_learning"]
+    assert params["searchFilter"] == ["tags.`sddkit.kind` = 'trajectory'"]
+    found = post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                                      "filter": params["searchFilter"][0]})["runs"]
+    assert len(found) == 1  # the filter is valid MLflow search syntax and keeps the trajectory only
+    # Its default view is the ML one too (a link without workflowType, a bookmark).
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
 
 
 def test_ui_port_in_use_is_a_clear_error(project):
@@ -176,7 +199,8 @@ def test_the_server_dies_with_the_command(project, tmp_path, sig, when):
     groups: set[int] = set()
     try:
         if when == "serving":
-            assert first_url(ui.stdout) == f"http://127.0.0.1:{port}", (tmp_path / "ui.log").read_text()
+            served = first_url(ui.stdout) or ""
+            assert served.startswith(f"http://127.0.0.1:{port}"), (tmp_path / "ui.log").read_text()
         deadline = time.monotonic() + 60
         while not uvicorn_on(port) and time.monotonic() < deadline:  # mlflow server's own child
             time.sleep(0.1)
