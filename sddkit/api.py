@@ -19,7 +19,7 @@ import torch
 from sddkit import config, paths
 from sddkit.compare import check_filters, matches
 from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, finished_only, param_text, read_mask, \
-    read_weights, round_row, select_trajectories, trajectory_name
+    read_weights, round_row, select_trajectories, stored_summary, trajectory_name
 
 # Config keys every frame carries: what tells trajectories apart in most studies. Keys whose values differ
 # between the frame's trajectories are added to them.
@@ -88,19 +88,15 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
     differ = [k for k in differing_keys(runs) if k not in ("seed", "tracking.run_name")]
     rows = []
     for run in runs:
-        params, metrics = run.data.params, run.data.metrics
+        params, summary = run.data.params, stored_summary(run)
         rounds = params.get("prune.rounds")
-        rows.append({"name": run.info.run_name, "run_id": run.info.run_id, **{k: params.get(k) for k in differ},
+        rows.append({"name": trajectory_name(run), "run_name": run.info.run_name, "run_id": run.info.run_id,
+                     **{k: params.get(k) for k in differ},
                      "seed": params.get("seed"), "status": run.info.status,
                      "rounds_done": len(tracker.round_runs(run.info.run_id, experiment_id=run.info.experiment_id)),
                      "rounds_total": int(rounds) + 1 if rounds is not None else None,
-                     **{f"{n}_test_acc": summary_metric(metrics, f"{n}_test_acc") for n in LANDMARKS}})
+                     **{f"{n}_test_acc": summary.get(f"{n}_test_acc") for n in LANDMARKS}})
     return rows, differ
-
-
-def summary_metric(metrics: dict, key: str) -> float | None:
-    """A parent's summary metric, stored as ``key`` or grouped under ``summary/``."""
-    return metrics.get(key, metrics.get(f"summary/{key}"))
 
 
 # ---------------------------------------------------------------- the store

@@ -51,12 +51,14 @@ def summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
 def parent_summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
     """The trajectory run's one-value metrics: ``summary/<summary key>`` and ``phase/<name>_first|last``, so
     the MLflow UI charts them apart from the per-round curve (``tracking.stored_summary`` reads them back)."""
+    from sddkit import analysis
     phases = {f"phase/{k.removeprefix('phase_')}": v for k, v in analysis.phase_metrics(ph).items()}
     return {**{f"summary/{k}": v for k, v in summary(rows, ph).items()}, **phases}
 
 
 def landmarks_line(rows: list[dict], ph: analysis.Phases) -> str:
     """The landmarks and the double-descent margins in one line (the closing line, the run's description)."""
+    from sddkit import analysis
     margins = analysis.double_descent_margins(rows, ph)
     return (f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
             f"drop {margins['drop']:.1f} points")
