@@ -161,7 +161,14 @@ def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[s
 
     series = {name: {k: [r[k] for r in rows] for k in ("remaining", "test_acc", "train_acc_noisy")}}
     return {"trajectory.csv": table_csv(rows, ph).encode(), "curve.png": plots.curve_png(series, name),
-            "summary.json": json.dumps(summary(rows, ph), indent=1).encode()}
+            "summary.json": summary_json(rows, ph)}
+
+
+def summary_json(rows: list[dict], ph: analysis.Phases) -> bytes:
+    """Strict JSON, a margin that does not exist (nan: no dip found) as null: DVC would read nan, and
+    `dvc metrics diff` report nan != nan as a change on every revision."""
+    values = {k: v if math.isfinite(v) else None for k, v in summary(rows, ph).items()}
+    return json.dumps(values, indent=1, allow_nan=False).encode()
 
 
 def write_folder(folder: Path, files: dict[str, bytes]) -> None:

@@ -110,7 +110,7 @@ def repo(tmp_path):
     env.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(repo),
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
         run(cmd, repo, env)
     return repo, env
 
@@ -151,7 +151,7 @@ def test_dvc_pipeline(repo):
     assert "results/lottery/summary.json" in shown and "dense_test_acc" in shown
     run(["dvc", "plots", "show", "-o", "plots"], repo, env)
     page = (repo / "plots" / "index.html").read_text()
-    assert "results/lottery/trajectory.csv" in page and "results/reinit/trajectory.csv" in page
+    assert "lottery/trajectory.csv::test_acc" in page and "reinit/trajectory.csv::train_acc_noisy" in page
 
     first_noise = lock_md5(lock(repo), "prepare", "data/prepared/noisy_labels.npy")
     set_param(repo, ["noise", "seed"], 1)
@@ -177,6 +177,49 @@ def test_dvc_exp_run_in_a_temp_copy_logs_into_the_one_store(repo):
         assert digests == {p: lock_md5(exp_lock, "prepare", p)
                            for p in ("data/prepared/splits.npz", "data/prepared/noisy_labels.npy")}
     assert not (repo / "results").exists()  # the workspace is untouched by a --temp experiment
+
+
+RESULT_FILES = {f"results/{name}/{file}" for name in ("lottery", "reinit")
+                for file in ("summary.json", "trajectory.csv", "curve.png", ".gitignore")} | \
+               {"results/compare/compare.csv", "results/compare/compare.png"}
+
+
+def test_metrics_and_plots_diff_against_main_in_a_fresh_clone(repo, tmp_path):
+    """The metric and plot files are committed (cache: false): a fresh clone, without the DVC cache or the
+    MLflow store, diffs its workspace against main, where both sides are read from git."""
+    repo, env = repo
+    run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "results"], repo, env)
+    committed = set(run(["git", "ls-files", "results"], repo, env).split())
+    assert committed == RESULT_FILES  # run.json names a run in this machine's store: DVC-cached, not committed
+    assert run(["git", "ls-files", "mlflow.db", "mlruns", "data"], repo, env).strip() == ""
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    env = {**env, "PYTHONPATH": str(clone)}
+    # Nothing changed, nothing differs: a margin that does not exist on 2 rounds is null, not nan != nan.
+    assert json.loads(run(["dvc", "metrics", "diff", "main", "--json"], clone, env)) == {}
+    summary_file, csv_file = clone / "results/lottery/summary.json", clone / "results/lottery/trajectory.csv"
+    summary = json.loads(summary_file.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    summary["dense_test_acc"] += 1.0  # what a rerun with other settings writes
+    summary_file.write_text(json.dumps(summary))
+    lines = csv_file.read_text().splitlines()
+    csv_file.write_text("\n".join(lines[:-1]) + "\n")  # one round fewer
+    diff = json.loads(run(["dvc", "metrics", "diff", "main", "--json"], clone, env))
+    assert diff == {"results/lottery/summary.json": {"dense_test_acc": {
+        "old": summary["dense_test_acc"] - 1.0, "new": summary["dense_test_acc"], "diff": pytest.approx(1.0)}}}
+
+    plots = json.loads(run(["dvc", "plots", "diff", "main", "--json"], clone, env))
+    assert "errors" not in plots
+    curve = plots["data"]["accuracy against remaining weights"][0]["content"]
+    assert curve["encoding"]["x"]["scale"]["type"] == "log"  # the template in .dvc/plots
+    drawn = [(d["rev"], d["filename::field"]) for d in curve["data"]["values"]]
+    rounds = len(lines) - 1
+    assert {key: drawn.count(key) for key in set(drawn)} == {
+        (rev, f"{name}/trajectory.csv::{field}"): rounds - (rev == "workspace" and name == "lottery")
+        for rev in ("main", "workspace") for name in ("lottery", "reinit") for field in ("test_acc", "train_acc_noisy")}
+    assert {p["revisions"][0] for p in plots["data"]["results/compare/compare.png"]} == {"main", "workspace"}
 
 
 def check_results_and_pins(repo: Path) -> None:
