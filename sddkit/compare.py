@@ -30,7 +30,7 @@ CSV_NAME, FIGURE_STEM = "compare.csv", "compare"  # and compare.png / .pdf / .sv
 class Curve:
     label: str
     runs: list             # the replicates' parent runs, one per seed, newest first
-    rows: list[dict]       # mean by round; ``test_acc_std`` and ``train_acc_noisy_std`` beside the means
+    rows: list[dict]       # mean by round; ``test_acc_std``, ``train_acc_noisy_std`` beside (not for one run)
     phases: analysis.Phases
 
     @property
