@@ -215,19 +215,39 @@ def prepare_command(out_dir, preset, sets, params_path) -> None:
         out.print(f"{f.md5}  {f.path}", highlight=False)
 
 
-@main.command("compare", cls=spreading("--runs", "--where"))
+COMPARE_TABLES, COMPARE_FIGURES = ("table", "csv", "json", "md"), ("png", "pdf", "svg")  # results, plots
+
+
+@main.command("compare", cls=spreading("--runs", "--where", "--label", "--format"))
 @click.option("--runs", "selectors", multiple=True, required=True, metavar="RUN [RUN ...]",
               help="Trajectories to compare: run name, tag or param KEY=VALUE, run ID, or a --results folder.")
 @click.option("--where", multiple=True, metavar="KEY=VALUE [...]",
               help="Keep only runs whose tag or param KEY is VALUE (e.g. noise.ratio=0.4).")
+@click.option("--label", "labels", multiple=True, metavar="TEXT [TEXT ...]",
+              help="Legend label of each curve, one per --runs selector (default: its name and the params that "
+                   "differ between the curves).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(COMPARE_TABLES + COMPARE_FIGURES),
+              metavar="FORMAT [FORMAT ...]",
+              help="How the table prints: table (default, full width), csv, json or md; and the figure file(s) "
+                   "--output writes: png (default), pdf, svg. E.g. --format md pdf.")
+@click.option("--paper", is_flag=True, help="Overlay the paper's read-offs for the runs' preset and noise.ratio, "
+                                            "and print ours − paper at the landmarks.")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
 @click.option("--output", "output_dir", default=None, type=click.Path(file_okay=False),
-              help="Write compare.csv and compare.png into this folder.")
+              help="Write compare.csv and the figure (compare.png, or the --format ones) into this folder.")
 @click.option("--params", "params_path", default=None,
               help="Params file for tracking.* and sddkit_stages.compare (default: the project root's params.yaml).")
-def compare_command(selectors, where, experiment, output_dir, params_path) -> None:
+def compare_command(selectors, where, labels, formats, paper, experiment, output_dir, params_path) -> None:
     """Compare trajectories round by round: replicates (same name and config, other seeds) as mean ± std,
-    each curve's phases, the difference of the first two; a table, and a CSV and PNG with --output."""
+    each curve's phases, the difference of the first two; a table, and a CSV and figure with --output."""
+    tables = list(dict.fromkeys(f for f in formats if f in COMPARE_TABLES))
+    figures = tuple(dict.fromkeys(f for f in formats if f in COMPARE_FIGURES))
+    if len(tables) > 1:
+        fail(f"--format: one table format at a time (got {', '.join(tables)})", code=2)
+    if figures and output_dir is None:
+        fail(f"--format {' '.join(figures)}: the figure is a file in --output DIR; give --output", code=2)
+    if labels and len(labels) != len(selectors):
+        fail(f"--label: give one per --runs selector ({len(selectors)} selectors, {len(labels)} labels)", code=2)
     root = project_root()
     cfg = resolve_config(None, (), params_path, root)
     from sddkit.paths import missing_project, tracking_uri
@@ -243,10 +263,11 @@ def compare_command(selectors, where, experiment, output_dir, params_path) -> No
     try:
         tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
         curves = compare.compare(tracker, list(selectors), experiment or cfg.tracking.experiment, list(where),
-                                 settings.interpolation_threshold)
+                                 settings.interpolation_threshold, list(labels) or None)
     except (TrackingError, config_mod.ConfigError) as exc:
         fail(str(exc))
-    compare.report(curves, Path(output_dir) if output_dir else None)
+    compare.report(curves, Path(output_dir) if output_dir else None, tables[0] if tables else "table",
+                   figures or ("png",), paper)
 
 
 @main.command("ui")

@@ -8,47 +8,59 @@ the newest one is compared and the others are named, with how to pick them.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from mlflow.exceptions import MlflowException
 from rich.console import Console
-from rich.table import Table
 
-from sddkit import analysis, config, plots, results
+from sddkit import analysis, config, plots, readoffs, results
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, finished_only, round_row, select_trajectories, \
     trajectory_name, unknown_trajectory
 
 console = Console(stderr=True)
-CSV_NAME, PNG_NAME = "compare.csv", "compare.png"
+CSV_NAME, FIGURE_STEM = "compare.csv", "compare"  # and compare.png / .pdf / .svg
 
 
 @dataclass
 class Curve:
     label: str
     runs: list             # the replicates' parent runs, one per seed, newest first
-    rows: list[dict]       # mean by round; ``test_acc_std`` and ``train_acc_noisy_std`` beside the means
+    rows: list[dict]       # mean by round; ``test_acc_std``, ``train_acc_noisy_std`` beside (not for one run)
     phases: analysis.Phases
 
     @property
     def seeds(self) -> str:
         return " ".join(sorted((r.data.tags.get("sddkit.seed", "?") for r in self.runs), key=_seed_order))
 
+    @property
+    def params(self) -> dict[str, str]:
+        """The config (MLflow params) the replicates share, seed aside."""
+        return self.runs[0].data.params
+
 
 def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list[str] = (),
-            threshold: float | None = None) -> list[Curve]:
-    """One curve per selector; ``threshold`` (None: each run's own) places the phases."""
+            threshold: float | None = None, labels: list[str] | None = None) -> list[Curve]:
+    """One curve per selector; ``threshold`` (None: each run's own) places the phases. Curves are labelled by
+    ``labels`` (one per selector) or by their name and the params that differ between them."""
     check_filters(where)
+    if labels and len(labels) != len(selectors):
+        raise TrackingError(f"--label: give one per --runs selector ({len(selectors)} selectors, "
+                            f"{len(labels)} labels)")
     curves = []
     for selector in selectors:
         runs = newest_group(selector, select(tracker, selector, experiment, where))
-        label = unique_label(selector_label(selector, runs[0]), [c.label for c in curves])
-        curves.append(build_curve(tracker, label, runs, threshold))
+        curves.append(build_curve(tracker, selector_label(selector, runs[0]), runs, threshold))
+    for curve, label in zip(curves, labels or legend_labels(curves)):
+        curve.label = label
+    taken: list[str] = []
+    for curve in curves:  # the same --label twice, or two selectors of one config: still tell them apart
+        curve.label = unique_label(curve.label, taken)
+        taken.append(curve.label)
     return curves
 
 
@@ -148,10 +160,33 @@ def unique_label(label: str, taken: list[str]) -> str:
     return out
 
 
+def legend_labels(curves: list[Curve], limit: int = 3) -> list[str]:
+    """Each curve's name, then ``key=value`` for the params that differ between the curves (``lottery ·
+    noise.ratio=0.4``); the seeds where nothing else tells two curves apart."""
+    keys = differing_keys([c.params for c in curves])
+    labels = []
+    for c in curves:
+        shown = [f"{k}={c.params.get(k)}" for k in keys if c.params.get(k) != c.label]
+        labels.append(" · ".join([c.label, *shown[:limit]] + (["…"] if len(shown) > limit else [])))
+    return [f"{label} · seeds {c.seeds}" if labels.count(label) > 1 else label for label, c in zip(labels, curves)]
+
+
+def differing_keys(params: list[dict[str, str]]) -> list[str]:
+    """The identity params whose value is not the same in all of ``params``. When the retrain mode differs, the
+    other retrain.* settings follow from it (a reinit's masks_from) and are left out."""
+    ignored = config.NOT_IDENTITY | {"seed"}
+    keys = sorted(k for k in set().union(*params) if k not in ignored and len({p.get(k) for p in params}) > 1)
+    if "retrain.mode" in keys:
+        keys = [k for k in keys if k == "retrain.mode" or not k.startswith("retrain.")]
+    return keys
+
+
 # ---------------------------------------------------------------- curves
 
 def build_curve(tracker: Tracker, label: str, runs: list, threshold: float | None) -> Curve:
     rows = results.mean_rows([[round_row(x) for x in tracker.round_runs(r.info.run_id)] for r in runs])
+    if len(runs) == 1:  # one run has no spread: no band, a blank std (not 0.0)
+        rows = [{k: v for k, v in r.items() if not k.endswith("_std")} for r in rows]
     if threshold is None:
         threshold = analysis_setting(runs[0], "interpolation_threshold")
     return Curve(label, runs, rows, analysis.phases(rows, threshold, analysis_setting(runs[0], "light_tolerance")))
@@ -178,15 +213,18 @@ def difference(curves: list[Curve], i: int, key: str) -> float | None:
     return b[i][key] - a[i][key] if i < len(a) and i < len(b) else None
 
 
-def table(curves: list[Curve]) -> Table:
+def table_text(curves: list[Curve], fmt: str = "table") -> str:
+    """The comparison in ``fmt``: ``table`` and ``md`` show the cells a reader wants (% with ± std, phases
+    and landmarks); ``csv`` and ``json`` the numbers of compare.csv."""
+    if fmt in ("csv", "json"):
+        columns, rows = data_rows(curves)
+        return results.render_rows(rows, columns, fmt)
     shared = shared_sparsity(curves)
-    out = Table(title=" vs ".join(f"{c.label} (seeds {c.seeds})" for c in curves),
-                caption="train: accuracy on the noisy labels trained on; ± the sample std over seeds")
-    for name in header(curves, shared):
-        out.add_column(name, justify="right")
-    for i in range(max(len(c.rows) for c in curves)):
-        out.add_row(*table_row(curves, i, shared))
-    return out
+    columns = header(curves, shared)
+    rows = [dict(zip(columns, table_row(curves, i, shared))) for i in range(max(len(c.rows) for c in curves))]
+    return results.render_rows(rows, columns, fmt, title=" vs ".join(f"{c.label} (seeds {c.seeds})" for c in curves),
+                               caption="train: accuracy on the noisy labels trained on; ± the sample std over seeds"
+                               + ("; Δ: the second curve minus the first" if len(curves) >= 2 else ""))
 
 
 def header(curves: list[Curve], shared: bool) -> list[str]:
@@ -195,7 +233,7 @@ def header(curves: list[Curve], shared: bool) -> list[str]:
         columns = ("train %", "test %", "phase") if shared else ("sparsity %", "train %", "test %", "phase")
         names += [f"{c.label}\n{k}" for k in columns]
     if len(curves) >= 2:
-        names += [f"Δ {k}\n{curves[1].label} − {curves[0].label}" for k in ("test", "train")]
+        names += [f"Δ {k}\n2nd − 1st" for k in ("test", "train")]
     return names
 
 
@@ -217,14 +255,13 @@ CURVE_COLUMNS = ("sparsity", "remaining", "test_acc", "test_acc_std", "train_acc
                  "train_acc_clean")
 
 
-def csv_text(curves: list[Curve]) -> str:
-    """One row a round: each curve's means and stds (``<label>:<metric>``) and phase, then the differences."""
+def data_rows(curves: list[Curve]) -> tuple[list[str], list[dict]]:
+    """One row a round: each curve's means and stds (``<label>:<metric>``; a single run's std blank), its phase
+    and replicate count, then the differences of the first two curves."""
     columns = ["round"] + [f"{c.label}:{k}" for c in curves for k in (*CURVE_COLUMNS, "phase", "n")]
     if len(curves) >= 2:
         columns += ["diff:test_acc", "diff:train_acc_noisy"]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for i in range(max(len(c.rows) for c in curves)):
         row = {"round": i}
         for c in (c for c in curves if i < len(c.rows)):
@@ -232,32 +269,117 @@ def csv_text(curves: list[Curve]) -> str:
             row.update({f"{c.label}:phase": c.phases.label(i), f"{c.label}:n": len(c.runs)})
         if len(curves) >= 2:
             row.update({f"diff:{k}": _rounded(difference(curves, i, k)) for k in ("test_acc", "train_acc_noisy")})
-        writer.writerow(row)
-    return out.getvalue()
+        rows.append(row)
+    return columns, rows
 
 
-def png(curves: list[Curve]) -> bytes:
-    series = {}
+def csv_text(curves: list[Curve]) -> str:
+    return table_text(curves, "csv")
+
+
+# ---------------------------------------------------------------- the figure
+
+def figure(curves: list[Curve], fmt: str = "png", paper: dict[str, readoffs.ReadOff] | None = None) -> bytes:
+    """The compare figure (``plots.compare_figure``); ``paper``: the read-off to overlay, by curve label."""
+    series = [plot_series(f"{c.label} (n={len(c.runs)})", c.rows, c.phases, (paper or {}).get(c.label))
+              for c in curves]
+    return plots.compare_figure(series, figure_title(curves), fmt)
+
+
+def plot_series(label: str, rows: list[dict], ph: analysis.Phases, paper: readoffs.ReadOff | None) -> plots.Series:
+    column = lambda key: [r[key] for r in rows] if key in rows[0] else None  # noqa: E731
+    landmarks = {n: getattr(ph, n) for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) is not None}
+    return plots.Series(label, column("remaining"), column("test_acc"), column("train_acc_noisy"),
+                        [ph.label(i) for i in range(len(rows))], landmarks, column("test_acc_std"),
+                        column("train_acc_noisy_std"),
+                        paper={k: (1 - p.sparsity / 100, p.test_acc) for k, p in paper.points.items()} if paper else None,
+                        paper_label=paper.setting if paper else "")
+
+
+def figure_title(curves: list[Curve]) -> str:
+    """Dataset · model · noise (kind and ratio, each value where they differ) · seeds."""
+    def values(key: str) -> str:
+        return " / ".join(dict.fromkeys(c.params.get(key, "?") for c in curves))
+
+    kinds = values("noise.kind")
+    noise = "no label noise" if kinds == "none" else f"noise {kinds} ε={values('noise.ratio')}"
+    seeds = dict.fromkeys(c.seeds for c in curves)
+    return " · ".join([values("data.name"), values("model.arch"), noise, "seeds " + " / ".join(seeds)])
+
+
+# ---------------------------------------------------------------- the paper
+
+def paper_overlays(curves: list[Curve]) -> dict[str, readoffs.ReadOff]:
+    """The read-off matching each curve's preset, noise and mode; a note for each curve without one."""
+    found = {}
     for c in curves:
-        keys = ("remaining", "test_acc", "train_acc_noisy") + \
-            (("test_acc_std", "train_acc_noisy_std") if len(c.runs) > 1 else ())
-        series[f"{c.label} (n={len(c.runs)})"] = {k: [r[k] for r in c.rows] for k in keys}
-    return plots.curve_png(series, " vs ".join(c.label for c in curves))
+        match = readoffs.matching(c.params)
+        if match:
+            found[c.label] = match
+        else:
+            p = c.params
+            console.print(f"[yellow]note:[/] --paper: no read-off of the paper for {c.label} (preset "
+                          f"{p.get('preset', '?')}, {p.get('data.name', '?')}/{p.get('model.arch', '?')}, noise "
+                          f"{p.get('noise.kind', '?')} {p.get('noise.ratio', '?')}, {p.get('retrain.mode', '?')}); "
+                          f"the read-offs cover {readoffs.covered()}", highlight=False, soft_wrap=True)
+    return found
 
 
-def report(curves: list[Curve], output: Path | None) -> None:
-    """Print the table and each curve's landmarks; write the CSV and PNG into ``output``."""
-    Console().print(table(curves))
+def deviation_rows(curves: list[Curve], paper: dict[str, readoffs.ReadOff]) -> list[dict]:
+    return [row for c in curves if c.label in paper for row in deviations(c.label, c.rows, c.phases, paper[c.label])]
+
+
+def deviations(label: str, rows: list[dict], ph: analysis.Phases, paper: readoffs.ReadOff) -> list[dict]:
+    """Ours − paper at the dense, minimum and peak landmarks, in test accuracy and sparsity points (blank where
+    our curve has no such landmark)."""
+    out = []
+    for name, point in paper.points.items():
+        index = getattr(ph, name)
+        ours = rows[index] if index is not None else None
+        approx = "~" if point.approx else ""
+        out.append({"curve": label, "landmark": name, "paper test %": f"{approx}{point.test_acc:.1f}",
+                    "test %": f"{ours['test_acc']:.1f}" if ours else "",
+                    "Δ test": _signed(ours["test_acc"] - point.test_acc if ours else None),
+                    "paper sparsity %": f"{approx}{point.sparsity:.2f}",
+                    "sparsity %": f"{100 * ours['sparsity']:.2f}" if ours else "",
+                    "Δ sparsity": _signed(100 * ours["sparsity"] - point.sparsity if ours else None, 2)})
+    return out
+
+
+def deviation_text(curves: list[Curve], paper: dict[str, readoffs.ReadOff], fmt: str) -> str:
+    rows = deviation_rows(curves, paper)
+    settings = "; ".join(f"{label}: {r.setting}" for label, r in paper.items())
+    return results.render_rows(rows, list(rows[0]), fmt, title=f"ours − paper at the landmarks ({settings})",
+                               caption="the paper's values are read off its figures: ± about 1 point, ~ rougher") \
+        if rows else ""
+
+
+# ---------------------------------------------------------------- the command's output
+
+def report(curves: list[Curve], output: Path | None, table_format: str = "table",
+           figure_formats: tuple[str, ...] = ("png",), paper: bool = False) -> None:
+    """Print the table (``table_format``), each curve's landmarks and, with ``paper``, the deviation from the
+    paper's read-offs; write compare.csv and the figure in each of ``figure_formats`` into ``output``.
+    With csv or json on stdout, everything but the table goes to stderr, so stdout stays one document."""
+    overlays = paper_overlays(curves) if paper else {}
+    sys.stdout.write(table_text(curves, table_format))
+    machine = table_format in ("csv", "json")
+    side = sys.stderr if machine else sys.stdout
     for c in curves:
         runs = ", ".join(r.info.run_id[:8] for r in c.runs)
-        Console().print(f"{c.label}: {phase_tag(c.rows, c.phases)}   (runs {runs})", highlight=False)
+        side.write(f"{'- ' if table_format == 'md' else ''}{c.label}: {phase_tag(c.rows, c.phases)}   (runs {runs})\n")
+    if overlays:
+        side.write("\n" + deviation_text(curves, overlays, "md" if table_format == "md" else "table"))
+    side.flush()
     if output is not None:
-        results.write_folder(output, {CSV_NAME: csv_text(curves).encode(), PNG_NAME: png(curves)})
-        console.print(f"wrote {output / CSV_NAME} and {output / PNG_NAME}", highlight=False)
+        files = {CSV_NAME: csv_text(curves).encode()}
+        files.update({f"{FIGURE_STEM}.{fmt}": figure(curves, fmt, overlays) for fmt in figure_formats})
+        results.write_folder(output, files)
+        console.print(f"wrote {', '.join(str(output / name) for name in files)}", highlight=False, soft_wrap=True)
 
 
-def _signed(value: float | None) -> str:
-    return "" if value is None else f"{value:+.1f}"
+def _signed(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
 
 
 def _rounded(value: float | None) -> float | None:

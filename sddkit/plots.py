@@ -3,12 +3,14 @@ loss/accuracy lines of interpolation and loss-landscape scans."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 
 def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> bytes:
@@ -25,15 +27,157 @@ def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> byte
             if f"{key}_std" in s:
                 std = np.asarray(s[f"{key}_std"])
                 ax.fill_between(x, y - std, y + std, color=colour, alpha=0.15, linewidth=0)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("remaining weights (%) — sparsity grows to the right")
+    remaining_axis(ax, [100 * r for s in series.values() for r in s["remaining"]])
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return png_bytes(fig)
+    return figure_bytes(fig)
+
+
+# ---------------------------------------------------------------- the compare figure
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+PHASE_COLOURS = {"light": "#dbe9f6", "critical": "#f6cfc9", "sweet": "#d3edd3", "collapse": "#e3e3e3"}
+LANDMARK_MARKERS = {"dense": "s", "minimum": "v", "peak": "^", "last": "X"}
+
+
+@dataclass
+class Series:
+    """One compared curve, in plain numbers: per round the remaining fraction, the means and (``None`` for a
+    single run) the stds of test and noisy-train accuracy, and its phase; landmarks by round index."""
+    label: str
+    remaining: list[float]
+    test_acc: list[float]
+    train_acc_noisy: list[float]
+    phases: list[str]
+    landmarks: dict[str, int]
+    test_acc_std: list[float] | None = None
+    train_acc_noisy_std: list[float] | None = None
+    paper: dict[str, tuple[float, float]] | None = None  # landmark -> (remaining fraction, test acc), read off
+    paper_label: str = ""
+
+
+def compare_figure(series: list[Series], title: str, fmt: str = "png") -> bytes:
+    """Accuracy against remaining weights (log axis, % ticks, dense on the left, sparsity on top): mean lines,
+    ± std bands, landmark markers, dotted lines at each minimum and peak, the paper's read-offs as hollow
+    diamonds; below, one strip a curve with its phases shaded."""
+    fig = plt.figure(figsize=(10, 5.2 + 0.28 * len(series)), dpi=130)
+    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.3 + 0.28 * len(series)], hspace=0.06)
+    ax = fig.add_subplot(grid[0])
+    strip = fig.add_subplot(grid[1], sharex=ax)
+    for i, s in enumerate(series):
+        draw_series(ax, s, f"C{i}")
+    draw_phase_strip(strip, series)
+    xs = [100 * r for s in series for r in s.remaining]
+    remaining_axis(strip, xs)
+    sparsity_axis(ax, xs)
+    ax.tick_params(labelbottom=False)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(handles=legend_handles(ax, series), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
+    ax.set_title(title, fontsize=10)
+    return figure_bytes(fig, fmt, tight_layout=False)  # the saved box still fits the legend outside
+
+
+def draw_series(ax, s: Series, colour: str) -> None:
+    x = 100 * np.asarray(s.remaining)
+    for key, style in (("test_acc", "-"), ("train_acc_noisy", "--")):
+        y = np.asarray(getattr(s, key))
+        ax.plot(x, y, style, color=colour, linewidth=1.4, marker="o" if key == "test_acc" else None, markersize=2.5,
+                label=s.label if key == "test_acc" else None)
+        std = getattr(s, f"{key}_std")
+        if std is not None:
+            ax.fill_between(x, y - np.asarray(std), y + np.asarray(std), color=colour,
+                            alpha=0.18 if key == "test_acc" else 0.09, linewidth=0)
+    for name, i in s.landmarks.items():
+        ax.plot(x[i], s.test_acc[i], LANDMARK_MARKERS[name], color=colour, markersize=8, markeredgecolor="black",
+                markeredgewidth=0.8, zorder=5)
+        if name in ("minimum", "peak"):
+            ax.axvline(x[i], color=colour, linestyle=":", linewidth=1, alpha=0.7)
+    if s.paper:
+        points = [s.paper[k] for k in ("dense", "minimum", "peak") if k in s.paper]
+        ax.plot([100 * p[0] for p in points], [p[1] for p in points], "D", color=colour, markerfacecolor="none",
+                markersize=7, markeredgewidth=1.3, zorder=6)
+
+
+def legend_handles(ax, series: list[Series]) -> list:
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    grey = dict(color="0.35", linewidth=1.4)
+    handles += [Line2D([], [], linestyle="-", label="test accuracy (mean" + (" ± std)" if any(
+                    s.test_acc_std is not None for s in series) else ")"), **grey),
+                Line2D([], [], linestyle="--", label="train accuracy, noisy labels", **grey)]
+    handles += [Line2D([], [], linestyle="none", marker=m, color="0.6", markeredgecolor="black", markersize=7,
+                       label=name) for name, m in LANDMARK_MARKERS.items()]
+    handles += [Line2D([], [], linestyle="none", marker="D", color=f"C{i}", markerfacecolor="none", markersize=6,
+                       label=f"paper: {s.paper_label}") for i, s in enumerate(series) if s.paper]
+    return handles
+
+
+def draw_phase_strip(ax, series: list[Series]) -> None:
+    """One row a curve (the first on top): each phase a shaded span, edges halfway (on the log axis) between
+    the rounds on either side of a change."""
+    for row, s in enumerate(series):
+        x = 100 * np.asarray(s.remaining)
+        edges = np.concatenate([[x[0]], np.sqrt(x[:-1] * x[1:]), [x[-1]]])
+        first = 0
+        for i in range(1, len(s.phases) + 1):
+            if i < len(s.phases) and s.phases[i] == s.phases[first]:
+                continue
+            left, right = edges[first], edges[i]
+            ax.barh(row, right - left, left=left, height=0.8, color=PHASE_COLOURS[s.phases[first]],
+                    edgecolor=f"C{row}", linewidth=0.6)
+            if np.log10(left / right) > 0.12 * np.log10(x[0] / x[-1]):
+                ax.text(np.sqrt(left * right), row, s.phases[first], ha="center", va="center", fontsize=7)
+            first = i
+    ax.set_yticks(range(len(series)), [f"phases {i + 1}" if len(series) > 1 else "phases" for i in
+                                       range(len(series))], fontsize=7)
+    for tick, i in zip(ax.get_yticklabels(), range(len(series))):
+        tick.set_color(f"C{i}")
+    ax.set_ylim(len(series) - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+
+
+def remaining_axis(ax, percents: list[float]) -> None:
+    """Remaining weights (%) on a log x axis, dense on the left, ticked 100%, 10%, 1%... (never 10²)."""
+    ax.set_xscale("log")
+    lo, hi = min(percents), max(percents)
+    ax.set_xlim(hi * 1.15, lo / 1.15)  # inverted: sparsity grows to the right
+    ax.xaxis.set_major_locator(FixedLocator(percent_ticks(lo / 1.15, hi * 1.15)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: percent_text(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("remaining weights (log scale) — sparsity grows to the right")
+
+
+def sparsity_axis(ax, percents: list[float]) -> None:
+    """The same positions on top, labelled with the sparsity (100% − remaining), the paper's x axis."""
+    top = ax.secondary_xaxis("top")
+    lo, hi = min(percents), max(percents)
+    top.xaxis.set_major_locator(FixedLocator(percent_ticks(lo / 1.15, hi * 1.15)))
+    top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: percent_text(100 - v)))
+    top.xaxis.set_minor_formatter(NullFormatter())
+    top.set_xlabel("sparsity", fontsize=8)
+    top.tick_params(labelsize=8)
+
+
+def percent_ticks(lo: float, hi: float) -> list[float]:
+    """Tick positions (in %) within [lo, hi]: decades if three fit, else 1-2-5 steps, else every digit."""
+    def within(steps):
+        return [round(m * 10.0 ** e, 10) for e in range(-8, 3) for m in steps if lo <= m * 10.0 ** e <= hi]
+    for steps in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = within(steps)
+        if len(ticks) >= 3:
+            return ticks
+    return ticks
+
+
+def percent_text(value: float) -> str:
+    """100 -> "100%", 0.1 -> "0.1%", 0.00001 -> "0.00001%" (plain decimals, never 1e-05)."""
+    return np.format_float_positional(round(value, 8), trim="-") + "%"
 
 
 def line_png(xs: list[float], rows: list[dict[str, float]], xlabel: str, title: str,
@@ -51,12 +195,17 @@ def line_png(xs: list[float], rows: list[dict[str, float]], xlabel: str, title: 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    return png_bytes(fig)
+    return figure_bytes(fig)
 
 
-def png_bytes(fig) -> bytes:
-    fig.tight_layout()
+def figure_bytes(fig, fmt: str = "png", tight_layout: bool = True) -> bytes:
+    """The figure as a file's bytes; no date or software version in it, so the same curves give the same file."""
+    if tight_layout:
+        fig.tight_layout()
+    metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
+                "svg": {"Date": None}}[fmt]
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    with plt.rc_context({"svg.hashsalt": "sddkit"}):  # else SVG ids are random
+        fig.savefig(buffer, format=fmt, metadata=metadata, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()

@@ -195,3 +195,54 @@ def mean_rows(replicates: list[list[dict]]) -> list[dict]:
         row.update({f"{k}_std": float(values[k].std(ddof=1)) if len(replicates) > 1 else 0.0 for k in STD_KEYS})
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------- printed tables
+
+TABLE_FORMATS = ("table", "csv", "json", "md")
+
+
+def render_rows(rows: list[dict], columns: list[str], fmt: str = "table", title: str = "", caption: str = "") -> str:
+    """``rows`` (dicts keyed by ``columns``; a missing or None cell is blank, null in JSON) as text: a rich
+    ``table`` at its full width (never cut to the terminal's), ``csv``, ``json`` (a list of objects) or ``md``.
+    The title and caption go with ``table`` and ``md`` only; a header's line breaks are kept in ``table``."""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+        return out.getvalue()
+    if fmt == "json":
+        return json.dumps([{c: _json_value(r.get(c)) for c in columns} for r in rows], indent=1,
+                          ensure_ascii=False) + "\n"
+    if fmt == "md":
+        cell = lambda v: "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = [f"**{title}**", ""] if title else []
+        lines += ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---:|" * len(columns)]
+        lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+        return "\n".join(lines + (["", f"*{caption}*"] if caption else [])) + "\n"
+    if fmt != "table":
+        raise ValueError(f"table format {fmt!r}; allowed: {', '.join(TABLE_FORMATS)}")
+    return _rich_text(rows, columns, title, caption)
+
+
+def _rich_text(rows: list[dict], columns: list[str], title: str, caption: str) -> str:
+    from rich.console import Console
+
+    table = Table(title=title or None, caption=caption or None)
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    # wide enough for the table's natural width: a piped or narrow terminal must not cut a column
+    console = Console(file=io.StringIO(), width=100_000, color_system=None, soft_wrap=False)
+    width = console.measure(table).maximum
+    console = Console(file=io.StringIO(), width=max(width, 20), color_system=None)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def _json_value(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sddkit import compare, config, runner
+from sddkit import analysis, compare, config, readoffs, runner
 from sddkit.cli import main
 from sddkit.tracking import Tracker, TrackingError, read_mask
 
@@ -76,9 +76,12 @@ def test_select_by_tag_run_id_and_results_folder(stored):
     by_tag, by_id, by_folder = compare.compare(
         tracker, ["sddkit.seed=1", runs["reinit0"][0], str(root / "results" / "lottery-0")], "sddkit")
     assert [r.info.run_id for r in by_tag.runs] == [runs["lottery1"][0]]
-    assert by_id.label == "reinit" and [r.info.run_id for r in by_id.runs] == [runs["reinit0"][0]]
+    assert [r.info.run_id for r in by_id.runs] == [runs["reinit0"][0]]
     folder_run = json.loads((root / "results" / "lottery-0" / "run.json").read_text())["run_id"]
-    assert [r.info.run_id for r in by_folder.runs] == [folder_run] and by_folder.label == "lottery (2)"
+    assert [r.info.run_id for r in by_folder.runs] == [folder_run]  # the noisier lottery wrote the folder last
+    # labelled by name and the param that differs between the three curves (the modes' own settings left out)
+    assert [c.label for c in (by_tag, by_id, by_folder)] == [
+        "lottery · noise.ratio=0.2", "reinit · noise.ratio=0.2", "lottery · noise.ratio=0.4"]
 
 
 def test_cli_writes_table_csv_png_and_names_unknown_runs(stored, tmp_path, monkeypatch):
@@ -145,3 +148,102 @@ def test_compare_does_not_import_the_run_cli_module():
     code = "import sys, sddkit.compare; print('sddkit.runner' in sys.modules, 'rich.progress' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------- labels, title, formats, the paper
+
+def test_labels_name_the_param_that_differs_or_come_from_label(stored):
+    _, tracker, runs = stored
+    ids = [runs["lottery0"][0], runs["lottery0-noisier"][0]]
+    assert [c.label for c in compare.compare(tracker, ids, "sddkit")] == [
+        "lottery · noise.ratio=0.2", "lottery · noise.ratio=0.4"]
+    assert [c.label for c in compare.compare(tracker, ids, "sddkit", labels=["clean-ish", "noisy"])] == [
+        "clean-ish", "noisy"]
+    with pytest.raises(TrackingError, match="--label: give one per --runs selector"):
+        compare.compare(tracker, ids, "sddkit", labels=["only one"])
+
+
+def test_two_selectors_of_one_config_are_told_apart_by_their_seeds(stored):
+    _, tracker, runs = stored
+    curves = compare.compare(tracker, [runs["lottery0"][0], runs["lottery1"][0]], "sddkit")
+    assert [c.label for c in curves] == ["lottery · seeds 0", "lottery · seeds 1"]
+
+
+def test_the_title_names_dataset_model_noise_and_seeds(stored):
+    _, tracker, runs = stored
+    lottery, noisier = compare.compare(tracker, [runs["lottery1"][0], runs["lottery0-noisier"][0]], "sddkit")
+    assert compare.figure_title([lottery]) == "mnist5k · lenet300_100 · noise symmetric ε=0.2 · seeds 1"
+    assert compare.figure_title([lottery, noisier]) == \
+        "mnist5k · lenet300_100 · noise symmetric ε=0.2 / 0.4 · seeds 1 / 0"
+
+
+def test_a_single_run_has_a_blank_std_and_no_band(stored):
+    _, tracker, _ = stored
+    lottery, reinit = compare.compare(tracker, ["lottery", "reinit"], "sddkit", where=["noise.ratio=0.2"])
+    assert "test_acc_std" in lottery.rows[0] and "test_acc_std" not in reinit.rows[0]
+    row = next(csv.DictReader(io.StringIO(compare.csv_text([lottery, reinit]))))
+    assert row["reinit:test_acc_std"] == "" and row["lottery:test_acc_std"] != ""
+    assert compare.plot_series("r", reinit.rows, reinit.phases, None).test_acc_std is None
+    body = [line for line in compare.table_text([reinit], "md").splitlines() if line.startswith("| 0 ")]
+    assert body and "±" not in body[0] and "±" in compare.table_text([lottery], "md")
+
+
+@pytest.fixture
+def in_project(stored, monkeypatch):
+    root, _, _ = stored
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (root / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{root}/mlflow.db\n")
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["compare", "--runs", "lottery", "reinit", "--where", "noise.ratio=0.2", *args])
+
+
+def test_cli_format_csv_and_json_print_one_document_on_stdout(in_project):
+    as_csv, as_json = invoke("--format", "csv"), invoke("--format", "json")
+    assert as_csv.exit_code == 0 and as_json.exit_code == 0, as_csv.output + as_json.output
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["round"] for r in rows] == ["0", "1", "2"] and rows[0]["reinit:test_acc_std"] == ""
+    assert "lottery: dense=" in as_csv.stderr  # the landmarks go beside, not into, the document
+    records = json.loads(as_json.stdout)
+    assert len(records) == 3 and records[0]["reinit:test_acc_std"] is None and records[0]["lottery:n"] == 2
+
+
+def test_cli_format_md_and_a_wide_table_is_never_cut(in_project):
+    md, table = invoke("--format", "md"), invoke()
+    assert md.stdout.startswith("**lottery (seeds 0 1) vs reinit (seeds 0)**")
+    assert "| round |" in md.stdout and "|---:|" in md.stdout
+    assert "…" not in table.stdout and "lottery" in table.stdout and "phase" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) > 80  # wider than a pipe's default console
+
+
+def test_cli_figure_formats_and_paper_without_a_read_off(in_project, tmp_path):
+    result = invoke("--format", "pdf", "svg", "--output", str(tmp_path), "--paper", "--label", "L", "R")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "compare.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (tmp_path / "compare.svg").read_bytes()[:1000] and not (tmp_path / "compare.png").exists()
+    assert "no read-off of the paper for L (preset quick" in result.stderr  # a note, and the compare goes on
+    assert "L (seeds 0 1) vs R (seeds 0)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "csv", "md"], "--format: one table format at a time"),
+    (["--format", "pdf"], "the figure is a file in --output DIR"),
+    (["--label", "one"], "--label: give one per --runs selector (2 selectors, 1 labels)"),
+])
+def test_cli_refuses_bad_format_and_label_in_one_line(in_project, args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_deviation_from_the_paper_at_the_landmarks():
+    rows = [{"sparsity": s, "test_acc": a, "train_acc_noisy": t} for s, a, t in
+            [(0.0, 82.4, 100.0), (0.893, 75.0, 100.0), (0.988, 96.0, 70.0), (0.996, 60.0, 40.0)]]
+    ph = analysis.phases(rows)
+    paper = readoffs.matching({"preset": "mnist-lenet", "data.name": "mnist", "model.arch": "lenet300_100",
+                               "noise.kind": "random", "noise.ratio": "0.2", "retrain.mode": "lottery"})
+    table = {r["landmark"]: r for r in compare.deviations("ours", rows, ph, paper)}
+    assert table["dense"]["Δ test"] == "-1.0" and table["minimum"]["Δ test"] == "-1.5"
+    assert table["peak"]["Δ test"] == "+0.5" and table["peak"]["Δ sparsity"] == "+0.00"
