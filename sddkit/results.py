@@ -95,15 +95,18 @@ def phase_cell(ph: analysis.Phases, i: int) -> str:
 
 
 def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", title: str = "",
-                 formats: dict[str, Callable[[Any], str]] | None = None):
+                 formats: dict[str, Callable[[Any], str]] | None = None, caption: str = ""):
     """``rows`` in ``fmt`` (config.TABLE_FORMATS): a rich Table for ``table``, else text. csv and json carry the
     keys of ``columns`` and the raw values (non-finite numbers as null/empty); table and md the headers (the
     values of ``columns``) and each cell as ``formats[key]`` writes it (default: floats to 4 digits)."""
     def finite(value):
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
+    def numeric(key):
+        return bool(rows) and all(r.get(key) is None or isinstance(r.get(key), (int, float)) for r in rows)
+
     if fmt == "json":
-        return json.dumps([{k: finite(r.get(k)) for k in columns} for r in rows], indent=1) + "\n"
+        return json.dumps([{k: finite(r.get(k)) for k in columns} for r in rows], indent=1, ensure_ascii=False) + "\n"
     if fmt == "csv":
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
@@ -113,15 +116,16 @@ def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", 
     shown = {k: (formats or {}).get(k) or (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)) for k in columns}
     cells = [["" if r.get(k) is None else shown[k](r[k]) for k in columns] for r in rows]
     if fmt == "md":
-        line = lambda texts: "| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |"  # noqa: E731
-        head = [f"**{title}**", ""] if title else []
-        return "\n".join([*head, line(columns.values()), line(["---"] * len(columns)), *map(line, cells)]) + "\n"
+        line = lambda texts: "| " + " | ".join(t.replace("|", "\\|").replace("\n", " ") for t in texts) + " |"  # noqa: E731
+        head, foot = ([f"**{title}**", ""] if title else []), (["", f"*{caption}*"] if caption else [])
+        rule = ["---:" if numeric(k) else "---" for k in columns]  # numbers right-aligned, as in the table
+        return "\n".join([*head, line(columns.values()), line(rule), *map(line, cells), *foot]) + "\n"
     if fmt != "table":
-        raise ValueError(f"table format {fmt!r}: use one of table, csv, json, md")
-    table = Table(title=title or None)
+        from sddkit.config import TABLE_FORMATS
+        raise ValueError(f"table format {fmt!r}: use one of {', '.join(TABLE_FORMATS)}")
+    table = Table(title=title or None, caption=caption or None)
     for key, header in columns.items():
-        numeric = bool(rows) and all(r.get(key) is None or isinstance(r.get(key), (int, float)) for r in rows)
-        table.add_column(header, justify="right" if numeric else "left")
+        table.add_column(header, justify="right" if numeric(key) else "left")
     for row in cells:
         table.add_row(*map(Text, row))  # as text: rich would read ``list[int]`` or ``[68]`` as markup and drop it
     return table
@@ -197,52 +201,13 @@ def mean_rows(replicates: list[list[dict]]) -> list[dict]:
     return out
 
 
-# ---------------------------------------------------------------- printed tables
-
-TABLE_FORMATS = ("table", "csv", "json", "md")
-
-
 def render_rows(rows: list[dict], columns: list[str], fmt: str = "table", title: str = "", caption: str = "") -> str:
-    """``rows`` (dicts keyed by ``columns``; a missing or None cell is blank, null in JSON) as text: a rich
-    ``table`` at its full width (never cut to the terminal's), ``csv``, ``json`` (a list of objects) or ``md``.
-    The title and caption go with ``table`` and ``md`` only; a header's line breaks are kept in ``table``."""
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
-        return out.getvalue()
-    if fmt == "json":
-        return json.dumps([{c: _json_value(r.get(c)) for c in columns} for r in rows], indent=1,
-                          ensure_ascii=False) + "\n"
-    if fmt == "md":
-        cell = lambda v: "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        lines = [f"**{title}**", ""] if title else []
-        lines += ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---:|" * len(columns)]
-        lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-        return "\n".join(lines + (["", f"*{caption}*"] if caption else [])) + "\n"
-    if fmt != "table":
-        raise ValueError(f"table format {fmt!r}; allowed: {', '.join(TABLE_FORMATS)}")
-    return _rich_text(rows, columns, title, caption)
-
-
-def _rich_text(rows: list[dict], columns: list[str], title: str, caption: str) -> str:
-    from rich.console import Console
-
-    table = Table(title=title or None, caption=caption or None)
-    for c in columns:
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    # wide enough for the table's natural width: a piped or narrow terminal must not cut a column
-    console = Console(file=io.StringIO(), width=100_000, color_system=None, soft_wrap=False)
-    width = console.measure(table).maximum
-    console = Console(file=io.StringIO(), width=max(width, 20), color_system=None)
-    console.print(table)
+    """``render_table`` with each column headed by its key, always as text: a rich table rendered at its full
+    width (never cut to the terminal's; a header's line breaks kept)."""
+    rendered = render_table(rows, {c: c for c in columns}, fmt, title, caption=caption)
+    if isinstance(rendered, str):
+        return rendered
+    measure = Console(file=io.StringIO(), width=100_000, color_system=None, soft_wrap=False)
+    console = Console(file=io.StringIO(), width=max(measure.measure(rendered).maximum, 20), color_system=None)
+    console.print(rendered)
     return console.file.getvalue()
-
-
-def _json_value(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

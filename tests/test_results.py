@@ -36,16 +36,16 @@ def test_mean_rows_stop_at_the_shortest_replicate_and_keep_the_shared_keys():
 def test_render_rows_in_every_format():
     rows = [{"name": "lottery · noise.ratio=0.4", "acc": 81.5, "std": None}, {"name": "a|b", "acc": float("nan")}]
     columns = ["name", "acc", "std"]
-    assert results.render_rows(rows, columns, "csv") == "name,acc,std\nlottery · noise.ratio=0.4,81.5,\na|b,nan,\n"
+    assert results.render_rows(rows, columns, "csv") == "name,acc,std\nlottery · noise.ratio=0.4,81.5,\na|b,,\n"  # not finite: blank
     assert json.loads(results.render_rows(rows, columns, "json")) == [
         {"name": "lottery · noise.ratio=0.4", "acc": 81.5, "std": None}, {"name": "a|b", "acc": None, "std": None}]
     md = results.render_rows(rows, columns, "md", title="T").splitlines()
-    assert md[:4] == ["**T**", "", "| name | acc | std |", "|---:|---:|---:|"] and md[5] == "| a\\|b | nan |  |"
+    assert md[:4] == ["**T**", "", "| name | acc | std |", "| --- | ---: | ---: |"] and md[5] == "| a\\|b | nan |  |"
     wide = [{"name": "x" * 150, "acc": 1.0}]
     table = results.render_rows(wide, columns, "table")
     assert "x" * 150 in table and "…" not in table  # full width, whatever the terminal
 
 
 def test_render_rows_refuses_an_unknown_format():
-    with pytest.raises(ValueError, match="allowed: table, csv, json, md"):
+    with pytest.raises(ValueError, match="use one of table, csv, json, md"):
         results.render_rows([], ["a"], "xlsx")
