@@ -314,14 +314,19 @@ class TrajectoryRun:
         state is derivable from the config), so a half-written file is never trained on."""
         path = f"state/{name}.pt"
         if path not in {f.path for f in self.client.list_artifacts(self.run_id, "state")}:
+            if name != "init":  # the init is never stored (only runs of older sddkit kept it): not a loss
+                self.note_rebuilt(name, f"{path} of run {self.run_id} is missing")
             return None
         try:
             return read_torch(self.tracker, self.run_id, path)
         except TrackingError as exc:
-            print(f"{path} of run {self.run_id} is unreadable ({exc.__cause__.__class__.__name__}): rebuilding it",
-                  file=sys.stderr)
-            self.client.set_tag(self.run_id, f"sddkit.rebuilt.{name}", time.strftime("%Y-%m-%d %H:%M:%S"))
+            self.note_rebuilt(name, f"{path} of run {self.run_id} is unreadable ({exc.__cause__.__class__.__name__})")
             return None
+
+    def note_rebuilt(self, name: str, problem: str) -> None:
+        """Say (and tag ``sddkit.rebuilt.<name>``) that a lost state is being re-derived from the config."""
+        print(f"{problem}: rebuilding it", file=sys.stderr)
+        self.client.set_tag(self.run_id, f"sddkit.rebuilt.{name}", time.strftime("%Y-%m-%d %H:%M:%S"))
 
     def load_round(self, round_index: int):
         run_id = self._round_id(round_index)

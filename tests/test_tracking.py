@@ -123,6 +123,7 @@ def test_deleted_rewind_is_rebuilt_on_resume_to_the_same_results(project, tmp_pa
     store, rows = runner.run_trajectory(cfg, project, quiet=True)
 
     assert store.run_id == parent and science(rows) == science(whole)
+    assert "sddkit.rebuilt.rewind" in client.get_run(parent).data.tags  # a deleted state is rebuilt, not silently
     import torch
     import io
     rebuilt = torch.load(io.BytesIO(rewind.read_bytes()), weights_only=True)
