@@ -78,6 +78,7 @@ class Context:
     dense_final: State | None = None
     external: MaskSource | None = None
     reporter: Reporter = field(default_factory=Reporter)
+    init_digest: str = ""  # checkpoint.digest of ``init``, hashed once
 
 
 def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
@@ -185,16 +186,19 @@ def setup(cfg: Config, root: Path, store: Store, reporter: Reporter, external: M
     if not store.completed:
         store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
     device = next(model.parameters()).device
-    init = {k: v.to(device) for k, v in trajectory_init(store, model).items()}  # a stored init is on the CPU
-    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx, external=external, reporter=reporter)
+    init, digest = trajectory_init(store, model)
+    init = {k: v.to(device) for k, v in init.items()}  # a stored init is on the CPU
+    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx, external=external, reporter=reporter,
+                   init_digest=digest)
 
 
-def trajectory_init(store: Store, model: nn.Module) -> State:
-    """The init: ``model`` as ``load_inputs`` built it from the init seed, checked against the digest the
-    trajectory recorded when it started. Runs stored by older sddkit kept the init itself: that one is used."""
+def trajectory_init(store: Store, model: nn.Module) -> tuple[State, str]:
+    """The init and its digest: ``model`` as ``load_inputs`` built it from the init seed, checked against the
+    digest the trajectory recorded when it started. Runs stored by older sddkit kept the init itself: that one
+    is used."""
     stored = store.load_state("init")
     if stored is not None:
-        return stored
+        return stored, checkpoint.digest(stored)
     init = snapshot(model)
     digest, recorded = checkpoint.digest(init), store.init_digest()
     if recorded is None:
@@ -204,7 +208,7 @@ def trajectory_init(store: Store, model: nn.Module) -> State:
                            f"from (digest {digest[:12]} here, {recorded[:12]} recorded): torch or the CPU differ "
                            f"from the machine it started on; continue it there, or rerun with --force for a new "
                            f"trajectory (it retrains every round)")
-    return init
+    return init, digest
 
 
 def configure_torch(cfg: Config) -> None:
@@ -230,7 +234,7 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     # Told first, so the stored round spans its pruning and training (and an interrupted one shows as begun).
     store.start_round(r, 1.0 - pruning.density_after(r, ctx.cfg.prune.rate))
     if r == 0 and ctx.external is not None:
-        source = ctx.external.same_round_zero(checkpoint.digest(ctx.init))
+        source = ctx.external.same_round_zero(ctx.init_digest)
         if source is not None:  # reinit's round 0 is its lottery twin's, bit for bit: copied, not retrained
             return adopt_round_zero(ctx, store, source, masks)
     cfg, model, started = ctx.cfg, ctx.model, time.perf_counter()
