@@ -115,27 +115,91 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
     if redo_from is not None and (seeds or force):
         fail("--redo-from repairs one stored trajectory: use it without --seeds and --force", code=2)
-    import signal
-    from sddkit import lifeline, replicates, runner
+    from sddkit import runner, sweep
     folder = Path(results_dir) if results_dir else None
     try:
-        # kill, a closed terminal, or the end of the `dvc` running this stage: stop as on Ctrl-C, so the run
-        # is marked KILLED and its lease released (workers, if any, are stopped the same way).
-        lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
-        lifeline.follow_dvc()
+        stop_like_ctrl_c()
         if seeds:
-            replicates.run_replicates(cfg, root, list(seeds), jobs, force, folder, table_format)
+            sweep.run_replicates(cfg, root, list(seeds), jobs, force, folder, table_format)
         else:
             prepared = Path(prepared_dir) if prepared_dir else None
             runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,
                                   redo_from=redo_from, table_format=table_format)
     except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
         fail(f"config: {exc}", code=2)
-    except (*runner.USER_ERRORS, replicates.ReplicateFailed) as exc:
+    except (*runner.USER_ERRORS, sweep.SweepFailed) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: rerun the same command to continue" + (" the unfinished replicates" if seeds else ""),
              code=130)
+
+
+def stop_like_ctrl_c() -> None:
+    """kill, a closed terminal, or the end of the `dvc` running this stage: stop as on Ctrl-C, so the runs are
+    marked KILLED and their leases released (workers, if any, are stopped the same way)."""
+    import signal
+    from sddkit import lifeline
+    lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
+    lifeline.follow_dvc()
+
+
+@main.command(cls=spreading("--seeds", "--modes"))
+@preset_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key of every cell; "
+                                                                        "repeatable.")
+@click.option("--params", "params_path", default=None,
+              help="Config file (default: params.yaml at the project root); its `sweep:` section is the grid, "
+                   "which the options below override.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="A config key and its values (sweep.grid); repeatable: every combination is a grid point.")
+@click.option("--modes", multiple=True, type=click.Choice(config_mod.RETRAIN_MODES), metavar="MODE [MODE ...]",
+              help="Retrain modes at every grid point (sweep.modes); a reinit cell waits for its lottery twin.")
+@click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
+              help="Seeds of every grid point and mode (sweep.seeds).")
+@click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
+              help="local (processes here; the default) or ray (sweep.executor).")
+@click.option("--jobs", type=click.IntRange(min=0), default=None,
+              help="local: cells at a time (sweep.jobs; 0 = one per GPU, else one per CPU core).")
+@click.option("--address", default=None, help="ray: the cluster to join, auto or HOST:PORT (sweep.address; "
+                                              "default: start Ray here).")
+@click.option("--gpus-per-trajectory", "gpus", type=click.FloatRange(min=0), default=None,
+              help="GPUs a cell holds; a fraction shares one (sweep.gpus_per_trajectory).")
+@click.option("--cpus-per-trajectory", "cpus", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPU cores a cell holds, and its torch threads (sweep.cpus_per_trajectory).")
+@click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
+@format_option("the closing table of landmarks")
+def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir,
+          table_format) -> None:
+    """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
+    identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
+    a sweep continues it. Ends with every cell's landmarks averaged over seeds, and the sweep's figure.
+
+    Example: sddkit sweep --preset quick --grid noise.ratio=0.2,0.4 --modes lottery reinit --seeds 0 1 2
+    """
+    root = project_root()
+    cfg = resolve_config(preset, sets, params_path, root)
+    path = Path(params_path) if params_path else root / "params.yaml"
+    try:
+        options = {"modes": list(modes), "seeds": list(seeds), "executor": executor, "jobs": jobs,
+                   "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
+        if grid:
+            options["grid"] = dict(config_mod.parse_grid_option(g) for g in grid)
+        settings = config_mod.read_sweep_settings(path, options)
+    except config_mod.ConfigError as exc:
+        fail(f"config: {exc}", code=2)
+    from sddkit import executors, runner, sweep as sweeps
+    folder = Path(results_dir) if results_dir else None
+    try:
+        stop_like_ctrl_c()
+        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder)
+        sweeps.report(done, cfg, settings, folder, table_format)
+    except config_mod.ConfigError as exc:
+        fail(f"config: {exc}", code=2)
+    except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: rerun the same command to continue the sweep (finished cells are kept)", code=130)
 
 
 class FiniteRange(click.FloatRange):

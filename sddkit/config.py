@@ -27,6 +27,8 @@ ARCHS = ("lenet300_100", "resnet18", "resnet34", "resnet101", "vgg11_bn", "vgg16
 NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip")
 TABLE_FORMATS = ("table", "csv", "json", "md")  # the commands' --format (rendered by results.render_table)
 STAGES_KEY = "sddkit_stages"  # params.yaml section of DVC pipeline settings (not a trajectory's config)
+SWEEP_KEY = "sweep"  # a params file's grid for `sddkit sweep` (not a trajectory's config either)
+EXECUTORS = ("local", "ray")
 RETRAIN_MODES = ("lottery", "finetune", "lr_rewind", "scratch", "reinit", "oneshot")
 
 
@@ -148,6 +150,29 @@ class CompareConfig:
     interpolation_threshold: float | None = _spec(None, lo=0.0, hi=100.0, lo_open=True,
                                                   help="threshold of the compared curves' phases; null = each "
                                                        "run's own analysis.interpolation_threshold")
+
+
+@dataclass
+class SweepConfig:
+    """``sddkit sweep``: the grid and how its cells run. The ``sweep:`` section of a params file (so DVC pins
+    it), overridden by the command's options of the same names (``--grid``, ``--modes``, ``--executor``...)."""
+    grid: dict = _spec(factory=dict, help="config key -> its values; every combination is a grid point",
+                       allowed="a mapping of config keys to non-empty lists of values")
+    modes: list[str] = _spec(factory=list, choices=RETRAIN_MODES,
+                             help="retrain modes run at every grid point; empty = the config's retrain.mode")
+    seeds: list[int] = _spec(factory=list, lo=0, help="seeds run at every grid point and mode; empty = the "
+                                                      "config's seed")
+    executor: str = _spec("local", choices=EXECUTORS, help="where cells run: processes on this machine, or Ray "
+                                                           "tasks (pip install -e '.[ray]')")
+    jobs: int = _spec(0, lo=0, help="local executor: cells at a time; 0 = one per GPU, else one per CPU core")
+    address: str | None = _spec(None, help="ray executor: the cluster to join; null = a Ray started here",
+                                allowed="auto, HOST:PORT, ray://HOST:PORT, or null")
+    gpus_per_trajectory: float | None = _spec(None, lo=0.0, help="GPUs a cell holds (a fraction shares one); "
+                                                                "null = 1 where the cluster has GPUs, else 0")
+    cpus_per_trajectory: float = _spec(1.0, lo=0.0, lo_open=True, help="CPU cores a cell holds (Ray) and "
+                                                                       "its torch threads (rounded up)")
+    max_retries: int = _spec(3, lo=0, help="ray executor: retries of a cell whose worker or node died; each "
+                                           "retry continues after the last finished round")
 
 
 @dataclass
@@ -335,7 +360,55 @@ def check_downsample(cfg: Config) -> None:
 def read_params_file(path: Path) -> dict:
     tree = _read_tree(path)
     tree.pop(STAGES_KEY, None)  # DVC pipeline settings live beside the config, not in it
+    tree.pop(SWEEP_KEY, None)  # and so does a sweep's grid
     return tree
+
+
+def read_sweep_settings(path: Path | None, overrides: dict | None = None) -> SweepConfig:
+    """The ``sweep:`` section of a params file (defaults where absent) <- ``overrides`` (the command's options,
+    by key), checked like every other key. Grid values are checked later, on the config of each cell."""
+    tree = (_read_tree(path).get(SWEEP_KEY) if path and path.is_file() else None) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{SWEEP_KEY}: expected a section of keys, got {tree!r}")
+    tree = {**tree, **{k: v for k, v in (overrides or {}).items() if v not in (None, (), [], {})}}
+    grid = tree.pop("grid", None) or {}
+    settings = build(SweepConfig, tree, f"{SWEEP_KEY}.")
+    settings.grid = check_grid(grid)
+    return settings
+
+
+def check_grid(grid: Any) -> dict[str, list]:
+    """A grid is config key -> non-empty list of distinct values (a lone value is a list of one)."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{SWEEP_KEY}.grid: expected a mapping of config keys to lists of values, got {grid!r}")
+    known = {key for key, _, _ in leaf_fields()}
+    out = {}
+    for key, values in grid.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else "; `sddkit keys` lists them"
+            raise ConfigError(f"{SWEEP_KEY}.grid.{key}: unknown config key{hint}")
+        if key in ("seed", "retrain.mode"):
+            option = "seeds" if key == "seed" else "modes"
+            raise ConfigError(f"{SWEEP_KEY}.grid.{key}: give these as {SWEEP_KEY}.{option} (--{option})")
+        values = values if isinstance(values, list) else [values]
+        if not values or len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(f"{SWEEP_KEY}.grid.{key} = {values!r}: expected a non-empty list of distinct values")
+        out[key] = values
+    return out
+
+
+def parse_grid_option(text: str) -> tuple[str, list]:
+    """``--grid noise.ratio=0.2,0.4`` -> ("noise.ratio", [0.2, 0.4]); values are read as one YAML flow list,
+    so ``train.milestones=[80,120],[40]`` gives two lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or not raw.strip():
+        raise ConfigError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. --grid noise.ratio=0.2,0.4")
+    try:
+        values = read_yaml(f"[{raw}]")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--grid {text!r}: the values are not a comma-separated list ({exc.__class__.__name__})")
+    return key.strip(), values
 
 
 def read_compare_settings(path: Path | None) -> CompareConfig:
@@ -531,3 +604,8 @@ def _param_value(text: str, hint: Any) -> Any:
     if optional and text == "None":
         return None
     return text if (inner[0] if optional else hint) is str else read_yaml(text)
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """``cfg`` with the dotted keys of ``values`` set, checked as ``--set`` would be (a sweep's grid point)."""
+    return load_config(dataclasses.asdict(cfg), preset=cfg.preset, overrides=values)

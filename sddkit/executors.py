@@ -1,0 +1,342 @@
+"""Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks on a Ray cluster.
+
+Either way a cell is ``run_cell``: an ordinary trajectory (``runner.run_trajectory``), with the run identity,
+lease, resume and MLflow layout of ``sddkit run``. A cell reports its progress as ``Event``s on a queue the
+driver drains (a multiprocessing queue, or a Ray queue actor), so the driver's view needs no store polling.
+Cells always wait for a trajectory's lease rather than stop: a Ray retry of a cell whose worker died on
+another machine must wait out the dead owner's heartbeat (``lease.STALE_AFTER_S``), then continue after its
+last finished round.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+
+from sddkit import lifeline, runner, trajectory
+from sddkit.config import Config
+from sddkit.fingerprint import code_hash, package_folder
+
+CANCEL_GRACE_S = 15.0  # how long cancelled cells get to mark their runs KILLED before they are killed
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot run here (Ray missing, a cluster unreachable); the message says what to do."""
+
+
+class CellFailed(RuntimeError):
+    """A cell that could not run its trajectory (other code on its node, a worker that kept dying)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a worker needs to run one cell."""
+    key: str                    # the cell's trajectory identity (config hash)
+    cfg: Config                 # tracking.uri set to the sweep's store
+    root: str                   # the driver's project root
+    code: str                   # the driver's code hash: a worker that would run other code stops
+    force: bool = False
+    results_dir: str | None = None
+    log: str | None = None      # the cell's output goes here (the driver's screen belongs to its view)
+
+
+@dataclasses.dataclass
+class Outcome:
+    key: str
+    run_id: str
+    rows: list[dict]
+    host: str
+    pid: int
+
+
+@dataclasses.dataclass
+class Event:
+    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``."""
+    key: str
+    kind: str
+    round_index: int = -1
+    rounds: int = 0
+    test_acc: float | None = None
+    seconds: float | None = None
+    host: str = ""
+    pid: int = 0
+    at: float = dataclasses.field(default_factory=time.time)
+
+
+class EventReporter(trajectory.Reporter):
+    """The engine's progress hooks as events on the driver's queue."""
+
+    def __init__(self, key: str, events):
+        self.key, self.events = key, events
+
+    def round_started(self, round_index, rounds, sparsity, epochs):
+        post(self.events, Event(self.key, "round", round_index, rounds))
+
+    def round_done(self, round_index, metrics):
+        post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
+                                metrics.get("round_seconds")))
+
+
+def post(events, event: Event) -> None:
+    if events is None:
+        return
+    try:
+        events.put(event)
+    except Exception:  # noqa: BLE001 - a driver gone (its queue with it) must not fail the trajectory
+        pass
+
+
+def run_cell(task: Task, events=None) -> Outcome:
+    """One cell in a worker: its trajectory trained, continued or (finished already) reported."""
+    host, pid = socket.gethostname(), os.getpid()
+    if code_hash() != task.code:
+        raise CellFailed(f"host {host} runs sddkit code {code_hash()} ({package_folder()}), the sweep's driver "
+                         f"{task.code}: install the same sddkit on every node")
+    post(events, Event(task.key, "started", host=host, pid=pid))
+    root = Path(task.root) if Path(task.root).is_dir() else Path.home() / ".sddkit" / Path(task.root).name
+    root.mkdir(parents=True, exist_ok=True)  # a node without the project: its data downloads land here
+    results_dir = Path(task.results_dir) if task.results_dir else None
+    with output_to(task.log):
+        store, rows = runner.run_trajectory(task.cfg, root, force=task.force, results_dir=results_dir, quiet=True,
+                                            reporter=EventReporter(task.key, events), wait=True)
+    return Outcome(task.key, store.run_id, rows, host, pid)
+
+
+@contextlib.contextmanager
+def output_to(log: str | None):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``log`` for the block; where the
+    folder is missing (another node), leave them as they are."""
+    if not log or not Path(log).parent.is_dir():
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab", buffering=0) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def attempt(fn, *args):
+    """``fn(*args)``, or the exception it raised (the other cells keep running)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported with its cell once the sweep has ended
+        return exc
+
+
+# ---------------------------------------------------------------- local processes
+
+_events = None  # a local worker's queue to the driver (set by its initializer)
+
+
+def worker_started(parent: int, events, devices) -> None:
+    """Each local worker's initializer: die with the parent (even by kill -9), take SIGTERM (the parent's
+    death, or ``cancel``) as Ctrl-C, so the trajectory being trained is marked KILLED and its lease released;
+    on a GPU machine, take one GPU (before anything touches CUDA)."""
+    global _events
+    _events = events
+    lifeline.stop_like_ctrl_c(signal.SIGTERM)
+    lifeline.die_with_parent(parent)
+    device = devices.get() if devices is not None else None
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
+def local_work(task: Task) -> Outcome:
+    """``run_cell`` in a local worker, which leaves once interrupted: a worker whose parent was killed would
+    otherwise wait for its next task forever."""
+    try:
+        return run_cell(task, _events)
+    except (KeyboardInterrupt, SystemExit):  # the trajectory is marked KILLED by now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+class LocalExecutor:
+    """``jobs`` worker processes on this machine; where there are GPUs, worker i sees GPU i mod #GPUs alone."""
+    name = "local"
+
+    def __init__(self, jobs: int, gpus: int):
+        self.jobs = jobs
+        # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
+        context = multiprocessing.get_context("spawn")
+        self.events = context.Queue()
+        devices = None
+        if gpus:
+            devices = context.Queue()
+            for i in range(jobs):
+                devices.put(str(i % gpus))
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_started,
+                                        initargs=(os.getpid(), self.events, devices))
+
+    def describe(self) -> str:
+        return f"{self.jobs} local worker process{'es' if self.jobs > 1 else ''}"
+
+    def submit(self, task: Task) -> Future:
+        return self.pool.submit(local_work, task)
+
+    def wait(self, handles: list[Future], timeout: float) -> list[Future]:
+        done, _ = wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def outcome(self, handle: Future):
+        return attempt(handle.result)
+
+    def drain(self) -> list[Event]:
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except Exception:  # noqa: BLE001 - queue.Empty (or a worker killed mid-put)
+                return out
+
+    def cancel(self, handles: list[Future]) -> None:
+        """Drop what has not started and stop the workers now: SIGTERM stops a worker as Ctrl-C does (it marks
+        its run KILLED and exits); one still alive after ``CANCEL_GRACE_S`` is killed."""
+        workers = list((self.pool._processes or {}).values())  # no public handle before Python 3.14
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=CANCEL_GRACE_S)
+            if worker.is_alive():
+                worker.kill()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def local_jobs(jobs: int, gpus: int, cells: int) -> int:
+    """``jobs``, or (0) one per GPU, else one per CPU core; never more than there are cells."""
+    return max(1, min(jobs or gpus or os.cpu_count() or 1, cells))
+
+
+def gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# ---------------------------------------------------------------- Ray
+
+RAY_EXTRA = "pip install -e '.[ray]'"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA} (or pip install "
+                            f"'sddkit[ray]'); or run the sweep with --executor local") from exc
+    return ray
+
+
+class RayExecutor:
+    """Each cell a Ray task holding ``cpus`` CPUs and ``gpus`` GPUs; a task whose worker or node dies is retried
+    ``retries`` times (``max_retries``: system failures only; an error of the trajectory itself is final)."""
+    name = "ray"
+
+    def __init__(self, address: str | None, cpus: float, gpus: float | None, retries: int, uri: str):
+        self.ray = ray = import_ray()
+        from ray.util.queue import Queue
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            try:
+                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutorError(f"--address {address}: cannot join that Ray cluster ({exc}); start it with "
+                                    f"`ray start --head`, or drop --address to start Ray here") from exc
+        self.nodes = [n for n in ray.nodes() if n.get("Alive")]
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        self.gpus = (1.0 if cluster_gpus else 0.0) if gpus is None else gpus
+        if self.gpus > cluster_gpus:
+            raise ExecutorError(f"--gpus-per-trajectory {self.gpus:g}: the Ray cluster has {cluster_gpus:g} GPUs; "
+                                f"lower it (0 runs on CPU)")
+        self.cpus, self.retries = cpus, retries
+        # The tasks log into the sweep's store whatever their node's environment says, and run this code.
+        env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
+        runtime_env = {"env_vars": env}
+        if address is not None:  # a cluster started elsewhere: ship this sddkit to its nodes
+            runtime_env["py_modules"] = [str(package_folder())]
+        self.remote = ray.remote(run_cell).options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries,
+                                                   retry_exceptions=False, runtime_env=runtime_env)
+        self.events = Queue(actor_options={"num_cpus": 0})
+
+    def describe(self) -> str:
+        resources = f"{self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
+        return f"Ray tasks on {len(self.nodes)} node{'s' if len(self.nodes) > 1 else ''} ({resources} a cell)"
+
+    def submit(self, task: Task):
+        return self.remote.remote(task, self.events)
+
+    def wait(self, handles: list, timeout: float) -> list:
+        done, _ = self.ray.wait(handles, num_returns=len(handles), timeout=timeout, fetch_local=False)
+        return done
+
+    def outcome(self, handle):
+        from ray.exceptions import RayError, RayTaskError
+        try:
+            return self.ray.get(handle)
+        except RayTaskError as exc:  # the trajectory's own error: the same exception as a local run's
+            cause = exc.cause if isinstance(exc.cause, Exception) else None
+            return cause or CellFailed(str(exc).strip().splitlines()[-1])
+        except RayError as exc:  # its worker or node died, and so did every retry
+            return CellFailed(f"its Ray worker died {self.retries + 1} times ({type(exc).__name__}); rerun the "
+                              f"sweep to continue it")
+
+    def drain(self) -> list[Event]:
+        out = []
+        with contextlib.suppress(Exception):  # the queue's actor is gone: no more events
+            while not self.events.empty():
+                out.extend(self.events.get_nowait_batch(max(1, self.events.qsize())))
+        return out
+
+    def cancel(self, handles: list) -> None:
+        """Ctrl-C: each running task gets KeyboardInterrupt (its run marked KILLED, its lease released); what
+        is still running after ``CANCEL_GRACE_S`` is killed (a rerun continues it either way)."""
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(handle, recursive=False)
+        deadline = time.time() + CANCEL_GRACE_S
+        left = list(handles)
+        while left and time.time() < deadline:
+            _, left = self.ray.wait(left, num_returns=len(left), timeout=0.5, fetch_local=False)
+        for handle in left:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(handle, force=True)
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.events.actor)
+        if self.started_here:
+            self.ray.shutdown()
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def threads_for(cfg: Config, cpus: float, parallel: bool) -> Config:
+    """``cfg`` with the torch threads a cell may use: its CPUs (rounded up) where cells share the machine,
+    all cores for one cell alone; an explicit ``train.threads`` stays."""
+    threads = cfg.train.threads or (math.ceil(cpus) if parallel else 0)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))

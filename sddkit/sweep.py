@@ -1,0 +1,446 @@
+"""What ``sddkit sweep`` does, and ``sddkit run --seeds`` through it: a grid of cells (grid point × retrain mode
+× seed), each an ordinary trajectory, run as one job on an executor (``executors``: local processes or Ray
+tasks), with one live view, then a table of every cell's landmarks averaged over seeds, and the sweep's
+figure.
+
+The sweep is a small DAG: a reinit cell takes its masks from its lottery twin (the same config in lottery
+mode), so it starts once that cell has finished; a twin the grid lacks is added. Cells finished already (this
+config, this code) are reported, not rerun: a rerun of a sweep continues it. Every cell's parent run gets the
+tag ``sddkit.sweep`` (the sweep's id: its cells and the code); the sweep itself is a run of kind ``sweep``
+holding the grid, the landmarks table and the figure.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from sddkit import analysis, executors, plots, results, runner, sweep_view
+from sddkit.config import Config, ConfigError, SweepConfig, with_values
+from sddkit.fingerprint import code_hash
+from sddkit.paths import sqlite_path, tracking_uri
+from sddkit.tracking import Tracker, TrackingError, lottery_twin, log_files, param_text
+
+console = Console(stderr=True)
+SWEEP = "sweep"  # the sweep run's sddkit.kind
+ARTIFACT_DIR = "replicates"  # where each replicate's parent run keeps its group's mean ± std files
+POLL_S = 0.5
+
+
+class SweepFailed(RuntimeError):
+    """One or more cells ended with an error; the message names them."""
+
+
+@dataclasses.dataclass
+class Cell:
+    cfg: Config
+    point: dict             # the grid values of this cell
+    needs: str | None = None   # the key of the cell it waits for (a reinit's lottery twin)
+    added: bool = False     # not in the grid: the twin a reinit cell needs
+
+    @property
+    def key(self) -> str:
+        return self.cfg.identity_hash()
+
+    @property
+    def label(self) -> str:
+        point = "".join(f"·{k}={param_text(v)}" for k, v in self.point.items())
+        return f"{self.cfg.name}{point}·s{self.cfg.seed}"
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A finished sweep: its cells and, per cell key, its executors.Outcome (or stored run) rows."""
+    sweep_id: str
+    cells: list[Cell]
+    outcomes: dict[str, executors.Outcome]
+    tracker: Tracker
+    run_id: str
+
+
+# ---------------------------------------------------------------- the grid
+
+def expand(base: Config, settings: SweepConfig) -> list[Cell]:
+    """Every grid point × mode × seed as a cell; reinit cells get their lottery twin (added if missing)."""
+    points = [{}]
+    for key, values in settings.grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    modes = settings.modes or [base.retrain.mode]
+    seeds = settings.seeds or [base.seed]
+    cells: dict[str, Cell] = {}
+    for point in points:
+        for mode in modes:
+            for seed in seeds:
+                try:
+                    cfg = with_values(base, {**point, "retrain.mode": mode, "seed": seed})
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep cell {point or ''} mode {mode} seed {seed}: {exc}") from exc
+                add(cells, Cell(cfg, point))
+    for cell in list(cells.values()):
+        if cell.cfg.retrain.mode == "reinit" and not cell.cfg.retrain.masks_from:
+            twin = Cell(lottery_twin(cell.cfg), cell.point)
+            cell.needs = twin.key
+            if twin.key not in cells:
+                twin.added = True
+                cells[twin.key] = twin
+    return order(list(cells.values()))
+
+
+def add(cells: dict[str, Cell], cell: Cell) -> None:
+    if cell.key in cells:
+        raise ConfigError(f"sweep: cells {cells[cell.key].label} and {cell.label} are the same trajectory (the grid "
+                          f"varies a key that does not change results, e.g. tracking.* or train.threads); drop it")
+    cells[cell.key] = cell
+
+
+def order(cells: list[Cell]) -> list[Cell]:
+    """Twins first (they gate the reinit cells), then as the grid lists them."""
+    return sorted(cells, key=lambda c: c.needs is not None)
+
+
+def sweep_id(cells: list[Cell], code: str) -> str:
+    text = json.dumps(sorted(c.key for c in cells)) + code
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- running it
+
+def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
+              results_dir: Path | None = None, by_seed: bool = False) -> Sweep:
+    """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
+    With ``results_dir`` each cell's files go to its folder there: named by its label, or ``seed-N``
+    (``by_seed``, for replicates)."""
+    cells = expand(base, settings)
+    uri = tracking_uri(base.tracking.uri, root)
+    tracker = Tracker(uri, root)
+    tracker.check_writable()
+    # Before any task starts: workers creating the experiment at once would lose runs.
+    tracker.experiment_id(base.tracking.experiment)
+    code = code_hash()
+    sid = sweep_id(cells, code)
+    stored = {} if force else finished_cells(tracker, cells, code)
+    todo = [c for c in cells if c.key not in stored]
+    executor = make_executor(settings, uri, len(todo)) if todo else None
+    parallel = executor is not None and (executor.name == "ray" or executor.jobs > 1)
+    logs = root / ".sddkit" / f"sweep-{sid}"
+    logs.mkdir(parents=True, exist_ok=True)
+    tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
+                                   str(results_dir / (f"seed-{c.cfg.seed}" if by_seed else c.label))
+                                   if results_dir else None,
+                                   str(logs / f"{c.label}.log")) for c in todo}
+    console.print(f"sweep {sid}: {len(cells)} cells ({len(stored)} finished already)"
+                  + (f" on {executor.describe()}" if executor else "") + f"; cell logs in {logs}", highlight=False)
+    sweep_run = open_sweep_run(tracker, base, settings, sid, cells)
+    view = make_view(cells, stored)
+    outcomes: dict[str, executors.Outcome] = dict(stored)
+    failures: dict[str, str] = {}
+    try:
+        if executor is not None:
+            drive(executor, todo, tasks, outcomes, failures, view, tracker, sid)
+    except BaseException:
+        tracker.client.set_terminated(sweep_run, "KILLED")
+        raise
+    finally:
+        view.close()
+    for key in stored:
+        tracker.client.set_tag(outcomes[key].run_id, "sddkit.sweep", sid)
+    if failures:
+        tracker.client.set_terminated(sweep_run, "FAILED")
+        detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
+        raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
+                          f"command to continue them (finished cells are reported, not redone)")
+    return Sweep(sid, cells, outcomes, tracker, sweep_run)
+
+
+def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
+          sid: str) -> None:
+    """Submit each cell once what it needs has finished; collect outcomes and events until all have ended."""
+    waiting = {c.key: c for c in todo}
+    running: dict = {}  # handle -> cell
+    try:
+        while waiting or running:
+            for cell in list(waiting.values()):
+                if cell.needs in failures_by_key(failures, todo):
+                    failures[cell.label] = "its lottery twin failed"
+                    view.failed(cell.key, "skipped: its lottery twin failed")
+                    del waiting[cell.key]
+                elif cell.needs is None or cell.needs in outcomes:
+                    running[executor.submit(tasks[cell.key])] = cell
+                    view.queued(cell.key)
+                    del waiting[cell.key]
+            for event in executor.drain():
+                view.event(event)
+            for handle in executor.wait(list(running), POLL_S) if running else ():
+                cell = running.pop(handle)
+                outcome = executor.outcome(handle)
+                for event in executor.drain():
+                    view.event(event)
+                if isinstance(outcome, executors.Outcome):
+                    outcomes[cell.key] = outcome
+                    tracker.client.set_tag(outcome.run_id, "sddkit.sweep", sid)
+                    view.done(cell.key, outcome.rows)
+                else:
+                    failures[cell.label] = one_line(outcome)
+                    failures_by_key(failures, todo)
+                    view.failed(cell.key, one_line(outcome))
+            view.refresh()
+    except BaseException:  # Ctrl-C above all: stop the cells (each run KILLED; a rerun continues them)
+        view.note("stopping the running cells (each run is marked KILLED; rerun the sweep to continue)")
+        executor.cancel(list(running))
+        raise
+    executor.close()
+
+
+def failures_by_key(failures: dict, cells: list[Cell]) -> set[str]:
+    return {c.key for c in cells if c.label in failures}
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if isinstance(exc, (ConfigError, TrackingError, *runner.USER_ERRORS)) \
+        else f"{type(exc).__name__}: {text.splitlines()[-1]}"
+
+
+def finished_cells(tracker: Tracker, cells: list[Cell], code: str) -> dict[str, executors.Outcome]:
+    """The cells whose trajectory (this config, this code) is finished in the store: reported, not rerun."""
+    from sddkit.tracking import TrajectoryRun
+    out = {}
+    for cell in cells:
+        run = tracker.find_trajectory(cell.cfg, code)
+        if run is not None and run.info.status == "FINISHED":
+            store = TrajectoryRun(tracker, run.info.run_id)
+            out[cell.key] = executors.Outcome(cell.key, run.info.run_id, store.completed, "", 0)
+    return out
+
+
+def cell_config(cfg: Config, uri: str, settings: SweepConfig, parallel: bool) -> Config:
+    """A cell's config as its worker runs it: the sweep's store (not part of the identity) and its threads."""
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=uri))
+    return executors.threads_for(cfg, settings.cpus_per_trajectory, parallel)
+
+
+def make_executor(settings: SweepConfig, uri: str, cells: int):
+    if settings.executor == "ray":
+        executor = executors.RayExecutor(settings.address, settings.cpus_per_trajectory,
+                                         settings.gpus_per_trajectory, settings.max_retries, uri)
+        if len(executor.nodes) > 1 and is_local_store(uri):
+            executor.close()
+            raise executors.ExecutorError(
+                f"the Ray cluster has {len(executor.nodes)} nodes, whose workers cannot write this machine's "
+                f"store {uri}: start `sddkit server --host 0.0.0.0 --auth` here and run the sweep with "
+                f"MLFLOW_TRACKING_URI set to the URI it prints")
+        return executor
+    gpus = executors.gpu_count()
+    if settings.gpus_per_trajectory == 0:
+        gpus = 0
+    return executors.LocalExecutor(executors.local_jobs(settings.jobs, gpus, cells), gpus)
+
+
+def is_local_store(uri: str) -> bool:
+    return sqlite_path(uri) is not None or uri.startswith("file:") or "://" not in uri
+
+
+# ---------------------------------------------------------------- the sweep's own run
+
+def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: str, cells: list[Cell]) -> str:
+    """The run of kind ``sweep`` for this sweep id (reopened on a rerun), with the grid as params."""
+    from sddkit.tracking import literal
+    exp = tracker.experiment_id(base.tracking.experiment)
+    query = f"tags.`sddkit.kind` = {literal(SWEEP)} and tags.`sddkit.sweep` = {literal(sid)}"
+    found = tracker.client.search_runs([exp], query, max_results=1)
+    if found:
+        tracker.client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    tags = {"sddkit.kind": SWEEP, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
+    run = tracker.client.create_run(exp, tags=tags, run_name=f"sweep·{sid[:8]}")
+    params = {"sweep.grid": json.dumps(settings.grid), "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
+              "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
+              "sweep.executor": settings.executor}
+    for key, value in params.items():
+        tracker.client.log_param(run.info.run_id, key, value[:6000])
+    return run.info.run_id
+
+
+def close_sweep_run(sweep: Sweep, files: dict[str, bytes]) -> None:
+    log_files(sweep.tracker.client, sweep.run_id, files)
+    sweep.tracker.client.set_terminated(sweep.run_id, "FINISHED")
+
+
+# ---------------------------------------------------------------- the landmarks table and the figure
+
+LANDMARK_KEYS = ("dense_test_acc", "minimum_test_acc", "minimum_sparsity", "peak_test_acc", "peak_sparsity",
+                 "last_test_acc", "dip", "rise", "drop")
+
+
+def landmark_rows(sweep: Sweep) -> list[dict]:
+    """One row per grid point and mode: every landmark averaged over its seeds (n = how many)."""
+    groups: dict[tuple, list[dict]] = {}
+    for cell in sweep.cells:
+        rows = sweep.outcomes[cell.key].rows
+        ph = analysis.phases(rows, cell.cfg.analysis.interpolation_threshold, cell.cfg.analysis.light_tolerance)
+        summary = {**results.summary(rows, ph)}
+        name = (json.dumps(cell.point, sort_keys=True), cell.cfg.name)
+        groups.setdefault(name, []).append({"seed": cell.cfg.seed, **summary})
+    out = []
+    for (point, name), members in groups.items():
+        row = {**json.loads(point), "trajectory": name, "n": len(members),
+               "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"]))}
+        for key in LANDMARK_KEYS:
+            values = [m[key] for m in members if m.get(key) is not None and m[key] == m[key]]  # NaN: no minimum
+            row[key] = sum(values) / len(values) if values else None
+        out.append(row)
+    return out
+
+
+def landmark_columns(grid_keys: list[str]) -> dict[str, str]:
+    return {**{k: k for k in grid_keys}, "trajectory": "trajectory", "n": "n", "dense_test_acc": "dense %",
+            "minimum_test_acc": "minimum %", "minimum_sparsity": "at sparsity", "peak_test_acc": "peak %",
+            "peak_sparsity": "at sparsity ", "last_test_acc": "last %", "dip": "dip", "rise": "rise",
+            "drop": "drop"}
+
+
+def landmark_formats() -> dict:
+    acc, pct = (lambda v: f"{v:.1f}"), (lambda v: f"{100 * v:.2f}%")  # noqa: E731 (None is shown blank)
+    return {"dense_test_acc": acc, "minimum_test_acc": acc, "peak_test_acc": acc, "last_test_acc": acc,
+            "minimum_sparsity": pct, "peak_sparsity": pct, "dip": acc, "rise": acc, "drop": acc}
+
+
+def landmarks_csv(rows: list[dict], columns: dict[str, str]) -> bytes:
+    return results.render_table(rows, columns, "csv").encode()
+
+
+def sweep_figure(sweep: Sweep, grid_keys: list[str], experiment: str) -> bytes | None:
+    """The paper's figure for the sweep's cells: one panel per value of the first grid key, each trajectory
+    name (lottery, reinit, ...) a mean ± std curve over seeds. None, with a note, where it cannot be drawn."""
+    from sddkit import compare
+    names = list(dict.fromkeys(c.cfg.name for c in sweep.cells))
+    where = [f"sddkit.sweep={sweep.sweep_id}"]
+    try:
+        if grid_keys:
+            panels = compare.compare_by(sweep.tracker, names, experiment, grid_keys[0], where)
+            return compare.panels_figure(panels)
+        return compare.figure(compare.compare(sweep.tracker, names, experiment, where))
+    except (TrackingError, ConfigError, AttributeError, ValueError) as exc:
+        console.print(f"[yellow]note:[/] the sweep's figure was not drawn ({exc})", highlight=False)
+        return None
+
+
+def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path | None,
+           table_format: str = "table") -> None:
+    """The closing table, the sweep run's files, the results folder and where to look."""
+    grid_keys = list(settings.grid)
+    rows = landmark_rows(sweep)
+    columns = landmark_columns(grid_keys)
+    files = {"landmarks.csv": landmarks_csv(rows, columns), "landmarks.json": landmarks_json(rows)}
+    figure = sweep_figure(sweep, grid_keys, base.tracking.experiment)
+    if figure is not None:
+        files["sweep.png"] = figure
+    close_sweep_run(sweep, files)
+    log_groups(sweep)
+    if results_dir is not None:
+        results.write_folder(results_dir, files)
+    title = f"sweep {sweep.sweep_id}: landmarks (test accuracy %), averaged over seeds"
+    results.print_table(results.render_table(rows, columns, table_format, title, landmark_formats()),
+                        Console() if table_format == "table" else Console())
+    names = list(dict.fromkeys(c.cfg.name for c in sweep.cells))
+    by = f" --by {grid_keys[0]}" if grid_keys else ""
+    where = (f"figure:  runs:/{sweep.run_id}/sweep.png" + (f" and {results_dir / 'sweep.png'}" if results_dir else "")
+             if figure is not None else "figure:  not drawn (see the note above)")
+    lines = runner.where_lines(sweep.tracker, base, f"sweep run sweep·{sweep.sweep_id[:8]} ({sweep.run_id})",
+                               names[0])
+    lines[-1] = (f"  compare: sddkit compare --runs {' '.join(names)}{by} --where sddkit.sweep={sweep.sweep_id}"
+                 f" --output DIR")
+    runner.print_lines([*lines, f"  {where}"], to_stderr=table_format != "table")
+
+
+def landmarks_json(rows: list[dict]) -> bytes:
+    """DVC metrics: {"<trajectory>·<key>=<value>…": {landmark: mean}} (strict JSON: null, never NaN)."""
+    out = {}
+    for row in rows:
+        name = row["trajectory"] + "".join(f"·{k}={row[k]}" for k in row if "." in k)
+        out[name] = {k: (None if row[k] is None or row[k] != row[k] else round(row[k], 4)) for k in LANDMARK_KEYS}
+        out[name]["n"] = row["n"]
+    return (json.dumps(out, indent=1) + "\n").encode()
+
+
+# ---------------------------------------------------------------- replicates: mean ± std over seeds
+
+def groups_of(sweep: Sweep) -> list[list[Cell]]:
+    groups: dict[str, list[Cell]] = {}
+    for cell in sweep.cells:
+        groups.setdefault(cell.cfg.group_hash(), []).append(cell)
+    return list(groups.values())
+
+
+def log_groups(sweep: Sweep) -> None:
+    """Every replicate's parent run keeps its group's mean ± std files under ``replicates/``."""
+    for cells in groups_of(sweep):
+        files = group_files(cells[0].cfg, [sweep.outcomes[c.key].rows for c in cells], [c.cfg.seed for c in cells])
+        stored = {f"{ARTIFACT_DIR}/{name}": content for name, content in files.items()}
+        for cell in cells:
+            run_id = sweep.outcomes[cell.key].run_id
+            log_files(sweep.tracker.client, run_id, stored)
+            sweep.tracker.client.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
+
+
+def group_files(cfg: Config, replicates: list[list[dict]], seeds: list[int]) -> dict[str, bytes]:
+    """A group's files: mean ± std by round (CSV) and the mean ± std curve (PNG)."""
+    rows = results.mean_rows(replicates)
+    keys = results.STD_KEYS
+    series = {k: [r[k] for r in rows] for k in ("remaining", *keys, *(f"{k}_std" for k in keys))}
+    title = f"{cfg.name}: mean ± std over seeds {' '.join(map(str, seeds))} (group {cfg.group_hash()})"
+    return {"mean_std.csv": mean_csv(rows).encode(), "curve_mean_std.png": plots.curve_png({cfg.name: series}, title)}
+
+
+def mean_csv(rows: list[dict]) -> str:
+    columns = ("round", "sparsity", "remaining", *(c for k in results.STD_KEYS for c in (k, f"{k}_std")))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "round": int(round(r["round"]))} for r in rows)
+    return out.getvalue()
+
+
+def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
+                   results_dir: Path | None = None, table_format: str = "table") -> Sweep:
+    """``sddkit run --seeds``: a sweep of one grid point and mode over ``seeds`` on local processes, then the
+    group's mean ± std table (``table_format``) and curve."""
+    if len(set(seeds)) != len(seeds):
+        raise SweepFailed(f"--seeds {' '.join(map(str, seeds))}: each seed once, please")
+    settings = SweepConfig(seeds=list(seeds), jobs=jobs, executor="local")
+    sweep = run_sweep(cfg, settings, root, force, results_dir, by_seed=True)
+    cells = [c for c in sweep.cells if not c.added]
+    replicates = [sweep.outcomes[c.key].rows for c in cells]
+    files = group_files(cfg, replicates, seeds)
+    log_groups(sweep)
+    close_sweep_run(sweep, {})
+    if results_dir is not None:
+        results.write_folder(results_dir, files)
+    print_replicate_table(results.mean_rows(replicates), seeds, cfg, table_format)
+    where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{sweep.outcomes[cells[0].key].run_id}/{ARTIFACT_DIR}/"
+    console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)", highlight=False)
+    runs = [sweep.outcomes[c.key].run_id for c in cells]
+    names = ", ".join(sweep.tracker.client.get_run(r).info.run_name for r in runs)
+    runner.print_lines(runner.where_lines(sweep.tracker, cfg, f"runs {names} ({', '.join(runs)})", cfg.name),
+                       to_stderr=table_format != "table")
+    return sweep
+
+
+def print_replicate_table(rows: list[dict], seeds: list[int], cfg: Config, table_format: str = "table") -> None:
+    title = f"mean ± std over seeds {' '.join(map(str, seeds))} (phases of the mean)"
+    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
+    std = results.STD_KEYS if len(seeds) > 1 else ()  # one seed has no spread: no std column rather than 0.0
+    results.print_table(results.closing_table(rows, ph, ("sparsity", "train_acc_noisy", "test_acc"), table_format,
+                                              title, std))
+
+
+# ---------------------------------------------------------------- the view
+
+def make_view(cells: list[Cell], stored: dict):
+    view_class = sweep_view.LiveView if console.is_terminal else sweep_view.LineView
+    return view_class(cells, stored, console)
