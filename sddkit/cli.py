@@ -296,14 +296,18 @@ COMPARE_TABLES, COMPARE_FIGURES = ("table", "csv", "json", "md"), ("png", "pdf",
                    "--output writes: png (default), pdf, svg. E.g. --format md pdf.")
 @click.option("--paper", is_flag=True, help="Overlay the paper's read-offs for the runs' preset and noise.ratio, "
                                             "and print ours − paper at the landmarks.")
+@click.option("--by", default=None, metavar="KEY",
+              help="One panel per value of this param or tag (e.g. noise.ratio), one curve per --runs selector in "
+                   "each; the table and compare.csv split by it.")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
 @click.option("--output", "output_dir", default=None, type=click.Path(file_okay=False),
               help="Write compare.csv and the figure (compare.png, or the --format ones) into this folder.")
 @click.option("--params", "params_path", default=None,
               help="Params file for tracking.* and sddkit_stages.compare (default: the project root's params.yaml).")
-def compare_command(selectors, where, labels, formats, paper, experiment, output_dir, params_path) -> None:
+def compare_command(selectors, where, labels, formats, paper, by, experiment, output_dir, params_path) -> None:
     """Compare trajectories round by round: replicates (same name and config, other seeds) as mean ± std,
-    each curve's phases, the difference of the first two; a table, and a CSV and figure with --output."""
+    each curve's phases, the difference of the first two; a table, and a CSV and figure with --output.
+    With --by KEY, all of it once per value of KEY (the figure's panels side by side)."""
     tables = list(dict.fromkeys(f for f in formats if f in COMPARE_TABLES))
     figures = tuple(dict.fromkeys(f for f in formats if f in COMPARE_FIGURES))
     if len(tables) > 1:
@@ -312,6 +316,9 @@ def compare_command(selectors, where, labels, formats, paper, experiment, output
         fail(f"--format {' '.join(figures)}: the figure is a file in --output DIR; give --output", code=2)
     if labels and len(labels) != len(selectors):
         fail(f"--label: give one per --runs selector ({len(selectors)} selectors, {len(labels)} labels)", code=2)
+    if by is not None and paper:
+        fail("--paper with --by: the read-offs are overlaid on the one-panel figure; compare one value at a time "
+             f"(--where {by}=VALUE --paper)", code=2)
     root = project_root()
     cfg = resolve_config(None, (), params_path, root)
     from sddkit.paths import missing_project, tracking_uri
@@ -326,12 +333,20 @@ def compare_command(selectors, where, labels, formats, paper, experiment, output
     from sddkit.tracking import Tracker, TrackingError
     try:
         tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-        curves = compare.compare(tracker, list(selectors), experiment or cfg.tracking.experiment, list(where),
-                                 settings.interpolation_threshold, list(labels) or None)
+        experiment, threshold = experiment or cfg.tracking.experiment, settings.interpolation_threshold
+        if by is None:
+            found = compare.compare(tracker, list(selectors), experiment, list(where), threshold, list(labels) or None)
+        else:
+            found = compare.compare_by(tracker, list(selectors), experiment, by, list(where), threshold,
+                                       list(labels) or None)
     except (TrackingError, config_mod.ConfigError) as exc:
         fail(str(exc))
-    compare.report(curves, Path(output_dir) if output_dir else None, tables[0] if tables else "table",
-                   figures or ("png",), paper)
+    output = Path(output_dir) if output_dir else None
+    table_format, figure_formats = tables[0] if tables else "table", figures or ("png",)
+    if by is None:
+        compare.report(found, output, table_format, figure_formats, paper)
+    else:
+        compare.report_panels(found, output, table_format, figure_formats)
 
 
 @main.command("ui")

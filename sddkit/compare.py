@@ -4,7 +4,8 @@ A selector picks finished trajectories by run name, by tag or param (``key=value
 ``--results`` folder of ``sddkit run`` (its run.json, which is how the DVC pipeline names the runs it
 made). Runs of one selector that share a config but not the seed (tag ``sddkit.group``) are replicates,
 averaged to mean ± std. When a name covers several configs (say after ``dvc exp run -S noise.ratio=0.4``)
-the newest one is compared and the others are named, with how to pick them.
+the newest one is compared and the others are named, with how to pick them. ``compare_by`` does all of it
+once per value of one param (``--by noise.ratio``): the paper's figure, one panel per noise level.
 """
 from __future__ import annotations
 
@@ -48,20 +49,20 @@ def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list
     """One curve per selector; ``threshold`` (None: each run's own) places the phases. Curves are labelled by
     ``labels`` (one per selector) or by their name and the params that differ between them."""
     check_filters(where)
-    if labels and len(labels) != len(selectors):
-        raise TrackingError(f"--label: give one per --runs selector ({len(selectors)} selectors, "
-                            f"{len(labels)} labels)")
+    check_labels(selectors, labels)
     curves = []
     for selector in selectors:
         runs = newest_group(selector, select(tracker, selector, experiment, where))
         curves.append(build_curve(tracker, selector_label(selector, runs[0]), runs, threshold))
-    for curve, label in zip(curves, labels or legend_labels(curves)):
+    for curve, label in zip(curves, curve_labels(curves, labels)):
         curve.label = label
-    taken: list[str] = []
-    for curve in curves:  # the same --label twice, or two selectors of one config: still tell them apart
-        curve.label = unique_label(curve.label, taken)
-        taken.append(curve.label)
     return curves
+
+
+def check_labels(selectors: list[str], labels: list[str] | None) -> None:
+    if labels and len(labels) != len(selectors):
+        raise TrackingError(f"--label: give one per --runs selector ({len(selectors)} selectors, "
+                            f"{len(labels)} labels)")
 
 
 # ---------------------------------------------------------------- selection
@@ -111,8 +112,13 @@ def run_from_folder(tracker: Tracker, folder: Path):
 def matches(run, assignment: str) -> bool:
     """``key=value`` against the run's tags, then its params (values compared as YAML: 0.4 == 0.40)."""
     key, _, value = assignment.partition("=")
-    stored = run.data.tags.get(key.strip(), run.data.params.get(key.strip()))
+    stored = stored_value(run, key.strip())
     return stored is not None and (stored == value.strip() or _as_yaml(stored) == _as_yaml(value.strip()))
+
+
+def stored_value(run, key: str) -> str | None:
+    """The run's tag ``key``, else its param ``key`` (None where it has neither)."""
+    return run.data.tags.get(key, run.data.params.get(key))
 
 
 def newest_group(selector: str, runs: list) -> list:
@@ -160,10 +166,19 @@ def unique_label(label: str, taken: list[str]) -> str:
     return out
 
 
-def legend_labels(curves: list[Curve], limit: int = 3) -> list[str]:
+def curve_labels(curves: list[Curve], labels: list[str] | None, ignored: frozenset[str] = frozenset()) -> list[str]:
+    """``labels``, else each curve's legend label (``ignored`` params left out of it); a label met twice (the
+    same --label twice, or two selectors of one config) gets a number, so the curves are still told apart."""
+    taken: list[str] = []
+    for label in labels or legend_labels(curves, ignored=ignored):
+        taken.append(unique_label(label, taken))
+    return taken
+
+
+def legend_labels(curves: list[Curve], limit: int = 3, ignored: frozenset[str] = frozenset()) -> list[str]:
     """Each curve's name, then ``key=value`` for the params that differ between the curves (``lottery ·
     noise.ratio=0.4``); the seeds where nothing else tells two curves apart."""
-    keys = differing_keys([c.params for c in curves])
+    keys = [k for k in differing_keys([c.params for c in curves]) if k not in ignored]
     labels = []
     for c in curves:
         shown = [f"{k}={c.params.get(k)}" for k in keys if c.params.get(k) != c.label]
@@ -213,16 +228,19 @@ def difference(curves: list[Curve], i: int, key: str) -> float | None:
     return b[i][key] - a[i][key] if i < len(a) and i < len(b) else None
 
 
-def table_text(curves: list[Curve], fmt: str = "table") -> str:
+def table_text(curves: list[Curve], fmt: str = "table", heading: str = "", missing: list[str] = ()) -> str:
     """The comparison in ``fmt``: ``table`` and ``md`` show the cells a reader wants (% with ± std, phases
-    and landmarks); ``csv`` and ``json`` the numbers of compare.csv."""
+    and landmarks); ``csv`` and ``json`` the numbers of compare.csv. ``heading`` opens the title (a panel's
+    ``noise.ratio = 0.4``), which names the ``missing`` curves too."""
     if fmt in ("csv", "json"):
         columns, rows = data_rows(curves)
         return results.render_rows(rows, columns, fmt)
     shared = shared_sparsity(curves)
     columns = header(curves, shared)
     rows = [dict(zip(columns, table_row(curves, i, shared))) for i in range(max(len(c.rows) for c in curves))]
-    return results.render_rows(rows, columns, fmt, title=" vs ".join(f"{c.label} (seeds {c.seeds})" for c in curves),
+    title = " vs ".join(f"{c.label} (seeds {c.seeds})" for c in curves)
+    title = (f"{heading}: " if heading else "") + title + "".join(f"; no {label} run" for label in missing)
+    return results.render_rows(rows, columns, fmt, title=title,
                                caption="train: accuracy on the noisy labels trained on; ± the sample std over seeds"
                                + ("; Δ: the second curve minus the first" if len(curves) >= 2 else ""))
 
@@ -253,14 +271,18 @@ def table_row(curves: list[Curve], i: int, shared: bool) -> list[str]:
 
 CURVE_COLUMNS = ("sparsity", "remaining", "test_acc", "test_acc_std", "train_acc_noisy", "train_acc_noisy_std",
                  "train_acc_clean")
+DIFF_COLUMNS = ("diff:test_acc", "diff:train_acc_noisy")
+
+
+def data_columns(labels: list[str]) -> list[str]:
+    return ["round"] + [f"{label}:{k}" for label in labels for k in (*CURVE_COLUMNS, "phase", "n")] + \
+        (list(DIFF_COLUMNS) if len(labels) >= 2 else [])
 
 
 def data_rows(curves: list[Curve]) -> tuple[list[str], list[dict]]:
     """One row a round: each curve's means and stds (``<label>:<metric>``; a single run's std blank), its phase
     and replicate count, then the differences of the first two curves."""
-    columns = ["round"] + [f"{c.label}:{k}" for c in curves for k in (*CURVE_COLUMNS, "phase", "n")]
-    if len(curves) >= 2:
-        columns += ["diff:test_acc", "diff:train_acc_noisy"]
+    columns = data_columns([c.label for c in curves])
     rows = []
     for i in range(max(len(c.rows) for c in curves)):
         row = {"round": i}
@@ -363,19 +385,145 @@ def report(curves: list[Curve], output: Path | None, table_format: str = "table"
     With csv or json on stdout, everything but the table goes to stderr, so stdout stays one document."""
     overlays = paper_overlays(curves) if paper else {}
     sys.stdout.write(table_text(curves, table_format))
-    machine = table_format in ("csv", "json")
-    side = sys.stderr if machine else sys.stdout
-    for c in curves:
-        runs = ", ".join(r.info.run_id[:8] for r in c.runs)
-        side.write(f"{'- ' if table_format == 'md' else ''}{c.label}: {phase_tag(c.rows, c.phases)}   (runs {runs})\n")
+    side = side_stream(table_format)
+    write_landmarks(side, curves, table_format)
     if overlays:
         side.write("\n" + deviation_text(curves, overlays, "md" if table_format == "md" else "table"))
     side.flush()
     if output is not None:
-        files = {CSV_NAME: csv_text(curves).encode()}
-        files.update({f"{FIGURE_STEM}.{fmt}": figure(curves, fmt, overlays) for fmt in figure_formats})
-        results.write_folder(output, files)
-        console.print(f"wrote {', '.join(str(output / name) for name in files)}", highlight=False, soft_wrap=True)
+        write_output(output, csv_text(curves), {fmt: figure(curves, fmt, overlays) for fmt in figure_formats})
+
+
+def side_stream(table_format: str):
+    """Where the lines beside the table go: stderr when stdout holds a csv or json document."""
+    return sys.stderr if table_format in ("csv", "json") else sys.stdout
+
+
+def write_landmarks(side, curves: list[Curve], table_format: str, heading: str = "") -> None:
+    for c in curves:
+        runs = ", ".join(r.info.run_id[:8] for r in c.runs)
+        side.write(f"{'- ' if table_format == 'md' else ''}{heading}{c.label}: {phase_tag(c.rows, c.phases)}   "
+                   f"(runs {runs})\n")
+
+
+def write_output(output: Path, csv: str, figures: dict[str, bytes]) -> None:
+    files = {CSV_NAME: csv.encode(), **{f"{FIGURE_STEM}.{fmt}": content for fmt, content in figures.items()}}
+    results.write_folder(output, files)
+    console.print(f"wrote {', '.join(str(output / name) for name in files)}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- one panel per value of a param (--by)
+
+@dataclass
+class Panel:
+    """The curves of one value of the ``--by`` param: one slot per selector, in the selectors' order, None
+    where that selector has no finished run with this value."""
+    key: str
+    value: str
+    curves: list[Curve | None]
+    labels: list[str]  # the selectors' curve labels, the same in every panel
+
+    @property
+    def title(self) -> str:
+        return f"{self.key} = {self.value}"
+
+    @property
+    def present(self) -> list[Curve]:
+        return [c for c in self.curves if c is not None]
+
+    @property
+    def missing(self) -> list[str]:
+        return [label for label, c in zip(self.labels, self.curves) if c is None]
+
+
+def compare_by(tracker: Tracker, selectors: list[str], experiment: str, by: str, where: list[str] = (),
+               threshold: float | None = None, labels: list[str] | None = None) -> list[Panel]:
+    """``compare`` once per value of the tag or param ``by`` (numeric order where the values are numbers): in
+    each panel, each selector's replicates of its newest config with that value, as one curve. A curve keeps
+    its label (``labels``, else its name and the params other than ``by`` that differ) in every panel."""
+    check_filters(where)
+    check_labels(selectors, labels)
+    groups = split_by(by, {s: select(tracker, s, experiment, list(where)) for s in selectors})
+    values = value_order({value for runs_by_value in groups.values() for value in runs_by_value})
+    slots = [[None] * len(selectors) for _ in values]
+    for i, selector in enumerate(selectors):
+        for j, value in enumerate(values):
+            if value in groups[selector]:
+                runs = newest_group(f"{selector} at {by}={value}", groups[selector][value])
+                slots[j][i] = build_curve(tracker, selector_label(selector, runs[0]), runs, threshold)
+    each_selector = [next(panel[i] for panel in slots if panel[i] is not None) for i in range(len(selectors))]
+    names = curve_labels(each_selector, labels, ignored=frozenset({by}))
+    for panel in slots:
+        for curve, name in zip(panel, names):
+            if curve is not None:
+                curve.label = name
+    return [Panel(by, value, panel, names) for value, panel in zip(values, slots)]
+
+
+def split_by(by: str, selected: dict[str, list]) -> dict[str, dict[str, list]]:
+    """Each selector's runs by their value of ``by`` (newest first, as selected); a selector none of whose
+    runs has ``by`` is an error naming the params that do differ."""
+    groups = {}
+    for selector, runs in selected.items():
+        groups[selector] = {}
+        for r in runs:
+            value = stored_value(r, by)
+            if value is not None:
+                groups[selector].setdefault(value, []).append(r)
+        if not groups[selector]:
+            keys = differing_keys([r.data.params for found in selected.values() for r in found])
+            raise TrackingError(f"--by {by}: no trajectory of --runs {selector} has that tag or param; the params "
+                                f"that differ between the selected trajectories: {', '.join(keys) or 'none'}")
+        lacking = len(runs) - sum(map(len, groups[selector].values()))
+        if lacking:
+            console.print(f"[yellow]note:[/] --runs {selector}: {lacking} trajectories have no {by}; left out",
+                          highlight=False)
+    return groups
+
+
+def value_order(values: set[str]) -> list[str]:
+    """Numbers by value (0.05 before 0.2 before 0.4), anything else as text."""
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
+def panels_text(panels: list[Panel], fmt: str = "table") -> str:
+    """``table`` and ``md``: each panel's table, titled by its value; ``csv`` and ``json``: the rows of all
+    panels in one document, the ``by`` key's value the first column (a missing curve's columns blank)."""
+    if fmt not in ("csv", "json"):
+        return "\n".join(table_text(p.present, fmt, p.title, p.missing) for p in panels)
+    key = panels[0].key
+    columns, rows = [key, *data_columns(panels[0].labels)], []
+    for p in panels:
+        paired = all(c is not None for c in p.curves[:2])  # diff: the second selector minus the first
+        for row in data_rows(p.present)[1]:
+            rows.append({key: _as_yaml(p.value), **{k: v for k, v in row.items() if paired or k not in DIFF_COLUMNS}})
+    return results.render_rows(rows, columns, fmt)
+
+
+def panels_figure(panels: list[Panel], fmt: str = "png") -> bytes:
+    """The compare figure with one panel per value (``plots.panels_figure``), each curve's colour and legend
+    entry the same in every panel; the legend gives each curve's replicate count (per panel where it varies)."""
+    counts = [" / ".join(dict.fromkeys(str(len(p.curves[i].runs)) for p in panels if p.curves[i] is not None))
+              for i in range(len(panels[0].labels))]
+    drawn = [(p.title, [plot_series(f"{c.label} (n={n})", c.rows, c.phases, None) if c is not None else None
+                        for c, n in zip(p.curves, counts)]) for p in panels]
+    return plots.panels_figure(drawn, figure_title([c for p in panels for c in p.present]), fmt)
+
+
+def report_panels(panels: list[Panel], output: Path | None, table_format: str = "table",
+                  figure_formats: tuple[str, ...] = ("png",)) -> None:
+    """``report`` of ``compare_by``'s panels: the tables, each curve's landmarks, compare.csv with the by
+    column and the figure with one panel per value."""
+    sys.stdout.write(panels_text(panels, table_format))
+    side = side_stream(table_format)
+    for p in panels:
+        write_landmarks(side, p.present, table_format, heading=f"{p.title} · ")
+    side.flush()
+    if output is not None:
+        write_output(output, panels_text(panels, "csv"), {fmt: panels_figure(panels, fmt) for fmt in figure_formats})
 
 
 def _signed(value: float | None, digits: int = 1) -> str:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 
@@ -66,20 +67,60 @@ def compare_figure(series: list[Series], title: str, fmt: str = "png") -> bytes:
     fig = plt.figure(figsize=(10, 5.2 + 0.28 * len(series)), dpi=130)
     grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.3 + 0.28 * len(series)], hspace=0.06)
     ax = fig.add_subplot(grid[0])
-    strip = fig.add_subplot(grid[1], sharex=ax)
-    for i, s in enumerate(series):
-        draw_series(ax, s, f"C{i}")
-    draw_phase_strip(strip, series)
-    xs = [100 * r for s in series for r in s.remaining]
-    remaining_axis(strip, xs)
-    sparsity_axis(ax, xs)
-    ax.tick_params(labelbottom=False)
+    draw_panel(ax, fig.add_subplot(grid[1], sharex=ax), series, [100 * r for s in series for r in s.remaining])
     ax.set_ylabel("accuracy (%)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(handles=legend_handles(ax, series), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
+    ax.legend(handles=legend_handles(ax.get_legend_handles_labels()[0], series), fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=10)
     return figure_bytes(fig, fmt, tight_layout=False)  # the saved box still fits the legend outside
+
+
+def panels_figure(panels: list[tuple[str, list[Series | None]]], title: str, fmt: str = "png") -> bytes:
+    """``compare_figure`` once per ``(panel title, series)``, side by side (see ``draw_panels``)."""
+    return figure_bytes(draw_panels(panels, title), fmt, tight_layout=False)
+
+
+def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
+    """Panels side by side sharing the accuracy axis and the remaining-weights range, each with its phase
+    strip below. Series ``i`` of every panel is one curve (colour ``C{i}``; None where a panel lacks it);
+    one legend, beside the last panel."""
+    slots = max(len(series) for _, series in panels)
+    fig = plt.figure(figsize=(1.6 + 4.2 * len(panels), 5.2 + 0.28 * slots), dpi=130)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=[5.0, 0.3 + 0.28 * slots], hspace=0.06, wspace=0.05)
+    xs = [100 * r for _, series in panels for s in series if s is not None for r in s.remaining]
+    first = None
+    for j, (name, series) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, j], sharey=first)
+        strip = fig.add_subplot(grid[1, j], sharex=ax)
+        first = first or ax
+        draw_panel(ax, strip, series, xs)
+        strip.set_xlabel("")  # once for all, below
+        ax.tick_params(labelleft=j == 0)
+        strip.tick_params(labelleft=j == 0)
+        ax.set_title(name, fontsize=10)
+    first.set_ylabel("accuracy (%)")
+    fig.supxlabel("remaining weights (log scale) — sparsity grows to the right", fontsize=10)
+    fig.suptitle(title, fontsize=11, y=1.0, va="bottom")  # above the panels' titles, whatever their height
+    each = [next((series[i] for _, series in panels if i < len(series) and series[i] is not None), None)
+            for i in range(slots)]
+    curves = [Line2D([], [], color=f"C{i}", linewidth=1.4, marker="o", markersize=2.5, label=s.label)
+              for i, s in enumerate(each) if s is not None]
+    ax.legend(handles=legend_handles(curves, [s for s in each if s is not None]), fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def draw_panel(ax, strip, series: list[Series | None], percents: list[float]) -> None:
+    """The curves (series ``i`` in colour ``C{i}``) on ``ax`` and their phases on ``strip`` below it, both over
+    the remaining weights ``percents`` span."""
+    for i, s in enumerate(series):
+        if s is not None:
+            draw_series(ax, s, f"C{i}")
+    draw_phase_strip(strip, series)
+    remaining_axis(strip, percents)
+    sparsity_axis(ax, percents)
+    ax.tick_params(labelbottom=False)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 def draw_series(ax, s: Series, colour: str) -> None:
@@ -103,10 +144,9 @@ def draw_series(ax, s: Series, colour: str) -> None:
                 markersize=7, markeredgewidth=1.3, zorder=6)
 
 
-def legend_handles(ax, series: list[Series]) -> list:
-    from matplotlib.lines import Line2D
-
-    handles, _ = ax.get_legend_handles_labels()
+def legend_handles(curves: list, series: list[Series]) -> list:
+    """The ``curves``' handles, then what the line styles and markers mean."""
+    handles = list(curves)
     grey = dict(color="0.35", linewidth=1.4)
     handles += [Line2D([], [], linestyle="-", label="test accuracy (mean" + (" ± std)" if any(
                     s.test_acc_std is not None for s in series) else ")"), **grey),
@@ -118,10 +158,12 @@ def legend_handles(ax, series: list[Series]) -> list:
     return handles
 
 
-def draw_phase_strip(ax, series: list[Series]) -> None:
-    """One row a curve (the first on top): each phase a shaded span, edges halfway (on the log axis) between
-    the rounds on either side of a change."""
+def draw_phase_strip(ax, series: list[Series | None]) -> None:
+    """One row a curve (the first on top; a None's row left empty): each phase a shaded span, edges halfway
+    (on the log axis) between the rounds on either side of a change."""
     for row, s in enumerate(series):
+        if s is None:
+            continue
         x = 100 * np.asarray(s.remaining)
         edges = np.concatenate([[x[0]], np.sqrt(x[:-1] * x[1:]), [x[-1]]])
         first = 0

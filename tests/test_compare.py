@@ -232,6 +232,7 @@ def test_cli_figure_formats_and_paper_without_a_read_off(in_project, tmp_path):
     (["--format", "csv", "md"], "--format: one table format at a time"),
     (["--format", "pdf"], "the figure is a file in --output DIR"),
     (["--label", "one"], "--label: give one per --runs selector (2 selectors, 1 labels)"),
+    (["--by", "noise.ratio", "--paper"], "--paper with --by"),
 ])
 def test_cli_refuses_bad_format_and_label_in_one_line(in_project, args, message):
     result = invoke(*args)
@@ -247,3 +248,71 @@ def test_deviation_from_the_paper_at_the_landmarks():
     table = {r["landmark"]: r for r in compare.deviations("ours", rows, ph, paper)}
     assert table["dense"]["Δ test"] == "-1.0" and table["minimum"]["Δ test"] == "-1.5"
     assert table["peak"]["Δ test"] == "+0.5" and table["peak"]["Δ sparsity"] == "+0.00"
+
+
+# ---------------------------------------------------------------- --by: one panel per value of a param
+
+def stored_test_acc(rows: list[dict]) -> list[float]:
+    return [r["test_acc"] for r in rows]
+
+
+def test_by_gives_one_panel_per_value_each_curve_the_mean_of_its_runs(stored):
+    _, tracker, runs = stored
+    low, high = compare.compare_by(tracker, ["lottery", "reinit"], "sddkit", "noise.ratio")
+    assert [low.title, high.title] == ["noise.ratio = 0.2", "noise.ratio = 0.4"]
+    lottery, reinit = low.curves
+    assert sorted(r.info.run_id for r in lottery.runs) == sorted([runs["lottery0"][0], runs["lottery1"][0]])
+    per_seed = np.array([stored_test_acc(runs[k][1]) for k in ("lottery0", "lottery1")])
+    assert np.allclose(stored_test_acc(lottery.rows), per_seed.mean(axis=0), atol=1e-4)
+    assert np.allclose([r["test_acc_std"] for r in lottery.rows], per_seed.std(axis=0, ddof=1), atol=1e-4)
+    assert np.allclose(stored_test_acc(reinit.rows), stored_test_acc(runs["reinit0"][1]), atol=1e-4)
+    assert "test_acc_std" not in reinit.rows[0]  # one run: no band
+    noisier, no_reinit = high.curves  # no reinit ran at 0.4: the panel shows the lottery and names the gap
+    assert [r.info.run_id for r in noisier.runs] == [runs["lottery0-noisier"][0]] and no_reinit is None
+    assert np.allclose(stored_test_acc(noisier.rows), stored_test_acc(runs["lottery0-noisier"][1]), atol=1e-4)
+    assert high.missing == ["reinit"]
+    assert [c.label for c in (lottery, reinit, noisier)] == ["lottery", "reinit", "lottery"]  # the same in each panel
+
+
+def test_by_csv_has_the_key_column_and_blanks_for_a_missing_curve(stored):
+    _, tracker, runs = stored
+    panels = compare.compare_by(tracker, ["lottery", "reinit"], "sddkit", "noise.ratio")
+    text = compare.panels_text(panels, "csv")
+    assert text.startswith("noise.ratio,round,lottery:sparsity")
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["noise.ratio"], r["round"]) for r in table] == [(v, str(i)) for v in ("0.2", "0.4") for i in range(3)]
+    assert table[0]["lottery:n"] == "2" and table[0]["reinit:n"] == "1" and table[0]["diff:test_acc"] != ""
+    assert all(r["reinit:test_acc"] == "" and r["diff:test_acc"] == "" for r in table[3:])
+    assert float(table[4]["lottery:test_acc"]) == pytest.approx(runs["lottery0-noisier"][1][1]["test_acc"], abs=1e-3)
+    assert json.loads(compare.panels_text(panels, "json"))[3]["noise.ratio"] == 0.4
+    md = compare.panels_text(panels, "md")
+    assert "**noise.ratio = 0.2: lottery (seeds 0 1) vs reinit (seeds 0)**" in md
+    assert "**noise.ratio = 0.4: lottery (seeds 0); no reinit run**" in md
+
+
+def test_by_within_one_sweep_keeps_only_its_tagged_cells(stored):
+    _, tracker, runs = stored
+    for name in ("lottery1", "reinit0"):  # as `sddkit sweep` tags its cells
+        tracker.client.set_tag(runs[name][0], "sddkit.sweep", "sweep-by-test")
+    (panel,) = compare.compare_by(tracker, ["lottery", "reinit"], "sddkit", "noise.ratio",
+                                  where=["sddkit.sweep=sweep-by-test"])
+    assert panel.value == "0.2" and [[r.info.run_id for r in c.runs] for c in panel.curves] == [
+        [runs["lottery1"][0]], [runs["reinit0"][0]]]
+
+
+def test_cli_by_writes_csv_and_figures_and_refuses_an_unknown_key(in_project, tmp_path):
+    result = CliRunner().invoke(main, ["compare", "--runs", "lottery", "reinit", "--by", "noise.ratio",
+                                       "--format", "png", "pdf", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "noise.ratio = 0.4: lottery (seeds 0); no reinit run" in result.stdout
+    assert "noise.ratio = 0.2 · reinit: dense=" in result.stdout
+    assert (tmp_path / "out" / "compare.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "out" / "compare.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "out" / "compare.csv").read_text().startswith("noise.ratio,round,")
+
+    result = CliRunner().invoke(main, ["compare", "--runs", "lottery", "reinit", "--by", "noise.ratoi",
+                                       "--output", str(tmp_path / "bad")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: --by noise.ratoi: no trajectory of --runs lottery has that tag or param")
+    assert result.output.rstrip().endswith("differ between the selected trajectories: noise.ratio, retrain.mode")
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

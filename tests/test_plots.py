@@ -71,3 +71,28 @@ def test_a_single_run_draws_no_band():
     plots.draw_series(ax, quick_series(), "C1")
     assert len(ax.collections) == 2
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- one panel per value (compare --by)
+
+def two_panels() -> list[tuple[str, list]]:
+    lottery, reinit = quick_series(), quick_series(label="reinit (n=1)", test_acc_std=None, train_acc_noisy_std=None)
+    return [("noise.ratio = 0.2", [lottery, reinit]), ("noise.ratio = 0.4", [None, reinit])]
+
+
+def test_panels_share_the_accuracy_axis_and_keep_each_curves_colour():
+    fig = plots.draw_panels(two_panels(), "mnist5k · lenet300_100")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["noise.ratio = 0.2", "noise.ratio = 0.4"]
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert [line.get_color() for line in panels[1].get_lines() if line.get_label() == "reinit (n=1)"] == ["C1"]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1  # one legend for all panels, each curve once
+    assert [t.get_text() for t in legends[0].get_texts()][:2] == ["lottery (n=3)", "reinit (n=1)"]
+    assert len(panels[0].collections) == 2 and not panels[1].collections  # bands only where n > 1
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF")])
+def test_panels_figure_formats(fmt, magic):
+    assert plots.panels_figure(two_panels(), "title", fmt).startswith(magic)
