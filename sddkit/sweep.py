@@ -116,6 +116,8 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     With ``results_dir`` each cell's files go to its folder there: named by its label, or ``seed-N``
     (``by_seed``, for replicates)."""
     cells = expand(base, settings)
+    if settings.executor == "ray":
+        executors.import_ray()  # a missing extra stops the sweep before anything is written
     uri = tracking_uri(base.tracking.uri, root)
     tracker = Tracker(uri, root)
     tracker.check_writable()

@@ -132,7 +132,8 @@ def children_of(pid: int) -> list[int]:
 def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_path):
     """kill -9 of `sddkit run --seeds … --jobs 2`: its workers must not train on under init; they stop as on
     Ctrl-C, so the runs they were training are marked KILLED, not left RUNNING."""
-    sets = ["--set", "data.train_size=200", "--set", "train.epochs=1", "--set", "prune.rounds=8",
+    # 30 epochs a round: both workers are still mid-trajectory once each has stored its round 0.
+    sets = ["--set", "data.train_size=200", "--set", "train.epochs=30", "--set", "prune.rounds=8",
             "--set", "train.milestones=[]", "--set", "train.threads=1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     log = tmp_path / "run.log"
@@ -142,7 +143,7 @@ def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_pa
                                start_new_session=True)
         try:
             deadline = time.monotonic() + 240
-            opened = lambda: log.read_text().count(": started on ")  # noqa: E731 - cells started (the view's lines)
+            opened = lambda: log.read_text().count(": round 0/8 done")  # noqa: E731 - runs open (the view's lines)
             while opened() < 2 and run.poll() is None and time.monotonic() < deadline:  # both workers train
                 time.sleep(0.2)
             workers = children_of(run.pid)

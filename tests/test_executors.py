@@ -1,0 +1,148 @@
+"""Executors on a real Ray: a 2×2 sweep equals the same cells run one after another, a cell whose Ray worker is
+killed with -9 is retried and ends with the same metrics and no duplicate runs, and (slow) two Ray nodes log
+into one `sddkit server`. Without Ray these skip, and `--executor ray` stops in one line naming the extra."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sddkit import runner, sweep
+from sddkit.config import SweepConfig, load_config
+from sddkit.tracking import Tracker, read_mask
+
+from conftest import TINY
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' to run these")
+
+GRID_OVERRIDES = {**TINY, "prune.rounds": 2}
+COMPARED = ("sparsity", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean", "learning_distance")
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "RAY_"))}
+    return {**env, "DVC_NO_ANALYTICS": "1", **extra}
+
+
+def reference_rows(cells, folder) -> dict[str, list[dict]]:
+    """The cells run one after another, in this process, into a store of their own: key -> rows."""
+    folder.mkdir()
+    out = {}
+    for cell in cells:  # lottery twins come first
+        cfg = dataclasses.replace(cell.cfg, tracking=dataclasses.replace(cell.cfg.tracking,
+                                                                         uri=f"sqlite:///{folder}/mlflow.db"))
+        _, rows = runner.run_trajectory(cfg, folder, quiet=True)
+        out[cell.key] = rows
+    return out
+
+
+def assert_same_rows(ours: list[dict], theirs: list[dict]) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, (a["round"], a, b)
+
+
+def masks_of(tracker: Tracker, run_id: str) -> dict[int, dict]:
+    return {int(r.data.tags["sddkit.round"]): read_mask(tracker, r.info.run_id) for r in tracker.round_runs(run_id)}
+
+
+def test_a_2x2_grid_on_ray_matches_the_same_cells_run_one_after_another(project, tmp_path):
+    base = load_config(overrides=GRID_OVERRIDES)
+    settings = SweepConfig(grid={"noise.ratio": [0.2, 0.4]}, modes=["lottery", "reinit"], executor="ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        done = sweep.run_sweep(base, settings, project)
+    finally:
+        ray.shutdown()
+
+    tracker = done.tracker
+    runs = {r.data.tags["sddkit.config_hash"]: r for r in tracker.trajectories("sddkit")}
+    assert sorted(runs) == sorted(c.key for c in done.cells) and len(done.cells) == 4
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert {r.data.tags["sddkit.sweep"] for r in runs.values()} == {done.sweep_id}
+    for cell in done.cells:
+        assert len(tracker.round_runs(runs[cell.key].info.run_id)) == 3
+        if cell.cfg.retrain.mode == "reinit":  # exactly its twin's masks, round by round
+            twin = masks_of(tracker, runs[cell.needs].info.run_id)
+            ours = masks_of(tracker, runs[cell.key].info.run_id)
+            assert sorted(ours) == sorted(twin) == [0, 1, 2]
+            for r in (1, 2):
+                assert all(ours[r][name].equal(twin[r][name]) for name in twin[r])
+            other = [c for c in done.cells if c.cfg.retrain.mode == "lottery" and c.key != cell.needs][0]
+            assert not all(ours[2][n].equal(masks_of(tracker, runs[other.key].info.run_id)[2][n]) for n in ours[2])
+
+    expected = reference_rows(done.cells, tmp_path / "sequential")
+    for cell in done.cells:
+        assert_same_rows(done.outcomes[cell.key].rows, expected[cell.key])
+
+
+def lease_holder(db) -> dict | None:
+    import sqlite3
+    with sqlite3.connect(db) as con:
+        rows = con.execute("select value from experiment_tags where key like 'sddkit.lease.%'").fetchall()
+    return json.loads(rows[0][0]) if rows else None
+
+
+def finished_rounds(db) -> int:
+    import sqlite3
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where "
+                           "t.key = 'sddkit.kind' and t.value = 'round' and r.status = 'FINISHED'").fetchone()[0]
+
+
+def test_a_cell_whose_ray_worker_is_killed_is_retried_to_the_same_metrics_without_duplicates(project, tmp_path):
+    sets = {**TINY, "train.epochs": 12, "prune.rounds": 4}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    log = tmp_path / "sweep.log"
+    db = project / "mlflow.db"
+    with open(log, "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--modes",
+                                "lottery", *args], cwd=project, env=clean_env(), stdout=subprocess.DEVNULL,
+                               stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while job.poll() is None and time.monotonic() < deadline and not (
+                    db.exists() and finished_rounds(db) >= 2 and lease_holder(db)):
+                time.sleep(0.2)
+            holder = lease_holder(db)
+            assert job.poll() is None and holder, log.read_text()
+            os.kill(holder["pid"], signal.SIGKILL)  # the Ray worker running the cell (it holds the lease)
+            assert job.wait(timeout=300) == 0, log.read_text()
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert text.count(": started on ") == 2, text  # the first attempt and Ray's retry
+
+    tracker = Tracker(f"sqlite:///{db}", project)
+    (parent,) = tracker.trajectories("sddkit")  # one parent run: the retry continued it
+    assert parent.info.status == "FINISHED"
+    rounds = tracker.round_runs(parent.info.run_id, finished_only=False)
+    finished = [int(r.data.tags["sddkit.round"]) for r in rounds if r.info.status == "FINISHED"]
+    assert sorted(finished) == [0, 1, 2, 3, 4]  # each round counted once
+    assert all(r.info.status == "KILLED" for r in rounds if r.info.status != "FINISHED")  # the cut-off one
+    assert len(rounds) - len(finished) <= 1
+
+    cfg = load_config(overrides={**sets, "retrain.mode": "lottery"})
+    cell = sweep.Cell(cfg, {})
+    expected = reference_rows([cell], tmp_path / "uninterrupted")[cell.key]
+    from sddkit.tracking import TrajectoryRun
+    assert_same_rows(TrajectoryRun(tracker, parent.info.run_id).completed, expected)
+
+
+def test_executor_ray_without_ray_stops_in_one_line_naming_the_extra(project):
+    # Python treats a None entry in sys.modules as a module that cannot be imported: Ray is absent.
+    code = "import sys; sys.modules['ray'] = None; from sddkit.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", code, "sweep", "--executor", "ray", "--set", "prune.rounds=1"],
+                            cwd=project, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pip install -e '.[ray]'" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "mlflow.db").exists()  # nothing written before the executor could start
