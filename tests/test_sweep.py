@@ -1,7 +1,8 @@
-"""Seed replicates: the group hash, mean ± std by round, and ``sddkit run --seeds … --jobs 2`` in worker
+"""sddkit sweep: the grid, its DAG, reruns, the landmarks table, figure and view; and seed replicates (`run --seeds`, a sweep over seeds): the group hash, mean ± std by round, and ``sddkit run --seeds … --jobs 2`` in worker
 processes writing to one real MLflow sqlite store."""
 import csv
 import io
+import json
 import os
 import re
 import signal
@@ -15,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from sddkit import cli
-from sddkit.config import load_config
+from sddkit import cli, sweep, sweep_view
+from sddkit.config import ConfigError, SweepConfig, load_config, read_sweep_settings
 from sddkit.lease import process_alive
 from sddkit.tracking import Tracker
 
@@ -159,3 +160,114 @@ def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_pa
                 os.killpg(run.pid, signal.SIGKILL)
     runs = Tracker(f"sqlite:///{project}/mlflow.db", project).trajectories("sddkit")
     assert runs and {r.info.status for r in runs} == {"KILLED"}, log.read_text()
+
+
+# ---------------------------------------------------------------- sddkit sweep
+
+
+TINY_SETS = ["--set", "data.train_size=300", "--set", "train.epochs=1", "--set", "prune.rounds=1",
+             "--set", "train.milestones=[]", "--set", "train.threads=1"]
+
+
+def test_a_reinit_cell_waits_for_its_lottery_twin_which_is_added_when_the_grid_lacks_it():
+    base = load_config()
+    cells = sweep.expand(base, SweepConfig(grid={"noise.ratio": [0.2, 0.4]}, modes=["reinit"], seeds=[0, 1]))
+    reinit = [c for c in cells if c.cfg.retrain.mode == "reinit"]
+    twins = {c.key: c for c in cells if c.cfg.retrain.mode == "lottery"}
+    assert len(reinit) == 4 and len(twins) == 4 and all(t.added for t in twins.values())
+    for cell in reinit:
+        twin = twins[cell.needs]
+        assert (twin.cfg.noise.ratio, twin.cfg.seed) == (cell.cfg.noise.ratio, cell.cfg.seed)
+    assert [c.needs is None for c in cells] == [True] * 4 + [False] * 4  # twins are submitted first
+    assert {c.label for c in reinit} == {f"reinit·noise.ratio={r}·s{s}" for r in (0.2, 0.4) for s in (0, 1)}
+
+
+def test_grid_keys_and_values_are_checked_naming_them():
+    with pytest.raises(ConfigError, match=r"sweep.grid.noise.ration: unknown config key \(did you mean noise.ratio"):
+        read_sweep_settings(None, {"grid": {"noise.ration": [0.2]}})
+    with pytest.raises(ConfigError, match="give these as sweep.seeds"):
+        read_sweep_settings(None, {"grid": {"seed": [0, 1]}})
+    with pytest.raises(ConfigError, match="noise.ratio = 2"):
+        sweep.expand(load_config(), SweepConfig(grid={"noise.ratio": [0.2, 2]}))
+    with pytest.raises(ConfigError, match="are the same trajectory"):  # threads do not change results
+        sweep.expand(load_config(), SweepConfig(grid={"train.threads": [1, 2]}))
+
+
+def test_the_sweep_section_of_a_params_file_is_the_grid_and_options_override_it(project):
+    (project / "params.yaml").write_text("preset: quick\nsweep:\n  grid:\n    noise.ratio: [0.2, 0.4]\n"
+                                         "  modes: [lottery, reinit]\n  seeds: [0, 1]\n")
+    settings = read_sweep_settings(project / "params.yaml", {"seeds": [3]})
+    assert settings.grid == {"noise.ratio": [0.2, 0.4]} and settings.modes == ["lottery", "reinit"]
+    assert settings.seeds == [3]
+    # `sddkit run` reads the same file and ignores the sweep section
+    result = CliRunner().invoke(cli.main, ["run", "--set", "prune.rounds=99"])
+    assert result.exit_code == 2 and "sweep" not in result.output
+
+
+def test_sweep_with_a_bad_grid_value_prints_one_line_exits_2_and_writes_nothing(project):
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2,1.5", *TINY_SETS])
+    assert result.exit_code == 2, result.output
+    assert "noise.ratio = 1.5" in result.output and "Traceback" not in result.output
+    assert not (project / "mlflow.db").exists()
+
+
+def test_a_sweep_rerun_reports_its_finished_cells_and_a_failed_twin_skips_its_reinit(project, tmp_path):
+    args = ["sweep", "--grid", "prune.exclude=[],[no_such_layer]", "--modes", "lottery", "reinit", "--jobs", "2",
+            *TINY_SETS, "--results", str(tmp_path / "out")]
+    first = CliRunner().invoke(cli.main, args)
+    assert first.exit_code == 1, first.output
+    assert "2 of 4 cells did not finish" in first.output and "its lottery twin failed" in first.output
+    assert "no_such_layer" in first.output
+    tracker = Tracker(f"sqlite:///{project}/mlflow.db", project)
+    runs = tracker.trajectories("sddkit")
+    assert sorted(r.data.params["retrain.mode"] for r in runs) == ["lottery", "reinit"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    rounds_before = sum(len(tracker.round_runs(r.info.run_id)) for r in runs)
+
+    again = CliRunner().invoke(cli.main, args)
+    assert "4 cells (2 finished already)" in again.output.replace("\n", " ")
+    assert sum(len(tracker.round_runs(r.info.run_id)) for r in tracker.trajectories("sddkit")) == rounds_before
+
+
+def test_a_sweep_ends_with_the_landmarks_of_every_cell_and_logs_its_figure(project, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2,0.4", "--modes", "lottery", "reinit",
+                                           "--seeds", "0", "1", "--jobs", "2", *TINY_SETS, "--results", str(out),
+                                           "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = list(csv.DictReader(io.StringIO((out / "landmarks.csv").read_text())))
+    assert [(r["noise.ratio"], r["trajectory"], r["n"]) for r in table] == \
+        [("0.2", "lottery", "2"), ("0.4", "lottery", "2"), ("0.2", "reinit", "2"), ("0.4", "reinit", "2")]
+    tracker = Tracker(f"sqlite:///{project}/mlflow.db", project)
+    runs = tracker.trajectories("sddkit")
+    for row in table:  # the mean over seeds of the stored runs' dense accuracy
+        dense = [r.data.metrics["summary/dense_test_acc"] for r in runs
+                 if r.data.params["noise.ratio"] == row["noise.ratio"] and r.data.params["retrain.mode"] == row["trajectory"]]
+        assert len(dense) == 2 and float(row["dense_test_acc"]) == pytest.approx(np.mean(dense))
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (sweep_run,) = tracker.client.search_runs([runs[0].info.experiment_id], "tags.`sddkit.kind` = 'sweep'")
+    assert {f.path for f in tracker.client.list_artifacts(sweep_run.info.run_id)} >= {"sweep.png", "landmarks.csv"}
+    assert json.loads((out / "landmarks.json").read_text())["lottery·noise.ratio=0.2"]["n"] == 2
+
+
+class FakeCell:  # what the view reads of a cell (sweep.Cell without building a config)
+    def __init__(self, key, label, rounds, needs=None):
+        self.key, self.label, self.needs = key, label, needs
+        self.cfg = type("C", (), {"prune": type("P", (), {"rounds": rounds})})
+
+
+def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
+    from rich.console import Console
+    from sddkit.executors import Event
+    screen = io.StringIO()
+    view = sweep_view.LiveView([FakeCell("a", "lottery·s0", 4), FakeCell("b", "reinit·s0", 4, needs="a")], {},
+                               Console(file=screen, force_terminal=True, width=160))
+    view.event(Event("a", "started", host="node1", pid=7, at=time.time() - 30))
+    for r in range(3):
+        view.event(Event("a", "round_done", r, test_acc=70.0 + r, seconds=10.0))
+    view.event(Event("a", "round", 3, 4))
+    view.close()
+    text = screen.getvalue()
+    assert "round 3 of 4" in text and "72.0" in text and "waiting for its lottery twin" in text
+    assert "0:00:20" in text  # ETA: 2 rounds left at 10 s each
+    assert "node1 pid 7" in text
