@@ -146,3 +146,37 @@ def test_executor_ray_without_ray_stops_in_one_line_naming_the_extra(project):
     assert len(errors) == 1 and "pip install -e '.[ray]'" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (project / "mlflow.db").exists()  # nothing written before the executor could start
+
+
+def test_ctrl_c_cancels_a_ray_sweep_cleanly_and_the_next_invocation_continues_it(project, tmp_path):
+    sets = {**TINY, "train.epochs": 12, "prune.rounds": 4}
+    args = [sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--modes", "lottery",
+            *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
+    log = tmp_path / "sweep.log"
+    db = project / "mlflow.db"
+    with open(log, "w") as err:
+        job = subprocess.Popen(args, cwd=project, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err,
+                               start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while job.poll() is None and time.monotonic() < deadline and not (db.exists() and finished_rounds(db) >= 2):
+                time.sleep(0.2)
+            assert job.poll() is None, log.read_text()
+            os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: to the whole process group
+            assert job.wait(timeout=90) == 130, log.read_text()
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    assert "interrupted: rerun the same command to continue the sweep" in log.read_text()
+    tracker = Tracker(f"sqlite:///{db}", project)
+    (parent,) = tracker.trajectories("sddkit")
+    assert parent.info.status == "KILLED"  # marked, not left RUNNING
+    assert lease_holder(db) is None  # released
+    done_before = len(tracker.round_runs(parent.info.run_id))
+    assert 2 <= done_before < 5
+
+    again = subprocess.run(args, cwd=project, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    (parent,) = tracker.trajectories("sddkit")  # continued, not started anew
+    assert parent.info.status == "FINISHED"
+    assert sorted(int(r.data.tags["sddkit.round"]) for r in tracker.round_runs(parent.info.run_id)) == [0, 1, 2, 3, 4]

@@ -1,0 +1,93 @@
+"""A 4-cell sweep of the quick preset (noise.ratio 0.2 and 0.4 × lottery and reinit: the paper's grid in
+small) run three ways side by side in one invocation, each into a fresh project:
+
+- one after another: `sddkit sweep --jobs 1` (one worker, torch on every core);
+- `--executor local --jobs 2` (two workers, one torch thread each);
+- `--executor ray` (a Ray started here with every core, one CPU a cell).
+
+It prints each wall time and its ratio to the sequential one (the issue's target: ≤ 0.55 on a 2-core machine),
+then Ray's overhead: the start of a local Ray, and per cell the time from submitting a task to its first line of
+sddkit code (scheduling, a worker process, the runtime env), cold and warm.
+
+    python bench/sweep.py [--set key=value ...] [--skip-sequential SECONDS]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRID = ["--grid", "noise.ratio=0.2,0.4", "--modes", "lottery", "reinit"]
+
+
+def timed_sweep(folder: Path, extra: list[str], sets: list[str]) -> float:
+    folder.mkdir()
+    (folder / ".git").mkdir()  # a project root of its own: a fresh store, nothing finished yet
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    args = [sys.executable, "-m", "sddkit.cli", "sweep", "--preset", "quick", *GRID, *extra,
+            *(a for s in sets for a in ("--set", s)), "--format", "csv"]
+    started = time.perf_counter()
+    result = subprocess.run(args, cwd=folder, env={**env, "DVC_NO_ANALYTICS": "1"}, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(extra)} failed:\n{result.stderr[-3000:]}")
+    print(result.stdout.strip(), flush=True)
+    return seconds
+
+
+def ray_overhead(cells: int = 8) -> None:
+    """Ray's start-up, and the submit → first-line latency of a task with the executor's options."""
+    import ray
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - started
+
+    @ray.remote
+    def first_line(submitted: float) -> float:
+        return time.time() - submitted
+
+    options = dict(num_cpus=1, num_gpus=0, max_retries=3, retry_exceptions=False,
+                   runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:////tmp/unused.db"}})
+    task = first_line.options(**options)
+    cold = ray.get(task.remote(time.time()))
+    warm = [ray.get(task.remote(time.time())) for _ in range(cells)]
+    round_trip = []
+    for _ in range(cells):
+        t = time.perf_counter()
+        ray.get(task.remote(time.time()))
+        round_trip.append(time.perf_counter() - t)
+    ray.shutdown()
+    print(f"ray start-up (ray.init, 2 CPUs): {init_s:.2f} s")
+    print(f"per cell, submit -> task running: cold (new worker + runtime env) {cold:.2f} s, warm "
+          f"{sum(warm) / len(warm) * 1000:.1f} ms; full round trip warm {sum(round_trip) / len(round_trip) * 1000:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--only", choices=("sequential", "local", "ray", "overhead"), action="append")
+    args = parser.parse_args()
+    only = set(args.only or ("sequential", "local", "ray", "overhead"))
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        times = {}
+        if "sequential" in only:
+            times["sequential"] = timed_sweep(Path(tmp) / "sequential", ["--jobs", "1"], args.sets)
+        if "local" in only:
+            times["local"] = timed_sweep(Path(tmp) / "local", ["--executor", "local", "--jobs", "2"], args.sets)
+        if "ray" in only:
+            times["ray"] = timed_sweep(Path(tmp) / "ray", ["--executor", "ray"], args.sets)
+    base = times.get("sequential")
+    for name, seconds in times.items():
+        ratio = f"  ratio {seconds / base:.3f}" + ("  (target ≤ 0.55)" if name != "sequential" else "") if base else ""
+        print(f"{name:>10}: {seconds:7.1f} s{ratio}", flush=True)
+    if "overhead" in only:
+        ray_overhead()
+
+
+if __name__ == "__main__":
+    main()
