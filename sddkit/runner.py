@@ -112,8 +112,7 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     rows = store.completed
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     if results_dir is not None:
-        files = files or results.trajectory_files(rows, ph, cfg.name)  # drawn once: the finish made them
-        results.write_folder(results_dir, {**files, RUN_FILE: run_pointer(store, cfg)})
+        write_results(results_dir, store, cfg, rows, files)
     if not quiet:
         print_table(rows, ph, table_format)
         print_where(tracker, cfg, store, to_stderr=table_format != "table")
@@ -180,6 +179,15 @@ def finish(store: TrajectoryRun, cfg: Config, rows: list[dict]) -> dict[str, byt
                  {"sddkit.phases": phase_tag(rows, ph), **analysis.phase_tags(ph),
                   "mlflow.note.content": results.landmarks_line(rows, ph)})  # the run's description in the UI
     return files
+
+
+def write_results(folder: Path, store: TrajectoryRun, cfg: Config, rows: list[dict],
+                  files: dict[str, bytes] | None = None) -> None:
+    """The small files DVC reads (summary.json, trajectory.csv, curve.png) and run.json naming the run."""
+    if files is None:  # else drawn once already: the finish made them
+        ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
+        files = results.trajectory_files(rows, ph, cfg.name)
+    results.write_folder(folder, {**files, RUN_FILE: run_pointer(store, cfg)})
 
 
 def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:

@@ -24,7 +24,7 @@ from sddkit import analysis, executors, plots, results, runner, sweep_view
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
 from sddkit.fingerprint import code_hash
 from sddkit.paths import sqlite_path, tracking_uri
-from sddkit.tracking import Tracker, TrackingError, lottery_twin, log_files, param_text
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, lottery_twin, log_files, param_text
 
 console = Console(stderr=True)
 SWEEP = "sweep"  # the sweep run's sddkit.kind
@@ -113,7 +113,7 @@ def sweep_id(cells: list[Cell], code: str) -> str:
 def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
               results_dir: Path | None = None, by_seed: bool = False) -> Sweep:
     """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
-    With ``results_dir`` each cell's files go to its folder there: named by its label, or ``seed-N``
+    With ``results_dir`` each cell's files go to its folder there: ``cells/<label>``, or ``seed-N``
     (``by_seed``, for replicates)."""
     cells = expand(base, settings)
     if settings.executor == "ray":
@@ -132,8 +132,7 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     logs = root / ".sddkit" / f"sweep-{sid}"
     logs.mkdir(parents=True, exist_ok=True)
     tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
-                                   str(results_dir / (f"seed-{c.cfg.seed}" if by_seed else c.label))
-                                   if results_dir else None,
+                                   str(tasks_folder(results_dir, c, by_seed)) if results_dir else None,
                                    str(logs / f"{c.label}.log")) for c in todo}
     console.print(f"sweep {sid}: {len(cells)} cells ({len(stored)} finished already)"
                   + (f" on {executor.describe()}" if executor else "") + f"; cell logs in {logs}", highlight=False)
@@ -149,14 +148,23 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         raise
     finally:
         view.close()
-    for key in stored:
-        tracker.client.set_tag(outcomes[key].run_id, "sddkit.sweep", sid)
+    for cell in cells:
+        if cell.key in stored:  # reported here, not by a worker: tag it, and write its files
+            tracker.client.set_tag(outcomes[cell.key].run_id, "sddkit.sweep", sid)
+            if results_dir is not None:
+                folder = tasks_folder(results_dir, cell, by_seed)
+                runner.write_results(folder, TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg,
+                                     outcomes[cell.key].rows)
     if failures:
         tracker.client.set_terminated(sweep_run, "FAILED")
         detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
     return Sweep(sid, cells, outcomes, tracker, sweep_run)
+
+
+def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
+    return results_dir / (f"seed-{cell.cfg.seed}" if by_seed else f"cells/{cell.label}")
 
 
 def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
@@ -210,7 +218,6 @@ def one_line(exc: BaseException) -> str:
 
 def finished_cells(tracker: Tracker, cells: list[Cell], code: str) -> dict[str, executors.Outcome]:
     """The cells whose trajectory (this config, this code) is finished in the store: reported, not rerun."""
-    from sddkit.tracking import TrajectoryRun
     out = {}
     for cell in cells:
         run = tracker.find_trajectory(cell.cfg, code)

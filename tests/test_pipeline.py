@@ -273,3 +273,47 @@ def check_code_edit_makes_new_runs(repo: Path, env: dict) -> None:
         assert repr(sorted(kept.data.metrics.items())) == repr(sorted(old.data.metrics.items()))  # nan == nan
     reinit = trajectory_run(repo, "reinit")
     assert reinit.data.tags["sddkit.code_hash"] == trajectory_run(repo, "lottery").data.tags["sddkit.code_hash"]
+
+
+GRID_STAGE = "pipelines/noise-grid/dvc.yaml:sweep"
+
+
+def grid_ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_the_noise_grid_is_a_pipeline_of_its_own_pinned_by_dvc(repo):
+    """pipelines/noise-grid: the paper's grid as one `sddkit sweep` stage, on a tiny config here. The default
+    `dvc repro` does not run it; its params (the grid included) are pinned; a widened grid reruns the stage,
+    which reports the cells finished before and trains only the new ones."""
+    repo, env = repo
+    shutil.copytree(MAIN / "pipelines", repo / "pipelines")
+    grid = repo / "pipelines" / "noise-grid"
+    params = yaml.safe_load((grid / "params.yaml").read_text())
+    params.update(TINY_PARAMS, preset="quick")
+    params["sweep"].update(grid={"noise.ratio": [0.2, 0.4]}, seeds=[0], jobs=2)
+    (grid / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "grid"]):
+        run(cmd, repo, env)
+
+    # the default `dvc repro` runs ./dvc.yaml's stages: the grid is not among them
+    listed = lambda *flags: [line.split()[0] for line in run(["dvc", "stage", "list", *flags], repo, env).splitlines()]  # noqa: E731
+    assert listed() == list(STAGES) and GRID_STAGE in listed("--all")
+    out = run(["dvc", "repro", "pipelines/noise-grid/dvc.yaml"], repo, env)
+    assert grid_ran(out) == [GRID_STAGE]
+    landmarks = json.loads((grid / "results" / "landmarks.json").read_text())
+    assert sorted(landmarks) == sorted(f"{m}·noise.ratio={r}" for m in ("lottery", "reinit") for r in (0.2, 0.4))
+    assert (grid / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((grid / "results" / "cells").glob("*/trajectory.csv"))) == 4
+    pinned = yaml.safe_load((grid / "dvc.lock").read_text())["stages"]["sweep"]["params"]["params.yaml"]
+    assert pinned["sweep"]["grid"] == {"noise.ratio": [0.2, 0.4]} and pinned["preset"] == "quick"
+    runs = store(repo).trajectories("noise-grid")  # the project's one store, its own experiment
+    assert len(runs) == 4 and len({r.data.tags["sddkit.sweep"] for r in runs}) == 1
+
+    assert grid_ran(run(["dvc", "repro", "pipelines/noise-grid/dvc.yaml"], repo, env)) == []  # up to date
+    params["sweep"]["seeds"] = [0, 1]
+    (grid / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro", "pipelines/noise-grid/dvc.yaml"], repo, env)
+    assert grid_ran(out) == [GRID_STAGE] and "8 cells (4 finished already)" in " ".join(out.split())
+    assert len(store(repo).trajectories("noise-grid")) == 8
+    assert len(list((grid / "results" / "cells").glob("*/trajectory.csv"))) == 8
