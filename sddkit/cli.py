@@ -146,8 +146,8 @@ def stop_like_ctrl_c() -> None:
 
 @main.command(cls=spreading("--seeds", "--modes"))
 @preset_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key of every cell; "
-                                                                        "repeatable.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key of every cell (or a sweep.* key); repeatable.")
 @click.option("--params", "params_path", default=None,
               help="Config file (default: params.yaml at the project root); its `sweep:` section is the grid, "
                    "which the options below override.")
@@ -179,11 +179,14 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
     Example: sddkit sweep --preset quick --grid noise.ratio=0.2,0.4 --modes lottery reinit --seeds 0 1 2
     """
     root = project_root()
-    cfg = resolve_config(preset, sets, params_path, root)
+    prefix = f"{config_mod.SWEEP_KEY}."  # --set sweep.executor=ray: a sweep key, by its params.yaml name
+    cfg = resolve_config(preset, tuple(x for x in sets if not x.startswith(prefix)), params_path, root)
     path = Path(params_path) if params_path else root / "params.yaml"
     try:
-        options = {"modes": list(modes), "seeds": list(seeds), "executor": executor, "jobs": jobs,
-                   "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
+        options = dict(config_mod.parse_assignment(x[len(prefix):]) for x in sets if x.startswith(prefix))
+        given = {"modes": list(modes), "seeds": list(seeds), "executor": executor, "jobs": jobs,
+                 "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
+        options.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
         if grid:
             options["grid"] = dict(config_mod.parse_grid_option(g) for g in grid)
         settings = config_mod.read_sweep_settings(path, options)

@@ -552,10 +552,12 @@ KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "allowed": "a
 def describe_keys() -> list[dict[str, str]]:
     """Every knob's row for docs and `sddkit keys` (KEY_COLUMNS): dotted key, type, default (a config
     without params.yaml: the quick preset's value), allowed values and meaning, each as text."""
-    defaults = load_config().flat()
+    defaults = {**load_config().flat(), **dict(_flatten({SWEEP_KEY: dataclasses.asdict(SweepConfig())}))}
+    defaults[f"{SWEEP_KEY}.grid"] = {}
+    fields = [*leaf_fields(), *leaf_fields(SweepConfig, f"{SWEEP_KEY}.")]  # sweep.*: `sddkit sweep`, a params file
     return [{"key": key, "type": type_name(hint), "default": yaml_text(defaults[key]),
              "allowed": allowed_text(hint, f.metadata), "meaning": f.metadata.get("help", "")}
-            for key, hint, f in leaf_fields()]
+            for key, hint, f in fields]
 
 
 def type_name(hint: Any) -> str:

@@ -173,19 +173,20 @@ def local_work(task: Task) -> Outcome:
 
 
 class LocalExecutor:
-    """``jobs`` worker processes on this machine; where there are GPUs, worker i sees GPU i mod #GPUs alone."""
+    """``jobs`` worker processes on this machine. Where it has GPUs, worker i sees GPU i mod #GPUs alone (more
+    workers than GPUs share them); ``gpus=0`` on a GPU machine hides them, so cells run on the CPU."""
     name = "local"
 
-    def __init__(self, jobs: int, gpus: int):
+    def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False):
         self.jobs = jobs
         # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
         context = multiprocessing.get_context("spawn")
         self.events = context.Queue()
         devices = None
-        if gpus:
+        if gpus or hide_gpus:
             devices = context.Queue()
             for i in range(jobs):
-                devices.put(str(i % gpus))
+                devices.put(str(i % gpus) if gpus else "")
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_started,
                                         initargs=(os.getpid(), self.events, devices))
 
@@ -226,9 +227,11 @@ class LocalExecutor:
         self.pool.shutdown()
 
 
-def local_jobs(jobs: int, gpus: int, cells: int) -> int:
-    """``jobs``, or (0) one per GPU, else one per CPU core; never more than there are cells."""
-    return max(1, min(jobs or gpus or os.cpu_count() or 1, cells))
+def local_jobs(jobs: int, gpus: int, gpus_per_cell: float | None, cells: int) -> int:
+    """``jobs``, or (0) as many as the GPUs hold (one each, or 1/``gpus_per_cell`` each), else one per CPU core;
+    never more than there are cells."""
+    per_gpu = max(1, int(1 / gpus_per_cell)) if gpus_per_cell else 1
+    return max(1, min(jobs or gpus * per_gpu or os.cpu_count() or 1, cells))
 
 
 def gpu_count() -> int:

@@ -245,9 +245,10 @@ def make_executor(settings: SweepConfig, uri: str, cells: int):
                 f"MLFLOW_TRACKING_URI set to the URI it prints")
         return executor
     gpus = executors.gpu_count()
-    if settings.gpus_per_trajectory == 0:
-        gpus = 0
-    return executors.LocalExecutor(executors.local_jobs(settings.jobs, gpus, cells), gpus)
+    if settings.gpus_per_trajectory == 0:  # asked to run on the CPU: the workers see no GPU
+        return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0)
+    jobs = executors.local_jobs(settings.jobs, gpus, settings.gpus_per_trajectory, cells)
+    return executors.LocalExecutor(jobs, gpus)
 
 
 def is_local_store(uri: str) -> bool:

@@ -180,3 +180,21 @@ def test_ctrl_c_cancels_a_ray_sweep_cleanly_and_the_next_invocation_continues_it
     (parent,) = tracker.trajectories("sddkit")  # continued, not started anew
     assert parent.info.status == "FINISHED"
     assert sorted(int(r.data.tags["sddkit.round"]) for r in tracker.round_runs(parent.info.run_id)) == [0, 1, 2, 3, 4]
+
+
+def test_local_workers_each_see_their_own_gpu_or_none():
+    from sddkit.executors import LocalExecutor, local_jobs
+    assert local_jobs(0, 4, None, 18) == 4 and local_jobs(0, 4, 0.5, 18) == 8 and local_jobs(0, 4, None, 2) == 2
+    assert local_jobs(3, 4, None, 18) == 3 and local_jobs(0, 0, None, 18) == min(os.cpu_count(), 18)
+    for gpus, hide, expected in ((2, False, ["0", "1", "0"]), (0, True, ["", "", ""])):
+        executor = LocalExecutor(3, gpus, hide_gpus=hide)
+        try:  # each worker's view of the GPUs, asked of all three workers at once
+            futures = [executor.pool.submit(worker_devices, 1.0) for _ in range(3)]
+            assert sorted(f.result(timeout=120) for f in futures) == sorted(expected)
+        finally:
+            executor.close()
+
+
+def worker_devices(hold: float) -> str:
+    time.sleep(hold)  # keep this worker busy so each of the three answers once
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
