@@ -198,3 +198,59 @@ def test_local_workers_each_see_their_own_gpu_or_none():
 def worker_devices(hold: float) -> str:
     time.sleep(hold)  # keep this worker busy so each of the three answers once
     return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+
+def ray_cli(*args: str, env: dict) -> None:
+    subprocess.run(["ray", *args], env=env, check=True, capture_output=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_two_ray_nodes_log_into_one_sddkit_server_and_a_local_store_is_refused(project, tmp_path):
+    """Two Ray "nodes" on this machine (`ray start --head`, `ray start --address …`) and `sddkit server`: the
+    sweep over that cluster with the local sqlite store is refused in one line; through the server every run
+    lands in the project's store, with artifacts readable by `sddkit.load_mask` over HTTP."""
+    import sddkit
+    from test_server import free_port, start_server, stop_and_clean, workers_line
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = clean_env(RAY_USAGE_STATS_ENABLED="0")
+    sets = [a for k, v in GRID_OVERRIDES.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    sweep_args = [sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--address", address,
+                  "--grid", "noise.ratio=0.2,0.4", "--modes", "lottery", *sets]
+    ray_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false", env=env)
+    server = None
+    try:
+        ray_cli("start", "--address", address, "--num-cpus", "1", env=env)
+        refused = subprocess.run(sweep_args, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 1, refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "sddkit server" in errors[0] and "2 nodes" in errors[0], refused.stderr
+
+        server_port, server = start_server(project, tmp_path)
+        line = workers_line(server.stdout)
+        assert line is not None, (tmp_path / "server.log").read_text()
+        uri = line.split("MLFLOW_TRACKING_URI=")[1].split()[0]
+        done = subprocess.run(sweep_args, cwd=project, env={**env, "MLFLOW_TRACKING_URI": uri},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert "on 2 nodes" in done.stderr, done.stderr
+
+        tracker = Tracker(uri, project)
+        runs = tracker.trajectories("sddkit")
+        assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+        for run in runs:
+            rounds = tracker.round_runs(run.info.run_id)
+            assert len(rounds) == 3
+            assert rounds[-1].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied, no shared folder needed
+            mask = sddkit.load_mask(rounds[-1].info.run_id, tracking_uri=uri)
+            assert mask and all(m.dtype == torch_bool() for m in mask.values())
+        assert any((project / "mlruns").rglob("mask.npz"))  # the server kept them in the project
+    finally:
+        if server is not None:
+            stop_and_clean(server, server_port)
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def torch_bool():
+    import torch
+    return torch.bool
