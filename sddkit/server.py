@@ -119,10 +119,20 @@ def check_not_served(uri: str) -> None:
 
 def create_experiment(uri: str, root: Path, experiment: str) -> None:
     """The experiment, created now with its local location (turned into a served one by ``claim``): workers
-    that start together would each try to create it."""
+    that start together would each try to create it. Refused while a trajectory trains on this machine
+    straight into the store: its next round would find a served location it cannot write."""
+    from sddkit import lease
     from sddkit.tracking import Tracker, TrackingError
     try:
-        Tracker(uri, root).experiment_id(experiment)
+        tracker = Tracker(uri, root)
+        tracker.experiment_id(experiment)
+        for found in tracker.client.search_experiments():
+            for key in (k for k in found.tags if k.startswith("sddkit.lease.")):
+                holder = lease.read(tracker.client, found.experiment_id, key)
+                if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
+                    raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: "
+                                     f"let it finish, or stop it (rerun, it continues through the server), "
+                                     f"then start the server")
     except TrackingError as exc:
         raise ServeError(str(exc)) from exc
 

@@ -199,3 +199,21 @@ def test_a_marker_counts_only_while_its_process_lives(project):
     assert paths.tracking_uri(None, project) == "http://127.0.0.1:1"
     paths.server_marker(db).write_text(json.dumps({**me, "started": "1"}))  # the pid, reused by another process
     assert paths.tracking_uri(None, project) == f"sqlite:///{db}"
+
+
+def test_a_trajectory_training_straight_into_the_store_keeps_the_server_from_starting(project):
+    db = project / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.create_experiment("sddkit", artifact_location=(project / "mlruns").as_uri())
+    trainer = subprocess.Popen(["sleep", "120"])  # a live `sddkit run` of this machine, holding its lease
+    try:
+        now = time.time()
+        holder = {"token": "t", "host": socket.gethostname(), "pid": trainer.pid, "since": now, "heartbeat": now}
+        client.set_experiment_tag(experiment, "sddkit.lease.abc.def", json.dumps(holder))
+        result = CliRunner().invoke(main, ["server", "--port", str(free_port())])
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert result.exit_code == 1 and f"pid {trainer.pid}" in result.output and "being trained" in result.output
+    assert not paths.server_marker(db).exists()
+    assert not any(loc.startswith("mlflow-artifacts:") for loc in locations(db))
