@@ -29,7 +29,7 @@ from sddkit.serving import ServeError
 ADMIN = "admin"
 PASSWORD_ENV = "SDDKIT_SERVER_PASSWORD"
 INSECURE_FLAG = "--insecure-no-auth-on-open-network"
-WILDCARDS = ("0.0.0.0", "::", "")
+WILDCARDS = ("0.0.0.0", "::")
 
 
 def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, auth: bool = False,
@@ -42,27 +42,24 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
                          f"without authentication")
     check_not_served(uri)
     port = serving.checked_port(port, host)
+    command = serving.mlflow_server(uri, root, host, port, "--serve-artifacts",
+                                    *(["--app-name", "basic-auth"] if auth else []))
     serving.check_store_writable(uri, root, "sddkit server")
     serving.follow_moved_project(uri, root)
     create_experiment(uri, root, experiment)  # before workers race to create it
-    env, user = {}, None
-    extra = ["--serve-artifacts"]
-    if auth:
-        user, env = ADMIN, auth_env(uri, root)
-        extra += ["--app-name", "basic-auth"]
+    env = auth_env(uri, root) if auth else {}
     if not is_loopback(host) and "MLFLOW_SERVER_ALLOWED_HOSTS" not in os.environ:
         env["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(workers_host(host))
-    command = serving.mlflow_server(uri, root, host, port, *extra)
     local = f"http://{url_host(serving.LOOPBACK if host in WILDCARDS else host)}:{port}"
     workers = f"http://{url_host(workers_host(host))}:{port}"
-    db = sqlite_path(uri)
-    db = root / db if db is not None else None
 
     def ready(url: str) -> None:
-        print(workers_line(workers, user, env.get("MLFLOW_AUTH_ADMIN_PASSWORD")), flush=True)
+        print(workers_line(workers, ADMIN if auth else None, env.get("MLFLOW_AUTH_ADMIN_PASSWORD")), flush=True)
         print(f"serving {uri}, artifacts proxied; this machine's commands on it go through {local} while it "
               f"runs{' (with the same credentials)' if auth else ''}; Ctrl-C stops it", file=sys.stderr)
 
+    db = sqlite_path(uri)
+    db = root / db if db is not None else None
     if db is not None:
         claim(db, local)
     try:
