@@ -353,6 +353,17 @@ def compare_command(selectors, where, labels, formats, paper, by, experiment, ou
         compare.report_panels(found, output, table_format, figure_formats)
 
 
+def project_to_serve(params_path: str | None) -> tuple[Path, config_mod.Config]:
+    """The project root and config of a command that serves the store (ui, server); exit 1 outside a project."""
+    root = project_root()
+    cfg = resolve_config(None, (), params_path, root)
+    from sddkit.paths import missing_project
+    if missing_project(cfg.tracking.uri):  # else mlflow server would create an empty mlflow.db right here
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
+             f"or tracking.uri in a --params file)")
+    return root, cfg
+
+
 @main.command("ui")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: a free one).")
 @click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
@@ -361,17 +372,38 @@ def compare_command(selectors, where, labels, formats, paper, by, experiment, ou
 def ui_command(port, params_path, experiment, open_browser) -> None:
     """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it. Prints a link
     to the experiment's trajectories in the UI's training-runs view."""
-    root = project_root()
-    cfg = resolve_config(None, (), params_path, root)
-    from sddkit.paths import missing_project, tracking_uri
-    if missing_project(cfg.tracking.uri):  # else mlflow server would create an empty mlflow.db right here
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
-             f"or tracking.uri in a --params file)")
+    root, cfg = project_to_serve(params_path)
+    from sddkit.paths import tracking_uri
     from sddkit import ui
     try:
         code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port,
                         experiment=experiment or cfg.tracking.experiment, open_browser=open_browser)
     except ui.ServeError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
+@main.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; anything but loopback needs --auth (or the flag below).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
+@click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
+@click.option("--experiment", default=None, help="MLflow experiment to create before serving "
+                                                 "(default: tracking.experiment).")
+@click.option("--auth", is_flag=True, help="MLflow's basic auth: user admin, the password from "
+                                           "SDDKIT_SERVER_PASSWORD or generated (and printed once).")
+@click.option("--insecure-no-auth-on-open-network", "insecure", is_flag=True,
+              help="Serve a non-loopback --host without authentication: anyone who reaches it can write.")
+def server_command(host, port, params_path, experiment, auth, insecure) -> None:
+    """Serve the project's store to workers on other machines: an MLflow tracking server with proxied
+    artifacts, until Ctrl-C. Prints the MLFLOW_TRACKING_URI (and credentials) that workers need."""
+    root, cfg = project_to_serve(params_path)
+    from sddkit.paths import store_uri
+    from sddkit import server
+    try:
+        code = server.serve(store_uri(cfg.tracking.uri, root), root, host, port,
+                            experiment or cfg.tracking.experiment, auth=auth, insecure=insecure)
+    except server.ServeError as exc:
         fail(str(exc))
     sys.exit(code)
 

@@ -1,7 +1,9 @@
 """Where the project lives, resolved without heavy imports (the CLI needs it at start-up)."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
 ROOT_MARKERS = ("params.yaml", "dvc.yaml", ".git")
@@ -37,12 +39,54 @@ def missing_project(uri: str | None = None) -> str | None:
 
 
 def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> str:
+    """The store to use (``store_uri``); while ``sddkit server`` serves that store, the server's URI: this
+    machine's commands then write through the server, as its workers do (``live_server``)."""
+    return served_uri(store_uri(config_uri, root))
+
+
+def store_uri(config_uri: str | None = None, root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri``, else sqlite mlflow.db at the project root."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if config_uri:
         return config_uri
     return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def served_uri(uri: str) -> str:
+    """The URI of the live ``sddkit server`` on the sqlite store ``uri``, else ``uri`` itself."""
+    db = sqlite_path(uri)
+    server = live_server(db) if db is not None else None
+    return server["uri"] if server else uri
+
+
+def server_marker(db: Path) -> Path:
+    """The file ``sddkit server`` keeps beside the sqlite store ``db`` while it serves it."""
+    return db.with_name(f".{db.name}.server.json")
+
+
+def live_server(db: Path) -> dict | None:
+    """What the marker of a live ``sddkit server`` on ``db`` says (pid, started, host, uri), or None.
+
+    A marker whose process has ended (the server was killed -9) is ignored here; ``relocation`` turns the
+    store's locations back and removes it. One written on another machine (a store on a shared disk) cannot be
+    checked from here, and counts as live."""
+    try:
+        server = json.loads(server_marker(db).read_text())
+        alive = server["host"] != socket.gethostname() or process_started(server["pid"]) == server["started"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none, or not one sddkit wrote (it writes them whole): nothing to trust
+    return server if alive else None
+
+
+def process_started(pid: int) -> str | None:
+    """When the live process ``pid`` started (clock ticks since boot, from /proc), or None: with the pid, it
+    names one process, even after the pid is reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if fields[0] != "Z" else None
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"

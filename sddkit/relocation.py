@@ -8,6 +8,11 @@ rewritten to the same place under this one, provided this one holds the artifact
 ``cp -a`` or ``mv`` of the project does); else the store is refused with one line that says how to fix it.
 Locations elsewhere (an artifact server, a bucket, a folder not named mlruns) are left alone.
 
+While ``sddkit server`` serves the store, its locations under mlruns/ read ``mlflow-artifacts:/<path in
+mlruns>`` (``to_server``), so that clients elsewhere write through the server instead of into a path of this
+machine; once that server is gone, its marker left behind (``paths.live_server``: stopped cleanly, it turns them back
+itself), opening the store turns them back into ``file:``. Served locations with no marker (another server's) stay.
+
 Only sqlite3 and the standard library: ``sddkit ui`` calls it before it starts a server.
 """
 from __future__ import annotations
@@ -18,9 +23,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from sddkit.paths import live_server, server_marker
+
 HOME = "mlruns"
 # (table, key column, location column): where MLflow keeps artifact locations of what sddkit stores.
 LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"))
+SERVED = "mlflow-artifacts:/"  # a location the tracking server resolves against its --artifacts-destination
 
 
 class StoreElsewhere(RuntimeError):
@@ -64,12 +72,14 @@ def relocate(db: Path) -> int:
         return 0
     home = artifact_home(db)
     with sqlite3.connect(db, timeout=60) as con:
-        tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
-        if not {table for table, _, _ in LOCATIONS} <= tables:
+        if not has_locations(con):
             return 0  # not created yet: MLflow creates it with this process's locations
+        # A server killed -9 left its marker (a live one is serving: its locations must stay as they are).
+        gone = server_marker(db).exists() and live_server(db) is None
+        served_back = back_from_server(con, db, home) if gone else 0
         changes = planned_changes(con, home)
         if not changes:
-            return 0
+            return served_back
         check_copied(db, home, changes)
         for table, key, column, value, _, new in changes:
             con.execute(f"update {table} set {column} = ? where {key} = ?", (new, value))
@@ -78,7 +88,69 @@ def relocate(db: Path) -> int:
         olds = ", ".join(sorted({str(old) for *_, old, _ in runs}))
         print(f"{db}: the project was moved or copied; the artifact locations of {len(runs)} runs now point "
               f"into {home} instead of {olds}", file=sys.stderr)
-    return len(changes)
+    return served_back + len(changes)
+
+
+def has_locations(con: sqlite3.Connection) -> bool:
+    tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+    return {table for table, _, _ in LOCATIONS} <= tables
+
+
+def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:
+    """Turn the served locations of ``db`` back into ``file:`` ones in ``home`` and remove the server's marker;
+    returns how many. Done by the server as it stops, or by ``relocate`` when it finds a dead one's marker."""
+    count = rewrite(con, lambda location: local_location(location, home))
+    con.commit()  # before the marker goes: a crash in between leaves the marker, and the next open redoes it
+    try:
+        server_marker(db).unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: sqlite refused the rewrite above already
+    return count
+
+
+def from_server(db: Path) -> int:
+    """``back_from_server`` on its own, for a server that stops (run it under the store's lock)."""
+    with sqlite3.connect(db, timeout=60) as con:
+        return back_from_server(con, db, artifact_home(db)) if has_locations(con) else 0
+
+
+def to_server(db: Path) -> int:
+    """Rewrite the locations of the store ``db`` under its mlruns/ to ``mlflow-artifacts:/…``, for a tracking
+    server serving that folder; returns how many. Run it under the store's lock, after ``relocate``."""
+    if not db.is_file():
+        return 0
+    home = artifact_home(db)
+    with sqlite3.connect(db, timeout=60) as con:
+        return rewrite(con, lambda location: served_location(location, home)) if has_locations(con) else 0
+
+
+def rewrite(con: sqlite3.Connection, new_location) -> int:
+    """Set every location for which ``new_location(location)`` gives a new one; returns how many."""
+    count = 0
+    for table, key, column in LOCATIONS:
+        rows = [(new, value) for value, location in con.execute(f"select {key}, {column} from {table}")
+                if (new := new_location(location)) is not None]
+        con.executemany(f"update {table} set {column} = ? where {key} = ?", rows)
+        count += len(rows)
+    return count
+
+
+def served_location(location: str | None, home: Path) -> str | None:
+    """``mlflow-artifacts:/<path in home>`` for a local location under ``home``, else None."""
+    path = local_path(location)
+    if path is None or not path.is_relative_to(home):
+        return None
+    inside = path.relative_to(home).as_posix()
+    return SERVED + ("" if inside == "." else inside)
+
+
+def local_location(location: str | None, home: Path) -> str | None:
+    """The ``file:`` URI in ``home`` of a served location (``mlflow-artifacts:/path``; one naming a host is
+    another server's), else None."""
+    if not location or not location.startswith(SERVED) or location.startswith(SERVED + "/"):
+        return None
+    inside = urllib.parse.unquote(location[len(SERVED):])
+    return (home / inside).as_uri() if inside else home.as_uri()
 
 
 def planned_changes(con: sqlite3.Connection, home: Path) -> list[tuple[str, str, str, str, Path, str]]:

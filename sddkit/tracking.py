@@ -38,6 +38,9 @@ from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# On a tracking server MLflow prints a "View run … at" line on stdout for every run ended: one a round, in the
+# middle of what sddkit prints there (a table, CSV).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 TRAJECTORY, ROUND = "trajectory", "round"
 # The experiment holds model training, not GenAI traces (MLflow UIs without the GenAI | Model training switch

@@ -1,0 +1,181 @@
+"""``sddkit server``: one tracking server on the project's store, for workers on other machines.
+
+Workers elsewhere cannot write the driver's sqlite file, nor the ``file:`` paths of this machine that its
+artifact locations hold. So the server proxies artifacts (``--serve-artifacts``, into mlruns/ beside the store)
+and, while it serves, the store's locations under mlruns/ read ``mlflow-artifacts:/…`` (``relocation``): every
+client writes through the server. A marker beside the store (``paths.live_server``) sends this machine's
+commands through the server too; once it stops (or dies: a stale marker is ignored), opening the store locally
+turns the locations back into ``file:``.
+
+Binding anything but loopback needs MLflow's basic-auth app (``--auth``) or an explicit, loudly named flag.
+The process handling is ``serving``'s, as for ``sddkit ui``: no server outlives the command.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+from sddkit import relocation, serving
+from sddkit.files import locked, write_atomic
+from sddkit.paths import live_server, process_started, server_marker, sqlite_path
+from sddkit.serving import ServeError
+
+ADMIN = "admin"
+PASSWORD_ENV = "SDDKIT_SERVER_PASSWORD"
+INSECURE_FLAG = "--insecure-no-auth-on-open-network"
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, auth: bool = False,
+          insecure: bool = False, ready_timeout: float = 180.0) -> int:
+    """Serve the store ``uri`` on ``host``:``port`` until Ctrl-C, SIGTERM or SIGHUP (exit code 0), printing the
+    one line of environment workers need. Refuses an open interface without ``auth`` (unless ``insecure``)."""
+    if not (auth or insecure or is_loopback(host)):
+        raise ServeError(f"--host {host} is not a loopback address: anyone on that network could read and "
+                         f"write the store; add --auth (MLflow's basic auth), or {INSECURE_FLAG} to serve it "
+                         f"without authentication")
+    check_not_served(uri)
+    port = serving.checked_port(port, host)
+    command = serving.mlflow_server(uri, root, host, port, "--serve-artifacts",
+                                    *(["--app-name", "basic-auth"] if auth else []))
+    serving.check_store_writable(uri, root, "sddkit server")
+    serving.follow_moved_project(uri, root)
+    create_experiment(uri, root, experiment)  # before workers race to create it
+    env = auth_env(uri, root) if auth else {}
+    if not is_loopback(host) and "MLFLOW_SERVER_ALLOWED_HOSTS" not in os.environ:
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(workers_host(host))
+    local = f"http://{url_host(serving.LOOPBACK if host in WILDCARDS else host)}:{port}"
+    workers = f"http://{url_host(workers_host(host))}:{port}"
+
+    def ready(url: str) -> None:
+        print(workers_line(workers, ADMIN if auth else None, env.get("MLFLOW_AUTH_ADMIN_PASSWORD")), flush=True)
+        print(f"serving {uri}, artifacts proxied; this machine's commands on it go through {local} while it "
+              f"runs{' (with the same credentials)' if auth else ''}; Ctrl-C stops it", file=sys.stderr)
+
+    db = sqlite_path(uri)
+    db = root / db if db is not None else None
+    if db is not None:
+        claim(db, local)
+    try:
+        return serving.run(command, root, local, ready, env, ready_timeout)
+    finally:
+        if db is not None:
+            release(db)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, it is not plainly this machine alone
+
+
+def workers_host(host: str) -> str:
+    """The address workers reach the server by: a wildcard bind is reached by this machine's name."""
+    return socket.gethostname() if host in WILDCARDS else host
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def allowed_hosts(host: str) -> str:
+    """MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+    return ",".join([*get_default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
+
+
+def workers_line(url: str, user: str | None, password: str | None) -> str:
+    """``workers: MLFLOW_TRACKING_URI=…`` (and the credentials, for --auth): what a worker's environment needs.
+    A password from SDDKIT_SERVER_PASSWORD is named, never printed; a generated one is shown this once."""
+    line = f"workers: MLFLOW_TRACKING_URI={url}"
+    if user is not None:
+        shown = f'"${PASSWORD_ENV}"' if os.environ.get(PASSWORD_ENV) else shlex.quote(password or "")
+        line += f" MLFLOW_TRACKING_USERNAME={user} MLFLOW_TRACKING_PASSWORD={shown}"
+    return line
+
+
+def check_not_served(uri: str) -> None:
+    if uri.startswith(("http:", "https:")):
+        raise ServeError(f"the tracking store {uri} is a server already (MLFLOW_TRACKING_URI or tracking.uri): "
+                         f"`sddkit server` serves a local store; point the workers at {uri} directly")
+    db = sqlite_path(uri)
+    server = live_server(db) if db is not None else None
+    if server is not None:
+        raise ServeError(f"{db} is served already, by `sddkit server` (pid {server['pid']} on {server['host']}) at "
+                         f"{server['uri']}: use that one, or stop it first")
+
+
+def create_experiment(uri: str, root: Path, experiment: str) -> None:
+    """The experiment, created now with its local location (turned into a served one by ``claim``): workers
+    that start together would each try to create it. Refused while a trajectory trains on this machine
+    straight into the store: its next round would find a served location it cannot write."""
+    from sddkit import lease
+    from sddkit.tracking import Tracker, TrackingError
+    try:
+        tracker = Tracker(uri, root)
+        tracker.experiment_id(experiment)
+        for found in tracker.client.search_experiments():
+            for key in (k for k in found.tags if k.startswith("sddkit.lease.")):
+                holder = lease.read(tracker.client, found.experiment_id, key)
+                if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
+                    raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: "
+                                     f"let it finish, or stop it (rerun, it continues through the server), "
+                                     f"then start the server")
+    except TrackingError as exc:
+        raise ServeError(str(exc)) from exc
+
+
+def claim(db: Path, local: str) -> None:
+    """Mark ``db`` as served (this process, at ``local``) and point its locations through the server."""
+    marker = {"pid": os.getpid(), "started": process_started(os.getpid()), "host": socket.gethostname(),
+              "uri": local}
+    with locked(serving.store_lock(db)):
+        write_atomic(server_marker(db), json.dumps(marker, indent=1).encode())
+        relocation.to_server(db)
+
+
+def release(db: Path) -> None:
+    """The store is local again: ``file:`` locations, no marker (what a local open does after a kill -9)."""
+    with locked(serving.store_lock(db)):
+        relocation.from_server(db)
+
+
+def auth_env(uri: str, root: Path) -> dict[str, str]:
+    """The basic-auth app's configuration: an ini beside the store naming its own user database there, and
+    the admin's password (SDDKIT_SERVER_PASSWORD, else a new one) in the server's environment only."""
+    db = sqlite_path(uri)
+    folder = (root / db).parent if db is not None else root
+    name = db.stem if db is not None else "mlflow"
+    users, ini = folder / f"{name}.auth.db", folder / f".{name}.auth.ini"
+    password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+    if len(password) < 12:
+        raise ServeError(f"{PASSWORD_ENV}: MLflow's basic auth needs a password of at least 12 characters")
+    write_atomic(ini, (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{users}\n"
+                       f"admin_username = {ADMIN}\n"
+                       f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n").encode())
+    if users.exists():
+        set_admin_password(ini, password)
+    # The auth app's CSRF protection signs with this key; one server, so one key for its life is enough.
+    secret = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
+
+
+def set_admin_password(ini: Path, password: str) -> None:
+    """MLflow takes the configured admin password only when it creates the user: on a later start, set it."""
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)  # read when mlflow.server.auth is imported
+    from mlflow.server.auth import auth_config
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    users = SqlAlchemyStore()
+    users.init_db(auth_config.database_uri)
+    if users.has_user(ADMIN, use_primary=True):
+        users.update_user(ADMIN, password=password)

@@ -1,0 +1,180 @@
+"""An ``mlflow server`` on the project's store, started and stopped the one way ``sddkit ui`` and ``sddkit
+server`` both need: no server outlives the command that started it.
+
+The server runs in a process group of its own (one worker, MLflow's job runner off), led by a guard
+(``sddkit.lifeline``). Ctrl-C, SIGTERM, SIGHUP (a closed terminal) or any error in the command terminates that
+whole group; if the command is killed -9, the guard ends it.
+
+No mlflow or torch here: ``sddkit ui`` only starts a server.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from sddkit import lifeline, relocation
+from sddkit.files import locked, unwritable, unwritable_file
+from sddkit.paths import sqlite_path, store_file_problem
+
+LOOPBACK = "127.0.0.1"
+SERVABLE = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
+
+
+class ServeError(RuntimeError):
+    """The store cannot be served; the message says why and what to do. (Not tracking's TrackingError: that
+    would import mlflow and torch into a command that only starts a server.)"""
+
+
+def run(command: list[str], root: Path, url: str, on_ready: Callable[[str], None], env: dict[str, str] | None = None,
+        ready_timeout: float = 180.0) -> int:
+    """Run the guarded server ``command`` until Ctrl-C, SIGTERM or SIGHUP (exit code 0) or until it exits on its
+    own (its exit code); ``on_ready(url)`` once ``url`` answers. The server's group is gone when this returns."""
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = None
+    try:
+        server = start(command, root, env or {})
+        wait_ready(server, url, ready_timeout)
+        on_ready(url)
+        code = server.wait()
+        print(f"mlflow server stopped by itself (exit code {code})", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server is not None:
+            stop(server)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def mlflow_server(uri: str, root: Path, host: str, port: int, *extra: str) -> list[str]:
+    """``mlflow server`` on ``uri``, one worker; artifacts (of experiments created through it too) land in
+    mlruns/ beside the store, never in the working directory."""
+    if not uri.startswith(SERVABLE):
+        raise ServeError(f"the tracking store {uri} is not a database this command can serve; "
+                         f"if it is a server already, use it directly (in a browser, or as MLFLOW_TRACKING_URI)")
+    db = sqlite_path(uri)
+    home = relocation.artifact_home(root / db) if db is not None else root / "mlruns"
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1", "--artifacts-destination", str(home), *extra]
+
+
+def start(command: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
+    # The guard leads the new session's process group and ends it when this process dies, kill -9 included
+    # (mlflow server starts uvicorn as a child of its own). -P: run it as a plain file, importing nothing
+    # from its folder. Its stdout goes to stderr: the command's stdout holds only what it prints for use.
+    env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    guarded = [sys.executable, "-P", lifeline.__file__, str(os.getpid()), *command]
+    return subprocess.Popen(guarded, cwd=root, env=env, start_new_session=True, stdout=sys.stderr.fileno())
+
+
+def check_store_writable(uri: str, root: Path, command: str) -> None:
+    """A sqlite store must be a database (else mlflow server would create a new, empty one in its place) and
+    writable even to be browsed (mlflow server checks its schema, sqlite keeps a journal next to the file):
+    say so now, instead of the server retrying for minutes in silence."""
+    problem = store_file_problem(uri)
+    if problem:
+        raise ServeError(problem)
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db = root / db  # an absolute path stays as it is
+    where, problem = db.parent, unwritable(db.parent)
+    if problem is None and db.exists():
+        where, problem = db, unwritable_file(db)
+    if problem is not None:
+        raise ServeError(f"{where} is not writable ({problem}), and mlflow server must write there even to "
+                         f"browse {db.name}: make it writable, or copy the project to a writable folder and run "
+                         f"`{command}` there")
+
+
+def store_lock(db: Path) -> Path:
+    """The lock file every process takes before changing a sqlite store's layout (``tracking.open_store``)."""
+    return db.with_name(f".{db.name}.lock")
+
+
+def follow_moved_project(uri: str, root: Path) -> None:
+    """A copied or moved project's store is pointed at its own artifacts first (``relocation``), as every
+    command that opens it does: the server must not show, or write into, the original project's mlruns/."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db = root / db
+    with locked(store_lock(db), required=False):
+        try:
+            relocation.relocate(db)
+        except (relocation.StoreElsewhere, sqlite3.Error) as exc:
+            raise ServeError(str(exc)) from exc
+
+
+def wait_ready(server: subprocess.Popen, url: str, timeout: float) -> None:
+    """Return once ``url``'s ``/health`` answers; an error if the server exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ServeError(f"mlflow server exited with code {server.returncode} before answering "
+                             f"(its messages are above)")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+    raise ServeError(f"mlflow server gave no answer on {url} within {timeout:.0f} s")
+
+
+def stop(server: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds (workers included)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        try:
+            server.wait(grace)
+            _wait_group_gone(server.pid, grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise subprocess.TimeoutExpired(f"process group {pgid}", timeout)
+
+
+def checked_port(port: int | None, host: str = LOOPBACK) -> int:
+    """``port`` if it is free on ``host`` (else a clear error), or a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds it: a port whose last connections linger in TIME_WAIT (a server just stopped) is
+        # free; one with a listener on it still is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port or 0))
+        except OSError as exc:
+            if port is None or exc.errno != errno.EADDRINUSE:
+                raise ServeError(f"--host {host}: cannot listen there ({exc.strerror})") from exc
+            raise ServeError(f"--port {port}: already in use on {host}; pick another or leave --port "
+                             f"out for a free one") from exc
+        return probe.getsockname()[1]
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
