@@ -263,8 +263,11 @@ class RayExecutor:
         from ray.util.queue import Queue
         self.started_here = not ray.is_initialized()
         if self.started_here:
+            # A cluster started elsewhere: ship this sddkit to its nodes (a job-level py_module: Ray uploads a
+            # local folder only there); its own nodes here import the installed one.
+            shipped = {"py_modules": [str(package_folder())]} if address is not None else None
             try:
-                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                ray.init(address=address, log_to_driver=False, include_dashboard=False, runtime_env=shipped)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"--address {address}: cannot join that Ray cluster ({exc}); start it with "
                                     f"`ray start --head`, or drop --address to start Ray here") from exc
@@ -278,8 +281,6 @@ class RayExecutor:
         # The tasks log into the sweep's store whatever their node's environment says, and run this code.
         env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
         runtime_env = {"env_vars": env}
-        if address is not None:  # a cluster started elsewhere: ship this sddkit to its nodes
-            runtime_env["py_modules"] = [str(package_folder())]
         self.remote = ray.remote(run_cell).options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries,
                                                    retry_exceptions=False, runtime_env=runtime_env)
         self.events = Queue(actor_options={"num_cpus": 0})

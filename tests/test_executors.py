@@ -213,7 +213,8 @@ def test_two_ray_nodes_log_into_one_sddkit_server_and_a_local_store_is_refused(p
     from test_server import free_port, start_server, stop_and_clean, workers_line
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = clean_env(RAY_USAGE_STATS_ENABLED="0")
+    # A cluster of one test's own: no usage reports, and no token to share between its processes.
+    env = clean_env(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     sets = [a for k, v in GRID_OVERRIDES.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     sweep_args = [sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--address", address,
                   "--grid", "noise.ratio=0.2,0.4", "--modes", "lottery", *sets]
