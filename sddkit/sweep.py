@@ -202,8 +202,26 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
     except BaseException:  # Ctrl-C above all: stop the cells (each run KILLED; a rerun continues them)
         view.note("stopping the running cells (each run is marked KILLED; rerun the sweep to continue)")
         executor.cancel(list(running))
+        close_cancelled(tracker, [tasks[c.key] for c in running.values()])
         raise
     executor.close()
+
+
+def close_cancelled(tracker: Tracker, cancelled: list) -> None:
+    """After ``executor.cancel`` no cancelled cell has a live owner: a run one left RUNNING (killed before it
+    could mark it, its grace spent) is marked KILLED and its lease released, as Ctrl-C of `sddkit run` would."""
+    from sddkit import lease
+    for task in cancelled:
+        try:
+            run = tracker.find_trajectory(task.cfg, task.code)
+            if run is None or run.info.status != "RUNNING":
+                continue
+            TrajectoryRun(tracker, run.info.run_id).close_interrupted_rounds()
+            tracker.client.set_terminated(run.info.run_id, "KILLED")
+            key = lease.key_for(f"{task.cfg.identity_hash()}.{task.code}")
+            tracker.client.delete_experiment_tag(run.info.experiment_id, key)
+        except Exception:  # noqa: BLE001 - best effort on the way out; a rerun takes a stale lease over anyway
+            continue
 
 
 def failures_by_key(failures: dict, cells: list[Cell]) -> set[str]:

@@ -89,7 +89,9 @@ def test_keys_lists_every_key_with_type_default_allowed_values_and_meaning():
     from sddkit.config import leaf_fields
     result = invoke("keys", "--format", "json")
     rows = json.loads(result.output)
-    assert result.exit_code == 0 and [r["key"] for r in rows] == [k for k, _, _ in leaf_fields()]
+    from sddkit.config import SweepConfig
+    every = [k for k, _, _ in leaf_fields()] + [k for k, _, _ in leaf_fields(SweepConfig, "sweep.")]
+    assert result.exit_code == 0 and [r["key"] for r in rows] == every
     assert all(r[c] for r in rows for c in ("type", "default", "allowed", "meaning"))
     table = invoke("keys").output
     assert "<class" not in table and "allowed values" in table and "list[int]" in table

@@ -282,7 +282,10 @@ def test_a_key_nothing_resembles_gets_no_guess():
 
 def test_every_key_is_described_with_a_readable_type_default_allowed_values_and_meaning():
     rows = describe_keys()
-    assert [r["key"] for r in rows] == [key for key, _, _ in leaf_fields()]
+    from sddkit.config import SweepConfig
+    sweep_keys = [key for key, _, _ in leaf_fields(SweepConfig, "sweep.")]  # `sddkit sweep`'s, after the rest
+    assert [r["key"] for r in rows] == [key for key, _, _ in leaf_fields()] + sweep_keys
+    assert {r["key"]: r for r in rows}["sweep.executor"]["allowed"] == "local, ray"
     for row in rows:
         assert all(row[column].strip() for column in ("type", "default", "allowed", "meaning")), row
         assert "class" not in row["type"] and "typing" not in row["type"], row
