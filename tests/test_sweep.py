@@ -134,7 +134,7 @@ def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_pa
     """kill -9 of `sddkit run --seeds … --jobs 2`: its workers must not train on under init; they stop as on
     Ctrl-C, so the runs they were training are marked KILLED, not left RUNNING."""
     # 30 epochs a round: both workers are still mid-trajectory once each has stored its round 0.
-    sets = ["--set", "data.train_size=200", "--set", "train.epochs=30", "--set", "prune.rounds=8",
+    sets = ["--set", "data.train_size=1000", "--set", "train.epochs=30", "--set", "prune.rounds=8",
             "--set", "train.milestones=[]", "--set", "train.threads=1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     log = tmp_path / "run.log"
