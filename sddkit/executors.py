@@ -2,7 +2,7 @@
 
 Either way a cell is ``run_cell``: an ordinary trajectory (``runner.run_trajectory``), with the run identity,
 lease, resume and MLflow layout of ``sddkit run``. A cell reports its progress as ``Event``s on a queue the
-driver drains (a multiprocessing queue, or a Ray queue actor), so the driver's view needs no store polling.
+driver drains (``cell_events``), so the driver's view needs no store polling.
 Cells always wait for a trajectory's lease rather than stop: a Ray retry of a cell whose worker died on
 another machine must wait out the dead owner's heartbeat (``lease.STALE_AFTER_S``), then continue after its
 last finished round.
@@ -23,6 +23,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 
 from sddkit import lifeline, runner, trajectory
+from sddkit.cell_events import Event, EventBox, RayEvents, post
 from sddkit.config import Config
 from sddkit.fingerprint import code_hash, package_folder
 
@@ -58,20 +59,6 @@ class Outcome:
     pid: int
 
 
-@dataclasses.dataclass
-class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``."""
-    key: str
-    kind: str
-    round_index: int = -1
-    rounds: int = 0
-    test_acc: float | None = None
-    seconds: float | None = None
-    host: str = ""
-    pid: int = 0
-    at: float = dataclasses.field(default_factory=time.time)
-
-
 class EventReporter(trajectory.Reporter):
     """The engine's progress hooks as events on the driver's queue."""
 
@@ -84,15 +71,6 @@ class EventReporter(trajectory.Reporter):
     def round_done(self, round_index, metrics):
         post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
                                 metrics.get("round_seconds")))
-
-
-def post(events, event: Event) -> None:
-    if events is None:
-        return
-    try:
-        events.put(event)
-    except Exception:  # noqa: BLE001 - a driver gone (its queue with it) must not fail the trajectory
-        pass
 
 
 def run_cell(task: Task, events=None) -> Outcome:
@@ -260,17 +238,12 @@ class RayExecutor:
 
     def __init__(self, address: str | None, cpus: float, gpus: float | None, retries: int, uri: str):
         self.ray = ray = import_ray()
-        from ray.util.queue import Queue
+        # The tasks log into the sweep's store whatever their node's environment says.
+        env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
         self.started_here = not ray.is_initialized()
+        task_env = None if self.started_here else {"env_vars": env}  # a Ray the caller started: per task
         if self.started_here:
-            # A cluster started elsewhere: ship this sddkit to its nodes (a job-level py_module: Ray uploads a
-            # local folder only there); its own nodes here import the installed one.
-            shipped = {"py_modules": [str(package_folder())]} if address is not None else None
-            try:
-                ray.init(address=address, log_to_driver=False, include_dashboard=False, runtime_env=shipped)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(f"--address {address}: cannot join that Ray cluster ({exc}); start it with "
-                                    f"`ray start --head`, or drop --address to start Ray here") from exc
+            start_ray(ray, address, env)
         self.nodes = [n for n in ray.nodes() if n.get("Alive")]
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.gpus = (1.0 if cluster_gpus else 0.0) if gpus is None else gpus
@@ -278,12 +251,10 @@ class RayExecutor:
             raise ExecutorError(f"--gpus-per-trajectory {self.gpus:g}: the Ray cluster has {cluster_gpus:g} GPUs; "
                                 f"lower it (0 runs on CPU)")
         self.cpus, self.retries = cpus, retries
-        # The tasks log into the sweep's store whatever their node's environment says, and run this code.
-        env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
-        runtime_env = {"env_vars": env}
-        self.remote = ray.remote(run_cell).options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries,
-                                                   retry_exceptions=False, runtime_env=runtime_env)
-        self.events = Queue(actor_options={"num_cpus": 0})
+        options = dict(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries, retry_exceptions=False)
+        self.remote = ray.remote(run_cell).options(**options, **({"runtime_env": task_env} if task_env else {}))
+        self.box = ray.remote(EventBox).options(num_cpus=0).remote()
+        self.events = RayEvents(self.box)
 
     def describe(self) -> str:
         resources = f"{self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
@@ -308,11 +279,10 @@ class RayExecutor:
                               f"sweep to continue it")
 
     def drain(self) -> list[Event]:
-        out = []
-        with contextlib.suppress(Exception):  # the queue's actor is gone: no more events
-            while not self.events.empty():
-                out.extend(self.events.get_nowait_batch(max(1, self.events.qsize())))
-        return out
+        try:
+            return self.ray.get(self.box.take.remote())
+        except Exception:  # noqa: BLE001 - the box's actor is gone: no more events
+            return []
 
     def cancel(self, handles: list) -> None:
         """Ctrl-C: each running task gets KeyboardInterrupt (its run marked KILLED, its lease released); what
@@ -331,9 +301,49 @@ class RayExecutor:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.ray.kill(self.events.actor)
+            self.ray.kill(self.box)
         if self.started_here:
             self.ray.shutdown()
+
+
+def start_ray(ray, address: str | None, env: dict) -> None:
+    """``ray.init``: a new Ray on this machine, or the cluster at ``address`` (or ``RAY_ADDRESS``).
+
+    A Ray started here passes ``env`` to its workers by inheritance: its raylet starts with it, so the workers
+    it prestarts serve the cells (a per-task ``runtime_env`` would start two more, 1 s each, and leave these
+    idle beside them on a small machine). A cluster started elsewhere gets ``env`` and this sddkit (a
+    job-level py_module: Ray uploads a local folder only there) as the job's runtime env; its nodes here
+    import the installed one."""
+    joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    options = dict(address=address, log_to_driver=False, include_dashboard=False)
+    try:
+        if joining:
+            ray.init(**options, runtime_env={"env_vars": env, "py_modules": [str(package_folder())]})
+        else:
+            with environment(env):
+                ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if not joining:
+            raise ExecutorError(f"cannot start Ray on this machine ({exc}); or run the sweep with --executor "
+                                f"local") from exc
+        where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        raise ExecutorError(f"{where}: cannot join that Ray cluster ({exc}); start it with `ray start --head`, "
+                            f"or drop {'--address' if address else 'RAY_ADDRESS'} to start Ray here") from exc
+
+
+@contextlib.contextmanager
+def environment(env: dict):
+    """``os.environ`` with ``env`` for the block (what processes started in it inherit), then as it was."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")

@@ -258,7 +258,7 @@ class FakeCell:  # what the view reads of a cell (sweep.Cell without building a 
 
 def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
     from rich.console import Console
-    from sddkit.executors import Event
+    from sddkit.cell_events import Event
     screen = io.StringIO()
     view = sweep_view.LiveView([FakeCell("a", "lottery·s0", 4), FakeCell("b", "reinit·s0", 4, needs="a")], {},
                                Console(file=screen, force_terminal=True, width=160))
