@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sddkit import config, paths
+from sddkit import config, lease, paths
 from sddkit.compare import check_filters, matches
 from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, finished_only, param_text, read_mask, \
     read_weights, round_row, select_trajectories, stored_summary, trajectory_name
@@ -80,9 +80,10 @@ LANDMARKS = ("dense", "minimum", "peak", "last")
 
 def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
     """Every trajectory of the experiment, finished or not, newest first (what `sddkit ls` shows), and the
-    params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``,
-    ``rounds_done`` (finished rounds, the dense one included) of ``rounds_total``, and for a finished one the
-    landmark test accuracies ``<landmark>_test_acc`` (dense, minimum, peak, last) from its summary metrics."""
+    params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``
+    (``status``: ``interrupted`` where no live process trains a RUNNING run), ``rounds_done`` (finished rounds,
+    the dense one included) of ``rounds_total``, and for a finished one the landmark test accuracies
+    ``<landmark>_test_acc`` (dense, minimum, peak, last) from its summary metrics."""
     tracker = open_store(tracking_uri)
     runs = tracker.trajectories(experiment_name(experiment))
     differ = [k for k in differing_keys(runs) if k not in ("seed", "tracking.run_name")]
@@ -92,11 +93,23 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
         rounds = params.get("prune.rounds")
         rows.append({"name": trajectory_name(run), "run_name": run.info.run_name, "run_id": run.info.run_id,
                      **{k: params.get(k) for k in differ},
-                     "seed": params.get("seed"), "status": run.info.status,
+                     "seed": params.get("seed"), "status": status(tracker, run),
                      "rounds_done": len(tracker.round_runs(run.info.run_id, experiment_id=run.info.experiment_id)),
                      "rounds_total": int(rounds) + 1 if rounds is not None else None,
                      **{f"{n}_test_acc": summary.get(f"{n}_test_acc") for n in LANDMARKS}})
     return rows, differ
+
+
+def status(tracker: Tracker, run) -> str:
+    """The run's MLflow status, except that a RUNNING run nobody trains (its owner was killed before it could
+    mark the run KILLED: kill -9, a lost node) reads ``interrupted``: no live process holds its lease."""
+    if run.info.status != "RUNNING":
+        return run.info.status
+    tags = run.data.tags
+    key = lease.key_for(f"{tags.get('sddkit.config_hash')}.{tags.get('sddkit.code_hash')}")
+    holder = lease.read(tracker.client, run.info.experiment_id, key)
+    live = holder is not None and not holder.is_stale() and holder.run_id in ("", run.info.run_id)
+    return "RUNNING" if live else "interrupted"
 
 
 # ---------------------------------------------------------------- the store

@@ -183,6 +183,45 @@ def test_ls_lists_each_trajectory_with_what_differs_its_status_rounds_and_landma
     assert "noise.ratio" in table and "dense test %" in table and "FINISHED" in table
 
 
+def test_ls_shows_a_running_trajectory_whose_owner_died_as_interrupted(in_store):
+    """kill -9 leaves a run RUNNING in MLflow: ls tells it from one a live process is training (its lease)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+    from mlflow import MlflowClient
+    from sddkit import lease
+    uri = f"sqlite:///{in_store}/mlflow.db"
+    client = MlflowClient(uri)
+
+    def status_of(run_id):
+        return {r["run_id"]: r["status"] for r in json.loads(invoke("ls", "--format", "json").output)}[run_id]
+
+    run = client.get_run(json.loads(invoke("ls", "--format", "json").output)[0]["run_id"])
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
+    identity = f"{run.data.tags['sddkit.config_hash']}.{run.data.tags['sddkit.code_hash']}"
+    client.update_run(run_id, status="RUNNING")
+    try:
+        assert status_of(run_id) == "interrupted"  # no lease at all
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        now = time.time()
+        record = lease.Holder("dead", socket.gethostname(), int(dead.stdout), now, now, run_id)
+        client.set_experiment_tag(experiment_id, lease.key_for(identity), json.dumps(asdict(record)))
+        assert status_of(run_id) == "interrupted"  # a fresh heartbeat, but its process is gone
+        owner = lease.Lease(uri, experiment_id, identity).acquire()  # takes the dead one's lease over
+        owner.set_run(run_id)
+        try:
+            assert status_of(run_id) == "RUNNING"
+        finally:
+            owner.release()
+        assert status_of(run_id) == "interrupted"
+    finally:
+        client.update_run(run_id, status="FINISHED")
+    assert status_of(run_id) == "FINISHED"
+
+
 def test_ls_of_an_experiment_without_trajectories_says_so(in_store):
     result = invoke("ls", "--experiment", "nothing-here")
     assert result.exit_code == 0 and "no trajectories in experiment 'nothing-here'" in result.output
