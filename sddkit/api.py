@@ -106,7 +106,7 @@ def status(tracker: Tracker, run) -> str:
     if run.info.status != "RUNNING":
         return run.info.status
     tags = run.data.tags
-    key = lease.key_for(f"{tags.get('sddkit.config_hash')}.{tags.get('sddkit.code_hash')}")
+    key = lease.key_for(lease.identity(tags.get("sddkit.config_hash"), tags.get("sddkit.code_hash")))
     holder = lease.read(tracker.client, run.info.experiment_id, key)
     live = holder is not None and not holder.is_stale() and holder.run_id in ("", run.info.run_id)
     return "RUNNING" if live else "interrupted"

@@ -82,6 +82,11 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def identity(config_hash: str, code_hash: str) -> str:
+    """What one lease guards: a trajectory's config and the code that trains it (its run identity)."""
+    return f"{config_hash}.{code_hash}"
+
+
 def key_for(identity: str) -> str:
     return f"sddkit.lease.{identity}"
 

@@ -19,7 +19,7 @@ from sddkit.config import Config, load_config
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
-from sddkit.lease import Lease, LeaseHeld, LeaseLost
+from sddkit.lease import Lease, LeaseHeld, LeaseLost, identity as lease_identity
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
     store_problem, trajectory_name
 
@@ -142,7 +142,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     tracker.check_writable()  # a read-only or full store fails here, before anything is written
     tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, inputs.names, cfg.prune.rate))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
-    identity = f"{cfg.identity_hash()}.{code}"
+    identity = lease_identity(cfg.identity_hash(), code)
     on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
     with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.

@@ -218,7 +218,7 @@ def close_cancelled(tracker: Tracker, cancelled: list) -> None:
                 continue
             TrajectoryRun(tracker, run.info.run_id).close_interrupted_rounds()
             tracker.client.set_terminated(run.info.run_id, "KILLED")
-            key = lease.key_for(f"{task.cfg.identity_hash()}.{task.code}")
+            key = lease.key_for(lease.identity(task.cfg.identity_hash(), task.code))
             tracker.client.delete_experiment_tag(run.info.experiment_id, key)
         except Exception:  # noqa: BLE001 - best effort on the way out; a rerun takes a stale lease over anyway
             continue

@@ -201,7 +201,7 @@ def test_ls_shows_a_running_trajectory_whose_owner_died_as_interrupted(in_store)
 
     run = client.get_run(json.loads(invoke("ls", "--format", "json").output)[0]["run_id"])
     run_id, experiment_id = run.info.run_id, run.info.experiment_id
-    identity = f"{run.data.tags['sddkit.config_hash']}.{run.data.tags['sddkit.code_hash']}"
+    identity = lease.identity(run.data.tags['sddkit.config_hash'], run.data.tags['sddkit.code_hash'])
     client.update_run(run_id, status="RUNNING")
     try:
         assert status_of(run_id) == "interrupted"  # no lease at all
