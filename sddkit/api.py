@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from sddkit import config, lease, paths
+from sddkit.fingerprint import code_hash
 from sddkit.compare import check_filters, matches
-from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, finished_only, param_text, read_mask, \
+from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
     read_weights, round_row, select_trajectories, stored_summary, trajectory_name
 
 # Config keys every frame carries: what tells trajectories apart in most studies. Keys whose values differ
@@ -93,11 +94,21 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
         rounds = params.get("prune.rounds")
         rows.append({"name": trajectory_name(run), "run_name": run.info.run_name, "run_id": run.info.run_id,
                      **{k: params.get(k) for k in differ},
-                     "seed": params.get("seed"), "status": status(tracker, run),
+                     "seed": params.get("seed"), "status": status(tracker, run), "code": code_state(run),
                      "rounds_done": len(tracker.round_runs(run.info.run_id, experiment_id=run.info.experiment_id)),
                      "rounds_total": int(rounds) + 1 if rounds is not None else None,
                      **{f"{n}_test_acc": summary.get(f"{n}_test_acc") for n in LANDMARKS}})
     return rows, differ
+
+
+def code_state(run) -> str:
+    """Which code the run's numbers are from: ``this code``, ``adopted (verified)`` (``sddkit adopt``), or
+    ``other <fingerprint>`` (an older scheme's hash is marked ``old identity``: `sddkit adopt` keeps it)."""
+    tags = run.data.tags
+    code, adopted = tags.get("sddkit.code_hash", ""), tags.get("sddkit.adopted")
+    if current_identity(run) and code == code_hash():
+        return f"adopted ({adopted})" if adopted else "this code"
+    return f"other {code[:8] or '?'}" + ("" if current_identity(run) else " (old identity)")
 
 
 def status(tracker: Tracker, run) -> str:

@@ -84,6 +84,9 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Start a new trajectory even if this config already ran.")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write summary.json, trajectory.csv and curve.png into this folder (for DVC).")
+@click.option("--run-file", "run_file", default=None, type=click.Path(dir_okay=False),
+              help="Write only run.json, naming the run, at this path (DVC's trajectory stages: their other "
+                   "files come from the compare stage, so a plot edit never reruns training).")
 @click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
               help="One trajectory per seed (replaces the config's seed), grouped by the tag sddkit.group; "
                    "then a mean ± std table and curve. Pin the noise draw with --set noise.seed=K.")
@@ -98,7 +101,7 @@ def main() -> None:
               help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
                    "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")
 @format_option("the closing table of the rounds")
-def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir, wait, redo_from,
+def run(preset, sets, params_path, force, results_dir, run_file, seeds, jobs, prepared_dir, wait, redo_from,
         table_format) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
@@ -116,6 +119,8 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         fail("--prepared pins the data of one seed; run one trajectory per seed (dvc exp run -S seed=N)", code=2)
     if redo_from is not None and (seeds or force):
         fail("--redo-from repairs one stored trajectory: use it without --seeds and --force", code=2)
+    if run_file and seeds:
+        fail("--run-file names one trajectory's run: use --results with --seeds", code=2)
     from sddkit import runner, sweep
     folder = Path(results_dir) if results_dir else None
     try:
@@ -125,7 +130,8 @@ def run(preset, sets, params_path, force, results_dir, seeds, jobs, prepared_dir
         else:
             prepared = Path(prepared_dir) if prepared_dir else None
             runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,
-                                  redo_from=redo_from, table_format=table_format)
+                                  redo_from=redo_from, table_format=table_format,
+                                  run_file=Path(run_file) if run_file else None)
     except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, sweep.SweepFailed) as exc:
@@ -308,7 +314,11 @@ COMPARE_TABLES, COMPARE_FIGURES = ("table", "csv", "json", "md"), ("png", "pdf",
               help="Write compare.csv and the figure (compare.png, or the --format ones) into this folder.")
 @click.option("--params", "params_path", default=None,
               help="Params file for tracking.* and sddkit_stages.compare (default: the project root's params.yaml).")
-def compare_command(selectors, where, labels, formats, paper, by, experiment, output_dir, params_path) -> None:
+@click.option("--trajectory-files", is_flag=True,
+              help="Also write each --runs results folder's summary.json, trajectory.csv and curve.png from its run "
+                   "(DVC's compare stage).")
+def compare_command(selectors, where, labels, formats, paper, by, experiment, output_dir, params_path,
+                    trajectory_files) -> None:
     """Compare trajectories round by round: replicates (same name and config, other seeds) as mean ± std,
     each curve's phases, the difference of the first two; a table, and a CSV and figure with --output.
     With --by KEY, all of it once per value of KEY (the figure's panels side by side)."""
@@ -338,6 +348,8 @@ def compare_command(selectors, where, labels, formats, paper, by, experiment, ou
     try:
         tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
         experiment, threshold = experiment or cfg.tracking.experiment, settings.interpolation_threshold
+        if trajectory_files:
+            compare.write_trajectory_files(tracker, list(selectors))
         if by is None:
             found = compare.compare(tracker, list(selectors), experiment, list(where), threshold, list(labels) or None)
         else:
@@ -426,6 +438,45 @@ def keys(table_format) -> None:
     show(render_table(config_mod.describe_keys(), config_mod.KEY_COLUMNS, table_format, "config keys"))
 
 
+@main.command("adopt")
+@click.argument("selector", metavar="RUN")
+@click.option("--no-verify", is_flag=True, help="Adopt without replaying the run's first epoch (tagged unverified).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+def adopt_command(selector, no_verify, experiment) -> None:
+    """Keep a finished trajectory made by other code (run ID or name) as this code's run of its config.
+
+    By default it replays the run's round 0 for one epoch with this code and adopts the run only if every
+    per-epoch metric it logged for that epoch is equal; its tags then record what it was, verified or not, and
+    `sddkit run` of its config reports it instead of retraining."""
+    root = project_root()
+    cfg = resolve_config(None, (), None, root)
+    from sddkit.paths import missing_project, tracking_uri
+    if missing_project(cfg.tracking.uri):
+        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
+    from sddkit import adopt
+    from sddkit.tracking import Tracker, TrackingError
+    try:
+        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
+        run = adopt.resolve(tracker, selector, experiment or cfg.tracking.experiment)
+        done = adopt.adopt(tracker, run, root, verify=not no_verify)
+    except (TrackingError, config_mod.ConfigError) as exc:
+        fail(str(exc))
+    check = (f"replayed round 0 epoch 0 in {done.replay_seconds:.1f} s: {len(done.compared)} metrics equal"
+             if done.verified else "not verified (--no-verify)")
+    console.print(f"adopted run {done.run_id} (was config {done.former['sddkit.config_hash']}, code "
+                  f"{done.former['sddkit.code_hash']}); {check}", highlight=False, soft_wrap=True)
+
+
+@main.command("fingerprint")
+def fingerprint_command() -> None:
+    """The code fingerprint of a trajectory's identity, and the modules it covers (the engine's import closure;
+    DVC's trajectory stages depend on exactly these)."""
+    from sddkit import fingerprint
+    click.echo(f"code {fingerprint.code_hash()}")
+    for name in fingerprint.engine_files():
+        click.echo(f"sddkit/{name}")
+
+
 @main.command("ls")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
 @format_option("the list")
@@ -449,7 +500,7 @@ def ls_command(experiment, table_format) -> None:
     if not rows and table_format == "table":
         console.print(f"no trajectories in experiment {experiment!r} yet: `sddkit run` (or `dvc repro`) makes them")
         return
-    columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status",
+    columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status", "code": "code",
                "rounds_done": "rounds done", "rounds_total": "of",
                **{f"{n}_test_acc": f"{n} test %" for n in api.LANDMARKS}}
     formats = {"run_id": lambda v: v[:8], **{f"{n}_test_acc": (lambda v: f"{v:.1f}") for n in api.LANDMARKS}}

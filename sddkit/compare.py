@@ -20,8 +20,8 @@ from rich.console import Console
 
 from sddkit import analysis, config, plots, readoffs, results
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
-from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, finished_only, round_row, select_trajectories, \
-    trajectory_name, unknown_trajectory
+from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, current_identity, finished_only, round_row, \
+    select_trajectories, trajectory_name, unknown_trajectory
 
 console = Console(stderr=True)
 CSV_NAME, FIGURE_STEM = "compare.csv", "compare"  # and compare.png / .pdf / .svg
@@ -57,6 +57,22 @@ def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list
     for curve, label in zip(curves, curve_labels(curves, labels)):
         curve.label = label
     return curves
+
+
+def write_trajectory_files(tracker: Tracker, selectors: list[str]) -> None:
+    """Each ``--runs`` results folder's summary.json, trajectory.csv and curve.png, drawn from its run as
+    ``sddkit run --results`` draws them. DVC's compare stage writes them, so that an edit of a plot or a table
+    reruns that stage alone, never a trajectory stage (those depend on the fingerprinted code only)."""
+    for selector in selectors:
+        folder = Path(selector)
+        if not (folder / RUN_FILE).is_file():
+            raise TrackingError(f"--trajectory-files: --runs {selector} is not a results folder (it has no "
+                                f"{RUN_FILE}); name the folders the trajectory stages write")
+        run = run_from_folder(tracker, folder)
+        rows = [round_row(x) for x in tracker.round_runs(run.info.run_id)]
+        ph = analysis.phases(rows, analysis_setting(run, "interpolation_threshold"),
+                             analysis_setting(run, "light_tolerance"))
+        results.write_folder(folder, results.trajectory_files(rows, ph, trajectory_name(run)))
 
 
 def check_labels(selectors: list[str], labels: list[str] | None) -> None:
@@ -139,9 +155,10 @@ def newest_group(selector: str, runs: list) -> list:
 
 
 def group_of(run) -> str:
-    """The run's config without its seed (``Config.group_hash``); older runs lack the tag, so rebuild it."""
+    """The run's config without its seed (``Config.group_hash``). Runs of an older identity scheme lack the
+    tag or hashed it otherwise: rebuilt from their params, so they group with today's runs of their config."""
     tag = run.data.tags.get("sddkit.group")
-    return tag if tag else config.from_params(run.data.params).group_hash()
+    return tag if tag and current_identity(run) else config.from_params(run.data.params).group_hash()
 
 
 def differences(ours, theirs, limit: int = 3) -> str:

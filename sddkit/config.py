@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -202,8 +203,14 @@ class Config:
         stays in it (null stays null), so replicates over a fixed noise draw form their own group."""
         return self._hash_without(NOT_IDENTITY | {"seed"})
 
+    def identity_values(self, excluded: frozenset[str] | None = None) -> dict[str, Any]:
+        """The keys that determine the results and differ from the schema's defaults (as open_lth hashes):
+        a new setting whose default keeps today's behaviour leaves every stored run's identity as it was."""
+        defaults, excluded = schema_defaults(type(self)), NOT_IDENTITY if excluded is None else excluded
+        return {k: v for k, v in self.flat().items() if k not in excluded and _canonical(v) != defaults[k]}
+
     def _hash_without(self, excluded: frozenset[str]) -> str:
-        science = {k: v for k, v in self.flat().items() if k not in excluded}
+        science = self.identity_values(excluded)
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -221,6 +228,16 @@ NOT_IDENTITY = frozenset({"preset", "data.root", "train.device", "train.threads"
                           "train.eval_every",
                           "tracking.uri", "tracking.experiment", "tracking.run_name",
                           "analysis.interpolation_threshold", "analysis.light_tolerance"})
+
+
+@functools.cache
+def schema_defaults(schema: type) -> dict[str, str]:
+    """Every key's schema default (the dataclasses', not a preset's), in canonical text."""
+    return {k: _canonical(v) for k, v in schema().flat().items()}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _flatten(tree: dict, prefix: str = ""):

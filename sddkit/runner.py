@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sddkit import analysis, prepare, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config, load_config
+from sddkit.files import write_atomic
 from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
@@ -90,14 +91,14 @@ def make_progress() -> Progress:
 def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Path | None = None,
                    quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
                    wait: bool = False, redo_from: int | None = None,
-                   table_format: str = "table") -> tuple[TrajectoryRun, list[dict]]:
+                   table_format: str = "table", run_file: Path | None = None) -> tuple[TrajectoryRun, list[dict]]:
     """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
 
     ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
     no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
     ``wait``: wait for another process that owns this trajectory instead of stopping; ``redo_from``: retrain
     the stored trajectory from that round on (a repair that keeps the rounds before it); ``table_format``:
-    the closing table's (config.TABLE_FORMATS)."""
+    the closing table's (config.TABLE_FORMATS); ``run_file``: where to write run.json alone."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
@@ -113,6 +114,9 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
     ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
     if results_dir is not None:
         write_results(results_dir, store, cfg, rows, files)
+    if run_file is not None:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_file, run_pointer(store, cfg))
     if not quiet:
         print_table(rows, ph, table_format)
         print_where(tracker, cfg, store, to_stderr=table_format != "table")

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from sddkit import relocation
 from sddkit.config import Config
 from sddkit.files import locked, unwritable, unwritable_file, write_atomic
-from sddkit.fingerprint import code_hash
+from sddkit.fingerprint import IDENTITY_VERSION, code_hash
 from sddkit.relocation import artifact_home
 from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking_uri
 
@@ -198,6 +198,18 @@ class Tracker:
         if finished_only:
             runs = [r for r in runs if r.info.status == "FINISHED"]
         return sorted(runs, key=lambda r: int(r.data.tags["sddkit.round"]))
+
+    def epoch_values(self, round_run, epoch: int) -> dict[str, float]:
+        """The per-epoch metrics (``epoch/<key>``) a round run logged for ``epoch``, by key."""
+        values = {}
+        for key in (k for k in round_run.data.metrics if k.startswith("epoch/")):
+            at = [m.value for m in self.client.get_metric_history(round_run.info.run_id, key) if m.step == epoch]
+            if at:
+                values[key.removeprefix("epoch/")] = at[-1]
+        return values
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def download(self, run_id: str, path: str, dst: str) -> Path:
         try:
@@ -647,12 +659,21 @@ def now_ms() -> int:
 
 # ---------------------------------------------------------------- provenance
 
+IDENTITY_TAG = "sddkit.identity"
+
+
+def current_identity(run) -> bool:
+    """Whether the run's hashes were made the way this sddkit makes them (else it predates the scheme)."""
+    return run.data.tags.get(IDENTITY_TAG) == IDENTITY_VERSION
+
+
 def trajectory_tags(cfg: Config, root: Path, code: str) -> dict[str, str]:
     commit = git_commit(root)
     return {
         "sddkit.kind": TRAJECTORY,
         "sddkit.config_hash": cfg.identity_hash(),
         "sddkit.code_hash": code,  # the run's identity is config + code (fingerprint.code_hash)
+        IDENTITY_TAG: IDENTITY_VERSION,  # how the two hashes were made: older runs lack it (README: upgrading)
         "sddkit.group": cfg.group_hash(),  # replicates (same config, other seeds) share it
         "sddkit.name": cfg.name,
         "sddkit.preset": cfg.preset,

@@ -385,3 +385,30 @@ def weights_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
 
 def snapshot(model: nn.Module) -> State:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _EpochDone(Exception):
+    """Stops a replay after its first epoch."""
+
+
+def replay_first_epoch(cfg: Config, root: Path) -> dict:
+    """Round 0's first epoch replayed from the seed with this code: its per-epoch row, every metric that
+    ``train.fit`` and ``epoch_metrics`` log for it (``sddkit adopt`` checks a stored run against it)."""
+    inputs = load_inputs(cfg, root)
+    ctx = Context(cfg, inputs.splits, inputs.noisy, inputs.model, inputs.names, snapshot(inputs.model),
+                  inputs.train_idx)
+    apply_masks = pruning.MaskApplier(dict(ctx.model.named_parameters()),
+                                      pruning.dense_masks(weights_of(ctx.model, ctx.names)))
+    schedule, replayed = retrain.schedule(cfg, 0), {}
+
+    def first_epoch_only(epoch: int, row: dict) -> None:
+        epoch_metrics(ctx, 0, row, schedule.epochs)
+        replayed.update(row)
+        raise _EpochDone
+    try:
+        train.fit(ctx.model, ctx.splits, ctx.noisy, schedule, round_generators(cfg, 0, ctx.splits.x_train.device),
+                  apply_masks, fresh_optimizer_at=retrain.fresh_optimizer_at(0, rewind_at_step(ctx)),
+                  on_epoch=first_epoch_only)
+    except _EpochDone:
+        pass
+    return replayed

@@ -1,8 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from sddkit.config import Config, ConfigError, describe_keys, leaf_fields, load_config, parse_assignment, \
+from sddkit.config import Config, ConfigError, TrainConfig, describe_keys, leaf_fields, load_config, parse_assignment, \
     preset_names
 
 
@@ -75,9 +76,47 @@ def test_identity_hash_follows_science_not_paths_or_device():
     assert base.identity_hash() != load_config(overrides=["noise.ratio=0.3"]).identity_hash()
 
 
-def test_identity_hash_is_pinned():
-    # A schema or default change re-keys every stored trajectory (resume would start over): make it deliberate.
-    assert load_config().identity_hash() == PINNED_QUICK_HASH
+# Pinned as open_lth pins its hashes: a schema or default change that re-keys stored trajectories (so that
+# their rerun starts over instead of reporting them) must be a deliberate edit here, never a silent one.
+PINNED_HASHES = {
+    ("quick", ()): "156365f3d54d7464",
+    ("quick", ("retrain.mode=reinit", "retrain.masks_from=lottery")): "cd0de983bb3b47c9",
+    ("quick", ("noise.ratio=0.4", "seed=2")): "4753de36cf77cc51",
+    ("cifar10-resnet18", ()): "0b37a980ed525db2",
+}
+
+
+@pytest.mark.parametrize("preset, sets", list(PINNED_HASHES))
+def test_identity_hashes_are_pinned(preset, sets):
+    assert load_config(preset=preset, overrides=list(sets)).identity_hash() == PINNED_HASHES[preset, sets]
+
+
+def test_the_identity_covers_only_values_that_differ_from_the_schema_defaults():
+    cfg = load_config(overrides=["train.lr=0.1", "noise.ratio=0.4"])  # train.lr=0.1 is the schema's default
+    assert "train.lr" not in cfg.identity_values() and cfg.identity_values()["noise.ratio"] == 0.4
+    assert "train.lr" in load_config().identity_values()  # the quick preset's 0.003 differs from it
+
+
+def test_a_new_setting_with_a_neutral_default_re_keys_nothing():
+    """What adding a knob does: a schema with one more key whose default keeps today's behaviour gives every
+    config of today the same identity (so no stored run is orphaned); a value other than the default re-keys."""
+    @dataclasses.dataclass
+    class NewTrain(TrainConfig):
+        warmup_epochs: int = 0
+
+    @dataclasses.dataclass
+    class NewConfig(Config):
+        train: NewTrain = dataclasses.field(default_factory=NewTrain)
+
+    for preset, sets in PINNED_HASHES:
+        today = load_config(preset=preset, overrides=list(sets))
+        tree = dataclasses.asdict(today)
+        grown = NewConfig(**{k: v for k, v in tree.items() if not isinstance(v, dict)},
+                          **{k: getattr(today, k) for k, v in tree.items() if isinstance(v, dict) and k != "train"},
+                          train=NewTrain(**tree["train"]))
+        assert grown.identity_hash() == PINNED_HASHES[preset, sets]
+        grown.train.warmup_epochs = 5
+        assert grown.identity_hash() != PINNED_HASHES[preset, sets]
 
 
 def test_noise_seed_follows_the_seed_unless_pinned():
@@ -106,7 +145,6 @@ def test_run_name_defaults_to_the_retrain_mode():
     assert isinstance(load_config(), Config)
 
 
-PINNED_QUICK_HASH = "fad4384f6f05fb4c"
 
 
 # ---------------------------------------------------------------- finite numbers and sizes that fit

@@ -144,6 +144,7 @@ def test_dvc_pipeline(repo):
     assert diff["params.yaml"]["sddkit_stages.compare.interpolation_threshold"] == {"old": None, "new": 50.0}
     assert ran(run(["dvc", "repro"], repo, env)) == ["compare"]
 
+    check_plot_edit_reruns_compare_alone(repo, env)
     check_code_edit_makes_new_runs(repo, env)
 
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))
@@ -253,6 +254,17 @@ def set_param(repo: Path, keys: list[str], value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def check_plot_edit_reruns_compare_alone(repo: Path, env: dict) -> None:
+    """An edit of plots.py is outside the code fingerprint: `dvc repro` redraws (compare stage, which draws each
+    trajectory's files too) and reuses both trajectories, whose runs stay the same."""
+    before = {name: trajectory_run(repo, name).info.run_id for name in ("lottery", "reinit")}
+    plots_py = repo / "sddkit" / "plots.py"
+    plots_py.write_text(plots_py.read_text() + "\n\nEDITED_LABEL = 'remaining weights'\n")
+    assert ran(run(["dvc", "repro"], repo, env)) == ["compare"]
+    assert {name: trajectory_run(repo, name).info.run_id for name in before} == before
+    assert (repo / "results" / "lottery" / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def check_code_edit_makes_new_runs(repo: Path, env: dict) -> None:
     """After a one-line edit of a training-path module, `dvc repro` reruns the trajectory stages and they make
     new MLflow runs with the new code fingerprint; the old runs are kept as they were."""
@@ -317,3 +329,25 @@ def test_the_noise_grid_is_a_pipeline_of_its_own_pinned_by_dvc(repo):
     assert grid_ran(out) == [GRID_STAGE] and "8 cells (4 finished already)" in " ".join(out.split())
     assert len(store(repo).trajectories("noise-grid")) == 8
     assert len(list((grid / "results" / "cells").glob("*/trajectory.csv"))) == 8
+
+
+def test_the_committed_results_come_from_the_committed_code():
+    """`dvc status` of this checkout (CI: a fresh clone) may find outputs missing from its cache, and the
+    prepared data not made yet, but no dependency, parameter or command changed since dvc.lock: what results/
+    holds was made by this code. A change of the training code therefore ships with its `dvc repro`."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(["dvc", "status", "--json"], cwd=MAIN, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    stale = []
+    for stage, entries in json.loads(done.stdout).items():
+        for entry in entries:
+            if isinstance(entry, str):  # "changed command", "always changed"
+                stale.append(f"{stage}: {entry}")
+                continue
+            for path, state in entry.get("changed deps", {}).items():
+                states = state.values() if isinstance(state, dict) else [state]  # params files: per key
+                if path.startswith("data/prepared/") and state == "deleted":
+                    continue  # made by the prepare stage, never committed
+                stale += [f"{stage}: {path} {s}" for s in states]
+    assert not stale, "dvc.lock is older than the code or params; run `dvc repro` and commit: " + "; ".join(stale)
