@@ -43,6 +43,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 TRAJECTORY, ROUND = "trajectory", "round"
+SEARCH_PAGE = 1000  # runs per page of a search (a test shrinks it to see the paging work)
 # The experiment holds model training, not GenAI traces (MLflow UIs without the GenAI | Model training switch
 # choose their view by it; 3.17.2's follows the link's workflowType, which `sddkit ui`'s link sets).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -137,8 +138,19 @@ class Tracker:
         if exp is None:
             return []
         query = f"tags.`sddkit.kind` = {literal(TRAJECTORY)}" + (f" and {filter_string}" if filter_string else "")
-        return list(self.client.search_runs([exp], query, order_by=["attributes.start_time DESC"],
-                                            max_results=5000))
+        return self.search([exp], query, order_by=["attributes.start_time DESC"])
+
+    def search(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None) -> list:
+        """Every run matching ``query``, page by page: MLflow returns at most one page per call, and a
+        store past a page's worth must not silently drop its oldest runs."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(experiment_ids, query, order_by=order_by, max_results=SEARCH_PAGE,
+                                           page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                return runs
 
     def find_trajectory(self, cfg: Config, code: str):
         """The newest run of this config made by this code (to report or continue), or None for a new run.
@@ -194,7 +206,7 @@ class Tracker:
     def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None) -> list:
         exp = experiment_id or self.client.get_run(parent_id).info.experiment_id
         query = f"tags.`mlflow.parentRunId` = {literal(parent_id)} and tags.`sddkit.kind` = {literal(ROUND)}"
-        runs = self.client.search_runs([exp], query, max_results=5000)
+        runs = self.search([exp], query)
         if finished_only:
             runs = [r for r in runs if r.info.status == "FINISHED"]
         return sorted(runs, key=lambda r: int(r.data.tags["sddkit.round"]))
