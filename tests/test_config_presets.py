@@ -84,3 +84,21 @@ def test_tinyimagenet_follows_the_papers_code():
 
 def test_presets_outside_the_paper_state_no_deviations():
     assert preset_deviations("quick") == []
+
+
+def test_the_tinyimagenet_protocol_runs_end_to_end_on_the_cpu(project):
+    """The paper's Tiny ImageNet pipeline on a few real JPEGs: 64x64 images resized-cropped to 32 for training,
+    seen through resize 45 + centre crop 32 for testing, a warmed-up lr and batch norm over shards."""
+    from test_sources import write_tinyimagenet
+
+    from sddkit import runner
+
+    write_tinyimagenet(project / "data", per_class=4)  # 12 train images of 3 classes, 4 test images
+    cfg = load_config(preset="tinyimagenet-resnet101", overrides={
+        "model.arch": "resnet18", "train.epochs": 2, "train.batch_size": 8, "train.milestones": [],
+        "train.warmup_epochs": 1, "prune.rounds": 1, "retrain.rewind_step": 1, "train.device": "cpu",
+        "tracking.uri": f"sqlite:///{project}/mlflow.db"})
+    assert (cfg.data.crop_size, cfg.data.test_resize, cfg.train.bn_shards) == (32, 45, 4)
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    assert [round(r["sparsity"], 3) for r in store.completed] == [0.0, 0.2]
+    assert all(0.0 <= r["test_acc"] <= 100.0 for r in store.completed)
