@@ -411,10 +411,15 @@ def check_image_transforms(cfg: Config) -> None:
     if d.test_resize and d.test_resize < image_side(cfg):
         raise ConfigError(f"data.test_resize = {d.test_resize}: smaller than the {image_side(cfg)}-pixel centre "
                           f"crop (data.crop_size); use at least {image_side(cfg)}, or 0 for no resize")
+    channels = 1 if d.name.startswith("mnist") else 3
+    crops_and_flips = d.augment == "crop_flip" or (d.augment == "auto" and channels == 3)
+    if crops_and_flips and d.crop_size not in (0, stored):
+        raise ConfigError(f"data.crop_size = {d.crop_size} with data.augment = {d.augment!r}: crop+flip keeps the "
+                          f"{stored}x{stored} side, so training and testing would see other sizes; use data.augment "
+                          f"= resized_crop_flip (the paper's Tiny ImageNet) or none")
     need = MIN_SIDE.get(cfg.model.arch, 1)
     if image_side(cfg) < need:
         raise ConfigError(f"data.crop_size = {d.crop_size}: below the {need}x{need} {cfg.model.arch} needs")
-    channels = 1 if d.name.startswith("mnist") else 3
     if d.norm_stats in NORM_STATS and len(NORM_STATS[d.norm_stats][0]) != channels:
         fits = [name for name, (mean, _) in NORM_STATS.items() if len(mean) == channels]
         raise ConfigError(f"data.norm_stats = {d.norm_stats!r}: has {len(NORM_STATS[d.norm_stats][0])} channel(s), "

@@ -38,8 +38,8 @@ class Splits:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        channels, side = self.x_train.shape[1], self.crop_size or self.x_train.shape[2]
-        return (channels, side, self.crop_size or self.x_train.shape[3])
+        channels, height, width = self.x_train.shape[1:]
+        return (channels, self.crop_size or height, self.crop_size or width)
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Raw images as evaluation sees them: resized and centre-cropped (when set), then normalised."""

@@ -221,5 +221,11 @@ def test_crop_and_resize_settings_are_checked_against_the_images():
     with pytest.raises(ConfigError, match=r"^data.crop_size = 40: larger than the 32x32 images of tinyimagenet"):
         load_config(preset="quick", overrides={**base, "data.downsample": 2, "data.crop_size": 40})
     with pytest.raises(ConfigError, match=r"^data.test_resize = 30: smaller than the 32-pixel centre crop"):
-        load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.test_resize": 30})
-    assert load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.test_resize": 45})
+        load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.test_resize": 30,
+                                               "data.augment": "none"})
+    with pytest.raises(ConfigError, match=r"^data.crop_size = 32 with data.augment = 'auto': crop\+flip keeps the "
+                                          r"64x64 side.*use data.augment = resized_crop_flip"):
+        load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.augment": "auto"})
+    assert load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.test_resize": 45,
+                                                  "data.augment": "resized_crop_flip"})
+    assert load_config(preset="quick", overrides={**base, "data.crop_size": 32, "data.augment": "none"})
