@@ -217,7 +217,7 @@ def test_resized_crop_flip_flips_about_half_and_only_mirrors():
 
 
 def test_crop_and_resize_settings_are_checked_against_the_images():
-    base = {"data.name": "tinyimagenet", "noise.kind": "none", "model.arch": "resnet18"}
+    base = {"data.name": "tinyimagenet", "noise.kind": "none", "model.arch": "resnet18", "data.downsample": 1}
     with pytest.raises(ConfigError, match=r"^data.crop_size = 40: larger than the 32x32 images of tinyimagenet"):
         load_config(preset="quick", overrides={**base, "data.downsample": 2, "data.crop_size": 40})
     with pytest.raises(ConfigError, match=r"^data.test_resize = 30: smaller than the 32-pixel centre crop"):
