@@ -25,7 +25,12 @@ import yaml
 
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "tinyimagenet")
 ARCHS = ("lenet300_100", "resnet18", "resnet34", "resnet101", "vgg11_bn", "vgg16_bn")
-NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip")
+NOISE_KINDS = ("none", "random", "symmetric", "asymmetric", "pairflip", "open_lth")
+AUGMENTS = ("auto", "none", "crop_flip", "resized_crop_flip")
+# Fixed per-channel statistics a loader may normalise with instead of the train split's own (data.norm_stats):
+# the paper's code normalises CIFAR and Tiny ImageNet with ImageNet's, MNIST with MNIST's usual ones.
+NORM_STATS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "mnist": ((0.1307,), (0.3081,))}
+PRECISIONS = ("bf16", "fp32")
 TABLE_FORMATS = ("table", "csv", "json", "md")  # the commands' --format (rendered by results.render_table)
 STAGES_KEY = "sddkit_stages"  # params.yaml section of DVC pipeline settings (not a trajectory's config)
 SWEEP_KEY = "sweep"  # a params file's grid for `sddkit sweep` (not a trajectory's config either)
@@ -58,8 +63,17 @@ class DataConfig:
     train_size: int = _spec(0, lo=0, help="stratified train subset size; 0 keeps the whole train split")
     test_size: int = _spec(1000, lo=1, help="held-out test size for datasets without a test split (mnist5k)")
     split_seed: int = _spec(0, lo=0, help="seed of the train/test split and of subsets; fixed across seeds")
-    augment: str = _spec("auto", choices=("auto", "none", "crop_flip"),
-                         help="train augmentation; auto = crop+flip for colour images, none otherwise")
+    augment: str = _spec("auto", choices=AUGMENTS,
+                         help="train augmentation; auto = crop+flip for colour images, none otherwise; "
+                              "resized_crop_flip = RandomResizedCrop(data.crop_size) + flip (the paper's Tiny "
+                              "ImageNet)")
+    norm_stats: str = _spec("train", choices=("train", *NORM_STATS),
+                            help="mean/std data.standardize uses: the train split's own, or fixed ones: imagenet "
+                                 "(the paper's CIFAR and Tiny ImageNet), mnist (0.1307/0.3081, its MNIST)")
+    crop_size: int = _spec(0, lo=0, help="side of the square images the model sees: resized_crop_flip crops to "
+                                         "it, evaluation centre-crops to it; 0 = the images' own side")
+    test_resize: int = _spec(0, lo=0, help="evaluation images are first resized to this side (bilinear, "
+                                           "antialiased), then centre-cropped to data.crop_size; 0 = no resize")
 
 
 @dataclass
@@ -96,6 +110,13 @@ class TrainConfig:
     device: str = _spec("auto", help="where to train: auto = CUDA when present, else the CPU",
                        allowed="auto, cpu, cuda, cuda:N")
     threads: int = _spec(1, lo=0, help="torch CPU threads; 0 leaves torch's default")
+    precision: str = _spec("bf16", choices=PRECISIONS,
+                           help="training precision on CUDA: bf16 autocast (fast) or fp32 (the paper's); the CPU "
+                                "always trains in fp32, and accuracy is always computed in fp32")
+    warmup_epochs: int = _spec(0, lo=0, help="linear lr warmup from 0 over this many epochs (lr x min(1, "
+                                             "step / steps)), on top of the schedule; 0 = none")
+    bn_shards: int = _spec(1, lo=1, help="batch-norm statistics over this many equal shards of each training "
+                                         "batch, as DataParallel on that many GPUs (running stats from the first)")
     deterministic: bool = _spec(False, help="torch.use_deterministic_algorithms")
 
 
@@ -284,6 +305,19 @@ def preset_description(name: str) -> str:
     return str(preset_tree(name).get("description", ""))
 
 
+# Keys of a preset file that describe it rather than configure a run.
+PRESET_ABOUT = ("description", "deviations")
+
+
+def preset_deviations(name: str) -> list[str]:
+    """Where preset ``name`` still departs from the paper's code (its ``deviations:`` list), one sentence
+    each; empty for a preset that does not mirror the paper or departs nowhere known."""
+    deviations = preset_tree(name).get("deviations") or []
+    if not isinstance(deviations, list):
+        raise ConfigError(f"preset {name!r}: deviations must be a list of sentences, got {deviations!r}")
+    return [str(line) for line in deviations]
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``key=value`` from --set; the value is read as YAML so ``0.2``, ``true``, ``[80,120]`` are typed."""
     key, sep, raw = text.partition("=")
@@ -302,7 +336,8 @@ def load_config(params: dict | None = None, preset: str | None = None,
     name = preset or params.pop("preset", None) or "quick"
     params.pop("preset", None)
     tree = preset_tree(name)
-    tree.pop("description", None)
+    for key in PRESET_ABOUT:
+        tree.pop(key, None)
     tree = _deep_merge(tree, params)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_assignment, overrides or [])
     for key, value in items:
@@ -331,7 +366,11 @@ def check_combination(cfg: Config) -> Config:
     if cfg.noise.kind == "asymmetric" and cfg.data.name not in ASYMMETRIC_DATASETS:
         raise ConfigError(f"noise.kind = 'asymmetric': no class map for data.name = {cfg.data.name!r}; "
                           f"defined for {', '.join(ASYMMETRIC_DATASETS)} (use pairflip or random instead)")
+    if cfg.noise.kind == "open_lth" and cfg.noise_seed + 1 >= 2 ** 32:
+        raise ConfigError(f"noise.seed = {cfg.noise_seed}: open_lth's draw seeds numpy's RandomState with it and "
+                          f"it + 1, which take at most 2**32 - 1; use a smaller seed (the paper's is 1)")
     check_downsample(cfg)
+    check_image_transforms(cfg)
     check_tracking(cfg.tracking)
     return cfg
 
@@ -372,6 +411,36 @@ def check_downsample(cfg: Config) -> None:
         raise ConfigError(f"data.downsample = {factor}: pools the {side}x{side} images of {cfg.data.name} to "
                           f"{side // factor}x{side // factor}, below the {need}x{need} {cfg.model.arch} needs; "
                           f"at most {side // need}")
+
+
+def image_side(cfg: Config) -> int:
+    """Side of the square images the model sees: ``data.crop_size``, else the stored side after pooling."""
+    return cfg.data.crop_size or IMAGE_SIDE[cfg.data.name] // cfg.data.downsample
+
+
+def check_image_transforms(cfg: Config) -> None:
+    """The crop must fit in the (pooled) images and in the evaluation resize; fixed stats must have one value
+    per channel of the dataset."""
+    d, stored = cfg.data, IMAGE_SIDE[cfg.data.name] // cfg.data.downsample
+    if d.crop_size > stored:
+        raise ConfigError(f"data.crop_size = {d.crop_size}: larger than the {stored}x{stored} images of "
+                          f"{d.name} (data.downsample = {d.downsample}); at most {stored}, or 0 for the whole image")
+    if d.test_resize and d.test_resize < image_side(cfg):
+        raise ConfigError(f"data.test_resize = {d.test_resize}: smaller than the {image_side(cfg)}-pixel centre "
+                          f"crop (data.crop_size); use at least {image_side(cfg)}, or 0 for no resize")
+    channels = 1 if d.name.startswith("mnist") else 3
+    crops_and_flips = d.augment == "crop_flip" or (d.augment == "auto" and channels == 3)
+    if crops_and_flips and d.crop_size not in (0, stored):
+        raise ConfigError(f"data.crop_size = {d.crop_size} with data.augment = {d.augment!r}: crop+flip keeps the "
+                          f"{stored}x{stored} side, so training and testing would see other sizes; use data.augment "
+                          f"= resized_crop_flip (the paper's Tiny ImageNet) or none")
+    need = MIN_SIDE.get(cfg.model.arch, 1)
+    if image_side(cfg) < need:
+        raise ConfigError(f"data.crop_size = {d.crop_size}: below the {need}x{need} {cfg.model.arch} needs")
+    if d.norm_stats in NORM_STATS and len(NORM_STATS[d.norm_stats][0]) != channels:
+        fits = [name for name, (mean, _) in NORM_STATS.items() if len(mean) == channels]
+        raise ConfigError(f"data.norm_stats = {d.norm_stats!r}: has {len(NORM_STATS[d.norm_stats][0])} channel(s), "
+                          f"{d.name} has {channels}; use train or {', '.join(fits)}")
 
 
 def read_params_file(path: Path) -> dict:

@@ -8,6 +8,11 @@ Kinds:
   truck→automobile, bird→airplane, cat↔dog, deer→horse; MNIST: 2→7, 3→8, 5↔6; CIFAR-100: the next fine
   class within the same coarse super-class).
 - ``pairflip``: a fraction ε of the samples of every class i is flipped to class (i + 1) mod K.
+- ``open_lth``: the paper's own draw, ``randomize_labels(seed, ε)`` of its open_lth fork (what its runs'
+  ``--random_labels_fraction=ε --fix_all_random_seeds=1`` do, with seed 1): ceil(N·ε) labels drawn from all K
+  classes by ``RandomState(seed).randint``, placed on the first ceil(N·ε) indices of
+  ``RandomState(seed + 1).permutation(N)``. The same law as ``random``, but the very same noisy set as the
+  paper's for the same train set in the same order (CIFAR-10/100 and MNIST as shipped).
 """
 from __future__ import annotations
 
@@ -34,10 +39,13 @@ def corrupt(labels: torch.Tensor, kind: str, ratio: float, seed: int, num_classe
         noisy = _uniform(y, ratio, rng, num_classes, exclude_true=kind == "symmetric")
     elif kind == "pairflip":
         noisy = _flip_classes(y, ratio, rng, {c: (c + 1) % num_classes for c in range(num_classes)})
+    elif kind == "open_lth":
+        noisy = open_lth_labels(y, ratio, seed, num_classes)
     elif kind == "asymmetric":
         noisy = _flip_classes(y, ratio, rng, asymmetric_map(dataset, num_classes, coarse, labels))
     else:
-        raise ConfigError(f"noise.kind = {kind!r}: unknown; allowed: none, random, symmetric, asymmetric, pairflip")
+        raise ConfigError(f"noise.kind = {kind!r}: unknown; allowed: none, random, symmetric, asymmetric, pairflip, "
+                          f"open_lth")
     return torch.from_numpy(noisy)
 
 
@@ -53,6 +61,17 @@ def _uniform(y: np.ndarray, ratio: float, rng: np.random.Generator, k: int, excl
         noisy[chosen] = (y[chosen] + rng.integers(1, k, len(chosen))) % k
     else:
         noisy[chosen] = rng.integers(0, k, len(chosen))
+    return noisy
+
+
+def open_lth_labels(y: np.ndarray, ratio: float, seed: int, k: int) -> np.ndarray:
+    """open_lth's ``Dataset.randomize_labels(seed, fraction)``, statement for statement (its legacy
+    ``RandomState`` streams included): the paper's noisy labels, bit for bit."""
+    noisy = y.copy()
+    count = np.ceil(len(y) * ratio).astype(int)
+    drawn = np.random.RandomState(seed=seed).randint(k, size=count)
+    chosen = np.random.RandomState(seed=seed + 1).permutation(len(y))[:count]
+    noisy[chosen] = drawn
     return noisy
 
 

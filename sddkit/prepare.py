@@ -70,7 +70,7 @@ def load_pinned(folder: Path, cfg: Config):
     the run records as a dataset input is provably the data the net trains on."""
     import torch
 
-    from sddkit.data import Splits, augments
+    from sddkit.data import Splits, transforms
 
     check_settings(folder, cfg)
     check_present(folder)  # a missing file is named before anything is read
@@ -90,13 +90,14 @@ def load_pinned(folder: Path, cfg: Config):
         raise DatasetError(f"--prepared {folder}: {NOISY} holds {len(noisy)} labels for {len(arrays['y_train'])} "
                            f"train images; rerun `sddkit prepare --out {folder}`")
     splits = Splits(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], classes,
-                    arrays["mean"], arrays["std"], augments(cfg.data, arrays["x_train"].shape[1]))
+                    arrays["mean"], arrays["std"], **transforms(cfg.data, arrays["x_train"]))
     return files, (splits, noisy)
 
 
 def check_settings(folder: Path, cfg: Config) -> None:
     """Raise DatasetError unless ``folder`` was prepared with ``cfg``'s data and noise settings."""
-    made_with = read_settings(folder)
+    # A key the manifest lacks did not exist when it was written: the data was made as its neutral default.
+    made_with = {**Config().flat(), **read_settings(folder)}
     wanted = settings(cfg)
     differ = [k for k in sorted(wanted) if made_with.get(k) != wanted[k]]
     if differ:

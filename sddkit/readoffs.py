@@ -58,7 +58,10 @@ def covered() -> str:
 
 
 def _same(stored: str, wanted: object) -> bool:
-    """An MLflow param (text) against a YAML value: 0.4 == "0.40", "lottery" == "lottery"."""
+    """An MLflow param (text) against a YAML value: 0.4 == "0.40", "lottery" == "lottery"; a list of values
+    accepts any of them (noise.kind: the paper's law, drawn by sddkit's ``random`` or the paper's ``open_lth``)."""
+    if isinstance(wanted, list):
+        return any(_same(stored, one) for one in wanted)
     try:
         value = config.read_yaml(stored)
     except yaml.YAMLError:

@@ -31,7 +31,7 @@ def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int,
 
     The optimizer settings, batch size and data-order/augmentation generators are the round's own."""
     schedule = dataclasses.replace(retrain.schedule(ctx.cfg, round_index), lr=lr, epochs=epochs,
-                                   schedule="constant", milestones=[])
+                                   schedule="constant", milestones=[], warmup_epochs=0)
     ctx.model.load_state_dict(sparse)
     pruning.MaskApplier(dict(ctx.model.named_parameters()), masks)()  # pruned weights start at exactly 0
     gens = trajectory.round_generators(ctx.cfg, round_index, ctx.splits.x_train.device)

@@ -43,6 +43,14 @@ def precision(device: torch.device, mixed_precision: bool):
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The multiple of ``cfg.lr`` that optimizer step ``step`` (0-based, absolute) runs at: the schedule's,
+    times the warmup's min(1, step / warmup steps), as open_lth multiplies its lambdas (step 0 runs at 0)."""
+    factor = schedule_factor(cfg, step, steps_per_epoch)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return factor * min(1.0, step / warmup) if warmup else factor
+
+
+def schedule_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "multistep":
@@ -106,7 +114,8 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(cfg, step, per_epoch)
             idx = order[start:start + cfg.batch_size]
-            logits, loss = train_step(model, optimizer, splits.train_batch(idx, gens.augment), labels[idx])
+            logits, loss = train_step(model, optimizer, splits.train_batch(idx, gens.augment), labels[idx],
+                                      cfg.precision == "bf16", cfg.bn_shards)
             apply_masks()
             # Kept on the device and reduced once per epoch: no host sync and one small op per step.
             losses.append(loss.detach())
@@ -122,15 +131,40 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
     return history
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
-    """One forward, backward and optimizer step (bf16 autocast on CUDA); returns the logits and the loss."""
-    with autocast(x.device):
-        logits = model(x)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               mixed_precision: bool = True, bn_shards: int = 1):
+    """One forward, backward and optimizer step (bf16 autocast on CUDA when ``mixed_precision``, else fp32);
+    returns the logits and the loss (the mean over the whole batch, whatever ``bn_shards``)."""
+    with precision(x.device, mixed_precision):
+        logits = sharded_forward(model, x, bn_shards) if bn_shards > 1 else model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return logits, loss
+
+
+def sharded_forward(model: nn.Module, x: torch.Tensor, shards: int) -> torch.Tensor:
+    """The logits of ``x`` with batch-norm statistics over ``shards`` chunks of it, as DataParallel on as many
+    GPUs computes them (the paper's Tiny ImageNet: 512 images on 4 GPUs, statistics over 128): each chunk
+    (``torch.chunk``, as DataParallel scatters) runs on its own, and the running statistics follow the first
+    chunk only, as DataParallel keeps its first replica's: the others run with batch-norm momentum 0."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta, tracked = [m.momentum for m in norms], []
+    outputs = []
+    try:
+        for index, chunk in enumerate(x.chunk(shards)):
+            outputs.append(model(chunk))
+            if index == 0:
+                tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
+                for m in norms:
+                    m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: left as the first chunk set it
+    finally:
+        for m, momentum, count in zip(norms, momenta, tracked):
+            m.momentum = momentum
+            if count is not None:  # one batch seen, as by DataParallel's first replica
+                m.num_batches_tracked.copy_(count)
+    return torch.cat(outputs)
 
 
 def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor], targets: torch.Tensor,
@@ -147,15 +181,16 @@ def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor],
 
 @torch.no_grad()
 def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int,
-            mixed_precision: bool = True) -> torch.Tensor:
-    """Float32 logits for the raw images ``x`` (normalised here, never augmented); computed in fp32 throughout
-    unless ``mixed_precision`` (then bf16 autocast on CUDA)."""
+            mixed_precision: bool = False) -> torch.Tensor:
+    """Float32 logits for the raw images ``x`` (in the evaluation view: resized, cropped, normalised; never
+    augmented); computed in fp32 throughout (accuracy is, whatever the training precision) unless
+    ``mixed_precision`` (then bf16 autocast on CUDA)."""
     model.eval()
     device = splits.x_train.device
     outs = []
     for start in range(0, len(x), batch_size):
         with precision(device, mixed_precision):
-            outs.append(model(splits.normalise(x[start:start + batch_size])).float())
+            outs.append(model(splits.eval_batch(x[start:start + batch_size])).float())
     return torch.cat(outs) if outs else torch.zeros(0, splits.num_classes, device=device)
 
 
@@ -166,11 +201,11 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
 
 
 def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: TrainConfig,
-                   train_idx: torch.Tensor, mixed_precision: bool = True) -> dict[str, float]:
+                   train_idx: torch.Tensor, mixed_precision: bool = False) -> dict[str, float]:
     """The round's metrics: train accuracy against noisy and true labels, memorisation, test loss/acc.
 
-    Train accuracy is measured without augmentation on the fixed subset ``train_idx``; analyses pass
-    ``mixed_precision=False`` (see ``predict``).
+    Train accuracy is measured without augmentation on the fixed subset ``train_idx``; all in fp32 (see
+    ``predict``), whatever precision the net trained in.
     """
     logits = predict(model, splits, splits.x_train[train_idx], cfg.eval_batch_size, mixed_precision)
     clean, noisy_sub = splits.y_train_clean[train_idx], noisy[train_idx]
@@ -201,7 +236,7 @@ def accumulate_gradients(model: nn.Module, splits: Splits, labels: torch.Tensor,
     for b in range(batches):
         idx = order[(b * batch_size) % len(labels):][:batch_size]
         with precision(splits.x_train.device, mixed_precision):
-            loss = F.cross_entropy(model(splits.normalise(splits.x_train[idx])), labels[idx])
+            loss = F.cross_entropy(model(splits.eval_batch(splits.x_train[idx])), labels[idx])
         loss.backward()
     grads = {n: params[n].grad.detach().clone() for n in names}
     model.zero_grad(set_to_none=True)

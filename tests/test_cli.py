@@ -105,8 +105,9 @@ def test_piped_tables_are_printed_in_full_not_cut_to_80_columns():
     assert "(kaiming-normal fan_in, batch norm weight U(0, 1))" in invoke("keys").output
 
 
-@pytest.mark.parametrize("fmt, start", [("csv", "name,description\ncifar10-resnet18,"),
-                                        ("md", "**presets**\n\n| name | description |\n| --- | --- |\n"),
+@pytest.mark.parametrize("fmt, start", [("csv", "name,description,deviations\ncifar10-resnet18,"),
+                                        ("md", "**presets**\n\n| name | description | deviations from the paper's "
+                                               "code |\n| --- | --- | --- |\n"),
                                         ("json", '[\n {\n  "name": "cifar10-resnet18"')])
 def test_presets_in_each_text_format(fmt, start):
     result = invoke("presets", "--format", fmt)

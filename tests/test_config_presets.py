@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sddkit import models
-from sddkit.config import load_config, preset_description, preset_names
+from sddkit.config import image_side, load_config, preset_description, preset_deviations, preset_names
 
 # (classes, stored image shape) of each dataset; data.downsample divides the height and width.
 DATASETS = {
@@ -23,6 +23,7 @@ PAPER = {
     "cifar10-resnet18": ("resnet18", "cifar10", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 1000, "lottery"),
     "cifar100-resnet18": ("resnet18", "cifar100", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 1000, "lottery"),
     "cifar10-vgg16": ("vgg16_bn", "cifar10", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 2000, "lottery"),
+    "cifar100-vgg16": ("vgg16_bn", "cifar100", 160, 128, "sgd", 0.9, 0.1, [80, 120], 1e-4, 2000, "lottery"),
     "tinyimagenet-resnet101": ("resnet101", "tinyimagenet", 200, 512, "sgd", 0.9, 0.2, [100, 150], 1e-4, 1000,
                                "oneshot"),
 }
@@ -38,8 +39,8 @@ def test_preset_loads_and_builds_its_model_for_the_dataset(name):
     assert cfg.preset == name
     description = preset_description(name)
     assert description and "\n" not in description
-    classes, (channels, height, width) = DATASETS[cfg.data.name]
-    shape = (channels, height // cfg.data.downsample, width // cfg.data.downsample)
+    classes, (channels, _, _) = DATASETS[cfg.data.name]
+    shape = (channels, image_side(cfg), image_side(cfg))
     torch.manual_seed(0)
     model = models.build(cfg.model.arch, classes, shape, cfg.model.init).eval()
     with torch.no_grad():
@@ -57,12 +58,47 @@ def test_paper_presets_carry_the_papers_settings(name):
     assert got == PAPER[name]
     assert (r.rewind_unit, cfg.prune.rate, cfg.prune.criterion, cfg.prune.scope) == ("iterations", 0.2, "magnitude",
                                                                                       "global")
-    assert (cfg.noise.kind, cfg.noise.ratio, cfg.data.augment) == ("random", 0.2, "auto")
+    # The paper's runs: --random_labels_fraction=0.2 --fix_all_random_seeds=1, its own draw with seed 1.
+    assert (cfg.noise.kind, cfg.noise.ratio, cfg.noise.seed) == ("open_lth", 0.2, 1)
     assert cfg.train.schedule == ("constant" if name == "mnist-lenet" else "multistep")
     assert cfg.model.init == "open_lth"  # the paper code's init, LeNet included
+    assert cfg.train.precision == "fp32"  # as the paper trained
+    assert cfg.data.norm_stats == ("mnist" if name == "mnist-lenet" else "imagenet")  # its loaders' statistics
     assert cfg.prune.rounds >= 15
+    deviations = preset_deviations(name)  # what still departs from the paper's code is said, one line each
+    assert deviations and all(line.strip() and "\n" not in line for line in deviations)
+    if name != "tinyimagenet-resnet101":
+        assert cfg.data.augment == "auto" and (cfg.train.warmup_epochs, cfg.train.bn_shards) == (0, 1)
 
 
-def test_tinyimagenet_trains_at_32x32():
+def test_tinyimagenet_follows_the_papers_code():
     cfg = load_config(preset="tinyimagenet-resnet101")
-    assert DATASETS[cfg.data.name][1][1] // cfg.data.downsample == 32
+    d, t = cfg.data, cfg.train
+    # RandomResizedCrop(32) + flip of the 64x64 images; tests on resize 45 + centre crop 32.
+    assert (d.downsample, d.augment, d.crop_size, d.test_resize, image_side(cfg)) == (1, "resized_crop_flip", 32,
+                                                                                      45, 32)
+    # lr warmed up over 5 epochs; batch 512 on 4 GPUs: batch-norm statistics over 128-image shards.
+    assert (t.warmup_epochs, t.batch_size, t.bn_shards) == (5, 512, 4)
+    assert cfg.prune.rounds == 16  # levels 0-16
+
+
+def test_presets_outside_the_paper_state_no_deviations():
+    assert preset_deviations("quick") == []
+
+
+def test_the_tinyimagenet_protocol_runs_end_to_end_on_the_cpu(project):
+    """The paper's Tiny ImageNet pipeline on a few real JPEGs: 64x64 images resized-cropped to 32 for training,
+    seen through resize 45 + centre crop 32 for testing, a warmed-up lr and batch norm over shards."""
+    from test_sources import write_tinyimagenet
+
+    from sddkit import runner
+
+    write_tinyimagenet(project / "data", per_class=4)  # 12 train images of 3 classes, 4 test images
+    cfg = load_config(preset="tinyimagenet-resnet101", overrides={
+        "model.arch": "resnet18", "train.epochs": 2, "train.batch_size": 8, "train.milestones": [],
+        "train.warmup_epochs": 1, "prune.rounds": 1, "retrain.rewind_step": 1, "train.device": "cpu",
+        "tracking.uri": f"sqlite:///{project}/mlflow.db"})
+    assert (cfg.data.crop_size, cfg.data.test_resize, cfg.train.bn_shards) == (32, 45, 4)
+    store, rows = runner.run_trajectory(cfg, project, quiet=True)
+    assert [round(r["sparsity"], 3) for r in store.completed] == [0.0, 0.2]
+    assert all(0.0 <= r["test_acc"] <= 100.0 for r in store.completed)

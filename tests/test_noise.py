@@ -1,6 +1,8 @@
 """Label noise: realised rates, class mappings, determinism, and a clean test split."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -109,9 +111,63 @@ def test_asymmetric_without_a_class_map_is_a_config_error():
         noise.corrupt(balanced(200, 1), "asymmetric", 0.2, seed=0, num_classes=200, dataset="tinyimagenet")
 
 
+# ---------------------------------------------------------------- the paper's own draw
+
+def randomize_labels(labels: np.ndarray, seed: int, fraction: float, k: int) -> np.ndarray:
+    """The reference, from the rules of open_lth's ``Dataset.randomize_labels`` (datasets/base.py of
+    he-zh/sparse-double-descent): n = ceil(N·ε); the new labels ``RandomState(seed).randint(K, size=n)``; the
+    samples ``RandomState(seed + 1).permutation(N)[:n]``; ``labels[idx] = new``."""
+    labels = labels.copy()
+    n = math.ceil(len(labels) * fraction)
+    new = np.random.RandomState(seed).randint(k, size=n)
+    idx = np.random.RandomState(seed + 1).permutation(len(labels))[:n]
+    labels[idx] = new
+    return labels
+
+
+@pytest.mark.parametrize("n, k, ratio, seed", [(50000, 10, 0.2, 1), (50000, 100, 0.4, 1), (50000, 10, 0.8, 1),
+                                               (60000, 10, 0.2, 1), (100000, 200, 0.2, 1), (4000, 10, 0.2, 7),
+                                               (7, 3, 0.5, 0)])
+def test_open_lth_draw_equals_the_papers_randomize_labels_bit_for_bit(n, k, ratio, seed):
+    clean = np.random.default_rng(n).integers(0, k, n)  # any labels, in a fixed order
+    noisy = noise.corrupt(torch.from_numpy(clean), "open_lth", ratio, seed=seed, num_classes=k)
+    assert noisy.dtype == torch.int64
+    assert np.array_equal(noisy.numpy(), randomize_labels(clean, seed, ratio, k))
+    # ceil(N·ε) samples drawn from all K classes: about ε(1 - 1/K) of the labels change, never more than ceil(N·ε).
+    changed = int((noisy != torch.from_numpy(clean)).sum())
+    assert changed <= math.ceil(n * ratio)
+    if n >= 1000:
+        assert changed / n == pytest.approx(ratio * (1 - 1 / k), abs=0.01)
+
+
+def test_the_paper_presets_give_the_papers_noisy_cifar10_from_its_files(tmp_path):
+    """The files in their standard order (data_batch_1..5, as torchvision reads them) -> the paper's noisy set."""
+    from test_sources import write_cifar10
+
+    from sddkit import data
+    from sddkit.config import load_config
+
+    written = write_cifar10(tmp_path / "data", per_batch=40)
+    cfg = load_config(preset="cifar10-resnet18")
+    splits, noisy = data.load_labelled(cfg, tmp_path)
+    in_file_order = np.concatenate([written[f"data_batch_{i}"][1] for i in range(1, 6)]).astype(np.int64)
+    assert np.array_equal(splits.y_train_clean.numpy(), in_file_order)
+    # --random_labels_fraction=0.2 --fix_all_random_seeds=1: randomize_labels(seed=1, fraction=0.2)
+    assert np.array_equal(noisy.numpy(), randomize_labels(in_file_order, 1, 0.2, 10))
+    assert cfg.noise_seed == 1 and load_config(preset="cifar10-resnet18", overrides={"seed": 2}).noise_seed == 1
+
+
+def test_open_lth_seeds_beyond_what_randomstate_takes_are_refused_in_one_line():
+    from sddkit.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^noise.seed = 4294967295: open_lth's draw .*\(the paper's is 1\)$"):
+        load_config(preset="quick", overrides={"noise.kind": "open_lth", "noise.seed": 2 ** 32 - 1})
+    assert load_config(preset="quick", overrides={"noise.kind": "open_lth", "noise.seed": 2 ** 32 - 2})
+
+
 # ---------------------------------------------------------------- determinism and what stays clean
 
-@pytest.mark.parametrize("kind", ["random", "symmetric", "pairflip", "asymmetric"])
+@pytest.mark.parametrize("kind", ["random", "symmetric", "pairflip", "asymmetric", "open_lth"])
 def test_same_seed_same_labels_other_seed_other_labels(kind):
     clean = balanced(10, 100)
     first = noise.corrupt(clean, kind, 0.3, seed=4, num_classes=10, dataset="cifar10")
@@ -120,7 +176,7 @@ def test_same_seed_same_labels_other_seed_other_labels(kind):
     assert first.dtype == torch.int64
 
 
-@pytest.mark.parametrize("kind", ["random", "symmetric", "pairflip", "asymmetric"])
+@pytest.mark.parametrize("kind", ["random", "symmetric", "pairflip", "asymmetric", "open_lth"])
 def test_clean_labels_are_never_modified(kind):
     train, test = balanced(10, 50, seed=1), balanced(10, 10, seed=2)
     train_before, test_before = train.clone(), test.clone()
@@ -133,6 +189,7 @@ def test_zero_ratio_and_none_leave_labels_as_they_are():
     clean = balanced(10, 20)
     assert torch.equal(noise.corrupt(clean, "none", 0.5, seed=0, num_classes=10), clean)
     assert torch.equal(noise.corrupt(clean, "random", 0.0, seed=0, num_classes=10), clean)
+    assert torch.equal(noise.corrupt(clean, "open_lth", 0.0, seed=1, num_classes=10), clean)
 
 
 class MemoryStore:

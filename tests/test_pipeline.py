@@ -45,6 +45,19 @@ def test_prepare_is_deterministic_and_pinned_files_check_the_config(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["noisy_labels.npy", "prepared.json", "splits.npz"]
 
 
+def test_a_folder_prepared_before_a_data_key_existed_still_matches_its_neutral_default(tmp_path):
+    cfg = config.load_config(overrides={"data.train_size": 500})
+    files = prepare.prepare(cfg, tmp_path, tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "prepared.json").read_text())
+    del manifest["settings"]["data.norm_stats"]  # as written by an sddkit without that key
+    (tmp_path / "a" / "prepared.json").write_text(json.dumps(manifest))
+    assert prepare.pinned(tmp_path / "a", cfg) == files
+    fixed = config.load_config(overrides={"data.train_size": 500, "data.norm_stats": "mnist"})
+    with pytest.raises(prepare.DatasetError, match="made with data.norm_stats = 'train' but this run has "
+                                                    "data.norm_stats = 'mnist'"):
+        prepare.pinned(tmp_path / "a", fixed)
+
+
 @pytest.mark.parametrize("content", ['{"settings": {"data.name": "mni', '{"made": 1}', '{"settings": [1]}', "[]"])
 def test_a_damaged_prepared_json_is_named_with_the_fix(tmp_path, content):
     (tmp_path / "prepared.json").write_text(content)

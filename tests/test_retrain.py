@@ -256,9 +256,9 @@ def recorded_steps(monkeypatch, **fit_kwargs) -> list[tuple]:
                                  "train.optimizer": "sgd", "train.lr": 0.1, "train.momentum": 0.9}).train
     steps = []
 
-    def spy(model, optimizer, x, y):
+    def spy(model, optimizer, x, y, *settings):
         steps.append((optimizer.param_groups[0]["lr"], id(optimizer), y.tolist()))
-        return REAL_TRAIN_STEP(model, optimizer, x, y)
+        return REAL_TRAIN_STEP(model, optimizer, x, y, *settings)
     monkeypatch.setattr(train, "train_step", spy)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))

@@ -301,7 +301,7 @@ def test_prepare_keeps_uint8_and_augments_colour(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=10)
     splits = data.prepare(DataConfig(name="cifar10", root="data", train_size=0), tmp_path)
     assert splits.x_train.dtype == torch.uint8 and splits.x_test.dtype == torch.uint8
-    assert splits.augment and splits.input_shape == (3, 32, 32) and splits.num_classes == 10
+    assert splits.augment == "crop_flip" and splits.input_shape == (3, 32, 32) and splits.num_classes == 10
     assert splits.mean.shape == (1, 3, 1, 1)
     expected = splits.x_train.float().div(255).mean(dim=(0, 2, 3))
     assert torch.allclose(splits.mean.flatten(), expected)
@@ -310,9 +310,9 @@ def test_prepare_keeps_uint8_and_augments_colour(tmp_path):
 def test_prepare_grey_images_are_not_augmented_by_default(tmp_path):
     write_mnist(tmp_path / "data")
     splits = data.prepare(DataConfig(name="mnist", root="data"), tmp_path)
-    assert splits.x_train.dtype == torch.uint8 and not splits.augment
+    assert splits.x_train.dtype == torch.uint8 and splits.augment == "none"
     forced = data.prepare(DataConfig(name="mnist", root="data", augment="crop_flip"), tmp_path)
-    assert forced.augment
+    assert forced.augment == "crop_flip"
 
 
 def test_prepare_downsamples_tinyimagenet_to_32(tmp_path):

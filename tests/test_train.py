@@ -154,3 +154,110 @@ def test_fresh_model_leaves_the_cuda_generators_alone():
     before = torch.cuda.get_rng_state_all()
     fresh()
     assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), before))
+
+
+# ---------------------------------------------------------------- the paper's protocol: warmup, precision, shards
+
+def recorded_lrs(monkeypatch, cfg: TrainConfig, splits: data.Splits, start_step: int = 0) -> list[float]:
+    """The lr of every optimizer step of one ``train.fit``, as the optimizer held it."""
+    lrs, real_step = [], train.train_step
+
+    def spy(model, optimizer, x, y, *settings):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, x, y, *settings)
+    monkeypatch.setattr(train, "train_step", spy)
+    torch.manual_seed(0)
+    model = models.build("lenet300_100", splits.num_classes, splits.input_shape)
+    train.fit(model, splits, splits.y_train_clean, cfg, train.Generators(torch.Generator().manual_seed(1), None),
+              start_step=start_step)
+    return lrs
+
+
+def test_warmup_lr_at_step_t_is_lr_times_t_over_warmup_steps_then_the_schedule(monkeypatch):
+    splits = tiny_splits(n=40)  # batch 8: 5 steps an epoch
+    cfg = TrainConfig(lr=0.2, schedule="multistep", milestones=[3], gamma=0.1, epochs=4, batch_size=8,
+                      warmup_epochs=2)
+    warmup = 2 * 5
+    # open_lth's LambdaLR: lr · min(1, t / warmup) · gamma^(milestones passed), t the 0-based step (step 0: lr 0).
+    expected = [0.2 * min(1.0, t / warmup) * 0.1 ** (t >= 3 * 5) for t in range(4 * 5)]
+    assert recorded_lrs(monkeypatch, cfg, splits) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert [0.2 * train.lr_factor(cfg, t, 5) for t in range(20)] == pytest.approx(expected, rel=1e-12, abs=0)
+    # A round restarted at the rewind step k runs the same absolute lrs (the paper advances its schedule by k).
+    assert recorded_lrs(monkeypatch, cfg, splits, start_step=7) == pytest.approx(expected[7:], rel=1e-12, abs=0)
+    # No warmup (the default) leaves the schedule as it was.
+    plain = TrainConfig(lr=0.2, schedule="multistep", milestones=[3], gamma=0.1, epochs=4, batch_size=8)
+    assert [train.lr_factor(plain, t, 5) for t in range(20)] == [0.1 ** (t >= 15) for t in range(20)]
+
+
+def test_fp32_training_precision_runs_no_bf16_and_accuracy_is_always_fp32(monkeypatch):
+    splits = tiny_splits()
+    # The CPU's bf16 autocast stands in for CUDA's, as in the test above.
+    monkeypatch.setattr(train, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    trained = {}
+    for setting in ("bf16", "fp32"):
+        torch.manual_seed(0)
+        model = models.build("lenet300_100", splits.num_classes, splits.input_shape)
+        dtypes = record_output_dtypes(model)
+        cfg = TrainConfig(epochs=1, batch_size=16, precision=setting)
+        train.fit(model, splits, splits.y_train_clean, cfg, train.Generators(torch.Generator().manual_seed(1), None))
+        trained[setting] = set(dtypes)
+        dtypes.clear()
+        # Test and train accuracy, as the trajectory asks for them (no flag): fp32 whatever the training precision.
+        train.predict(model, splits, splits.x_test, 32)
+        train.evaluate_round(model, splits, splits.y_train_clean, cfg, torch.arange(32))
+        assert set(dtypes) == {torch.float32}, setting
+    assert torch.bfloat16 in trained["bf16"] and trained["fp32"] == {torch.float32}
+
+
+class TinyBatchNormNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x)).relu().mean(dim=(2, 3)))
+
+
+def test_batch_norm_shards_compute_statistics_per_shard_and_keep_the_first_shards_running_stats():
+    x = torch.randn(20, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = TinyBatchNormNet().train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    sharded = train.sharded_forward(net, x, 4)
+    after = {k: v.clone() for k, v in net.state_dict().items()}
+    # DataParallel on 4 devices: torch.chunk's 4 shards of 5, each normalised by its own statistics...
+    separate = []
+    for index, chunk in enumerate(x.chunk(4)):
+        net.load_state_dict(state)
+        separate.append(net(chunk))
+        if index == 0:
+            first = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.testing.assert_close(sharded, torch.cat(separate))
+    net.load_state_dict(state)
+    assert not torch.allclose(sharded, net(x))  # not the whole batch's statistics
+    # ... and the running statistics (and batch count) of the first replica only, as DataParallel keeps them.
+    for key in ("norm.running_mean", "norm.running_var", "norm.num_batches_tracked"):
+        assert torch.equal(after[key], first[key]), key
+    assert net.norm.momentum == 0.1  # restored
+
+
+def test_a_training_step_over_shards_averages_the_loss_over_the_whole_batch():
+    x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for shards in (1, 2):
+        torch.manual_seed(0)
+        net = TinyBatchNormNet().train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: only the gradient matters here
+        logits, loss = train.train_step(net, optimizer, x, y, False, shards)
+        assert logits.shape == (16, 5) and loss.dim() == 0
+        grads[shards] = net.head.weight.grad.clone()
+        if shards == 2:
+            torch.manual_seed(0)
+            ref = TinyBatchNormNet().train()
+            logits_ref = torch.cat([ref(chunk) for chunk in x.chunk(2)])  # fresh per-shard statistics
+            F.cross_entropy(logits_ref, y).backward()  # mean over all 16, as DataParallel's gathered output
+            torch.testing.assert_close(grads[2], ref.head.weight.grad)
+    assert not torch.allclose(grads[1], grads[2])  # the shard statistics do change the gradient
