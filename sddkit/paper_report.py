@@ -2,7 +2,7 @@
 Markdown twin (figures as files beside it). Plain data in, text out: it knows nothing of MLflow or the runs.
 
 The report is a dict: ``title``; ``meta`` (label, value) pairs; ``statements`` (study, figure, statement,
-criterion, numbers, verdict); ``studies`` (name, figure, about, images [(file name, caption, PNG bytes)],
+criterion, numbers, verdict); ``studies`` (name, figure, about, readoffs (a line), images [(file name, caption, PNG bytes)],
 landmarks (rows of ``LANDMARK_COLUMNS``), curves {curve: config values}); ``config`` (key, value) pairs;
 ``deviations`` (texts).
 """
@@ -52,7 +52,8 @@ def to_html(report: dict) -> str:
              "<h2>The paper's statements</h2>", html_statements(report["statements"])]
     for study in report["studies"]:
         parts += [f"<h2 id='{e(study['name'])}'>Study <code>{e(study['name'])}</code></h2>",
-                  f"<p><b>Mirrors:</b> {e(study['figure'])}.<br>{e(study['about'])}</p>"]
+                  f"<p><b>Mirrors:</b> {e(study['figure'])}.<br>{e(study['about'])}<br>"
+                  f"<span class='small'>{e(study['readoffs'])}</span></p>"]
         for _, caption, png in study["images"]:
             data = base64.b64encode(png).decode()
             parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
@@ -66,8 +67,10 @@ def to_html(report: dict) -> str:
               "<ul>" + "".join(f"<li>{e(d)}</li>" for d in report["deviations"]) + "</ul>"
               if report["deviations"] else "<p>The preset lists no deviations.</p>",
               "<h2>The base config</h2>",
+              f"<details><summary>{len(report['config'])} keys: the preset with --params and --set; each study's "
+              f"curves set their own keys over it</summary>",
               html_table([{"key": k, "value": v} for k, v in report["config"]], {"key": "key", "value": "value"}),
-              "</body></html>\n"]
+              "</details></body></html>\n"]
     return "\n".join(parts)
 
 
@@ -103,7 +106,8 @@ def to_markdown(report: dict) -> str:
     lines += [f"- **{k}**: {v}" for k, v in report["meta"]] + ["", "## The paper's statements", ""]
     lines += md_table(report["statements"], STATEMENT_COLUMNS)
     for study in report["studies"]:
-        lines += ["", f"## Study `{study['name']}`", "", f"**Mirrors:** {study['figure']}. {study['about']}", ""]
+        lines += ["", f"## Study `{study['name']}`", "", f"**Mirrors:** {study['figure']}. {study['about']}", "",
+                  f"*{study['readoffs']}*", ""]
         lines += [f"![{caption}]({FIGURES}/{name})" for name, caption, _ in study["images"]] + [""]
         lines += md_table(study["landmarks"], LANDMARK_COLUMNS) + [""]
         lines += [f"- `{c}`: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "(the base config)")

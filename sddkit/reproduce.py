@@ -149,6 +149,14 @@ def study_images(study: Study, judged: Judged, base: Config) -> list[tuple[str, 
     return images
 
 
+def readoffs_line(judged: Judged) -> str:
+    """Which of the paper's read-offs the figure overlays (hollow diamonds), or which settings have any."""
+    found = {c: readoffs.matching(runs[0].data.params) for c, runs in judged.runs.items()}
+    shown = [f"{c}: {r.setting}" for c, r in found.items() if r is not None]
+    return ("The paper's read-offs (hollow diamonds): " + "; ".join(shown) if shown else
+            f"No read-off of the paper for this preset (sddkit/readoffs.yaml covers {readoffs.covered()}).")
+
+
 def metric_series(curve: str, reps: list[Replicate], metric: str) -> dict | None:
     rounds = min(len(r.rows) for r in reps)
     if any(metric not in r.rows[i] for r in reps for i in range(rounds)):
@@ -188,6 +196,7 @@ def build_report(base: Config, chosen: list[Study], judged: list[Judged], seeds:
                                "check": check.name, "criterion": check.criterion, "numbers": verdict.numbers,
                                "verdict": verdict.verdict, "values": verdict.values})
         parts.append({"name": study.name, "figure": study.figure, "about": study.about,
+                      "readoffs": readoffs_line(j),
                       "images": study_images(study, j, base),
                       "landmarks": [landmark_row(c, reps) for c, reps in j.data.items()], "curves": study.curves})
     ran = sum(1 for c in p.cells if done.outcomes[c.key].pid)  # a cell found finished has no worker
