@@ -246,6 +246,11 @@ def reproduce_command(names, show_list, preset, sets, params_path, seeds, execut
     except config_mod.ConfigError as exc:
         fail(str(exc), code=2)
     cfg = resolve_config(preset, sets, params_path, root)
+    for key in dict.fromkeys(k for k, _, _ in map(lambda x: x.partition("="), sets)):
+        setting = [s.name for s in chosen if any(key in values for values in s.curves.values())]
+        if setting:  # the study's curves are what it compares: they win over --set
+            console.print(f"[yellow]note:[/] --set {key}: the curves of {', '.join(setting)} set it themselves; "
+                          f"there it keeps the study's values", highlight=False)
     path = Path(params_path) if params_path else root / "params.yaml"
     try:
         given = {"seeds": list(seeds), "executor": executor, "jobs": jobs}

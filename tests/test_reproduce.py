@@ -258,3 +258,21 @@ def test_a_rerun_reuses_every_cell_and_gives_the_same_verdicts(reproduced):
     after = json.loads((root / "out" / "verdicts.json").read_text())
     assert [(s["verdict"], s["numbers"]) for s in after["statements"]] == \
         [(s["verdict"], s["numbers"]) for s in before["statements"]]
+
+
+def test_the_report_lists_the_presets_deviations_from_its_file_or_config(monkeypatch):
+    from sddkit import config
+    assert reproduce.deviations("quick") == []
+    monkeypatch.delattr(config, "preset_deviations", raising=False)
+    tree = config.preset_tree
+    monkeypatch.setattr(config, "preset_tree",
+                        lambda name: {**tree(name), "deviations": ["data order: seeded per round"]})
+    assert reproduce.deviations("quick") == ["data order: seeded per round"]
+    monkeypatch.setattr(config, "preset_deviations", lambda name: ("from config",), raising=False)
+    assert reproduce.deviations("quick") == ["from config"]
+
+
+def test_a_set_key_a_study_varies_keeps_the_studys_values_and_says_so():
+    base = load_config(overrides={"noise.ratio": 0.4})
+    plan = reproduce.plan(base, [studies.load("noise")], [0])
+    assert sorted(c.cfg.noise.ratio for c in plan.cells) == [0.2, 0.4, 0.8]
