@@ -2,8 +2,8 @@
 Markdown twin (figures as files beside it). Plain data in, text out: it knows nothing of MLflow or the runs.
 
 The report is a dict: ``title``; ``meta`` (label, value) pairs; ``statements`` (study, figure, statement,
-criterion, numbers, verdict); ``studies`` (name, figure, about, readoffs (a line), images [(file name, caption, PNG bytes)],
-landmarks (rows of ``LANDMARK_COLUMNS``), curves {curve: config values}); ``config`` (key, value) pairs;
+criterion, numbers, verdict); ``studies`` (name, figure, about, readoffs (a line), images [(file name,
+caption, PNG bytes)], landmarks (rows of ``LANDMARK_COLUMNS``), curves {curve: config values}); ``config`` (key, value) pairs;
 ``deviations`` (texts).
 """
 from __future__ import annotations

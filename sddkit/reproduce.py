@@ -174,7 +174,8 @@ def landmark_row(curve: str, reps: list[Replicate]) -> dict:
         if len(found) < len(reps):
             return f"none in {len(reps) - len(found)} of {len(reps)}"
         acc = studies.spread([f["test_acc"] for f in found])
-        return acc if name in ("dense", "last") else f"{acc} ({100 * studies.mean([f['sparsity'] for f in found]):.2f}%)"
+        sparsity = 100 * studies.mean([f["sparsity"] for f in found])
+        return acc if name in ("dense", "last") else f"{acc} ({sparsity:.2f}%)"
 
     margins = [analysis.double_descent_margins(r.rows, r.phases) for r in reps]
     threshold = [r.phases.interpolation_threshold for r in reps]

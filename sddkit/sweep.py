@@ -294,9 +294,10 @@ def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: s
         return found[0].info.run_id
     tags = {"sddkit.kind": kind, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
     run = tracker.client.create_run(exp, tags=tags, run_name=f"{kind}·{sid[:8]}")
-    params = params or {"sweep.grid": json.dumps(settings.grid), "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
-              "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
-              "sweep.executor": settings.executor}
+    params = params or {"sweep.grid": json.dumps(settings.grid),
+                        "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
+                        "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
+                        "sweep.executor": settings.executor}
     for key, value in params.items():
         tracker.client.log_param(run.info.run_id, key, value[:6000])
     return run.info.run_id

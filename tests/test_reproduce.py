@@ -68,7 +68,8 @@ def test_a_bad_study_file_is_refused_naming_the_key(old, new, message):
 
 def test_a_bad_study_file_or_an_unknown_study_is_one_line_and_exit_2(project):
     (project / "bad.yaml").write_text(STUDY.replace("about:", "abuot:"))
-    for args, message in ((["bad.yaml"], "bad.yaml: unknown key 'abuot'"), (["nosuch"], "study 'nosuch': no such study")):
+    for args, message in ((["bad.yaml"], "bad.yaml: unknown key 'abuot'"),
+                          (["nosuch"], "study 'nosuch': no such study")):
         result = CliRunner().invoke(cli.main, ["reproduce", *args])
         assert result.exit_code == 2 and message in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
