@@ -181,7 +181,7 @@ def interpolate(tracker, ctx, ref: RoundRef, sparse, dense, redense_id: str, set
 def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Settings) -> dict:
     """Metrics along sparse + t·d, d filter-normalised, t in [−1, 1]; the sharpness of the train loss."""
     ts = landscape.grid(settings.landscape_points, settings.sharpness_radius)
-    key = f"points={settings.landscape_points} radius={settings.sharpness_radius:g}"
+    key = landscape_key(settings)
     done = None if settings.force else stored_child(tracker, ref, "landscape", key)
     if done is not None:
         return {"sharpness": tracker.client.get_run(done).data.metrics["sharpness"]}
@@ -198,6 +198,37 @@ def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setting
     radius = settings.sharpness_radius
     close_child(tracker, run_id, {"landscape.png": plots.line_png(ts, rows, "t", title, (-radius, radius))})
     return {"sharpness": sharp}
+
+
+def landscape_key(settings: Settings) -> str:
+    return f"points={settings.landscape_points} radius={settings.sharpness_radius:g}"
+
+
+def sharpness_curve(tracker: Tracker, root: Path, parent, settings: Settings) -> dict[int, float]:
+    """The sharpness of every finished round of one stored trajectory: the landscape walk alone (no re-dense),
+    each round's logged as ``sharpness`` on its round run and on the parent (step = round), as ``analyze`` does.
+    Walks stored with the same settings are read back, not redone; the data is rebuilt only for the others."""
+    refs = {ref.index: ref for ref in (RoundRef(parent.info.run_id, r) for r in tracker.round_runs(parent.info.run_id))}
+    ctx, out = None, {}
+    for index in sorted(refs):
+        ref = refs[index]
+        done = stored_child(tracker, ref, "landscape", landscape_key(settings))
+        if done is not None:
+            out[index] = tracker.client.get_run(done).data.metrics["sharpness"]
+        else:
+            if ctx is None:
+                cfg = config.from_params(parent.data.params)
+                completed = [round_row(refs[r].run) for r in sorted(refs)]
+                ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
+                                       trajectory.Reporter(), None)
+                check_labels(tracker, parent.info.run_id, ctx.noisy)
+            masks, sparse = read_mask(tracker, ref.run_id), read_weights(tracker, ref.run_id)
+            out[index] = walk_landscape(tracker, ctx, ref, masks, sparse, settings)["sharpness"]
+        if ref.run.data.metrics.get("sharpness") != out[index]:
+            stamp = now_ms()
+            for run_id in (ref.run_id, ref.parent_id):
+                tracker.client.log_batch(run_id, metrics=[Metric("sharpness", float(out[index]), stamp, index)])
+    return out
 
 
 # ---------------------------------------------------------------- nested runs

@@ -212,6 +212,80 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
         fail("interrupted: rerun the same command to continue the sweep (finished cells are kept)", code=130)
 
 
+@main.command("reproduce", cls=spreading("--seeds"))
+@click.argument("names", nargs=-1, metavar="[STUDY ...]")
+@click.option("--list", "show_list", is_flag=True, help="List the studies, with the paper's figure each mirrors.")
+@preset_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key of every cell (a study's own curve values win); repeatable.")
+@click.option("--params", "params_path", default=None,
+              help="Config file (default: params.yaml at the project root); its `sweep:` section may set the "
+                   "seeds, executor and jobs (the studies are the grid).")
+@click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
+              help="Seeds of every curve (default: sweep.seeds, else 0 1 2); the checks judge their mean.")
+@click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
+              help="local (processes here; the default) or ray, as for `sddkit sweep`.")
+@click.option("--jobs", type=click.IntRange(min=0), default=None,
+              help="local: cells at a time (0 = one per GPU, else one per CPU core).")
+@click.option("--output", "output_dir", default="reproduction", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for report.html, report.md, figures/ and verdicts.json.")
+@format_option("the table of statements")
+def reproduce_command(names, show_list, preset, sets, params_path, seeds, executor, jobs, output_dir,
+                      table_format) -> None:
+    """Reproduce the paper: run every study's grid (STUDY: a name `--list` shows, or a study file; default all)
+    as one sweep, judge each of the paper's statements (holds / does not hold / cannot tell) and write the
+    report. Cells already in the store are reused; a cell two studies share runs once; a rerun continues.
+    A statement that does not hold is a finding: the exit status is non-zero only when a cell failed to run.
+
+    Example (tiny): sddkit reproduce noise reinit --set prune.rounds=3 --set train.epochs=3 --set train.milestones=[2]
+    """
+    from sddkit import studies
+    if show_list:
+        from sddkit.reproduce import list_studies
+        from sddkit.results import render_table
+        columns = {"name": "study", "figure": "mirrors", "curves": "curves", "statements": "statements"}
+        show(render_table(list_studies(), columns, table_format, "studies (sddkit/studies/*.yaml)"))
+        return
+    root = project_root()
+    try:
+        chosen = [studies.load(n) for n in dict.fromkeys(names or studies.names())]
+    except config_mod.ConfigError as exc:
+        fail(str(exc), code=2)
+    cfg = resolve_config(preset, sets, params_path, root)
+    for key in dict.fromkeys(k for k, _, _ in map(lambda x: x.partition("="), sets)):
+        setting = [s.name for s in chosen if any(key in values for values in s.curves.values())]
+        if setting:  # the study's curves are what it compares: they win over --set
+            console.print(f"[yellow]note:[/] --set {key}: the curves of {', '.join(setting)} set it themselves; "
+                          f"there it keeps the study's values", highlight=False)
+    path = Path(params_path) if params_path else root / "params.yaml"
+    try:
+        given = {"seeds": list(seeds), "executor": executor, "jobs": jobs}
+        settings = config_mod.read_sweep_settings(path, {k: v for k, v in given.items() if v not in (None, [])})
+        if settings.grid or settings.modes:
+            raise config_mod.ConfigError(f"{config_mod.SWEEP_KEY}.grid and .modes: the studies are the grid of a "
+                                         f"reproduction; leave them out of {path.name} (or use --params)")
+    except config_mod.ConfigError as exc:
+        fail(f"config: {exc}", code=2)
+    import shlex
+    from sddkit import executors, runner, sweep as sweeps
+    from sddkit.reproduce import print_summary, reproduce
+    words = [*names, *(["--preset", preset] if preset else []), *(w for x in sets for w in ("--set", x)),
+             *(["--params", params_path] if params_path else []), *(["--seeds", *map(str, seeds)] if seeds else []),
+             *(["--executor", executor] if executor else []), *(["--jobs", str(jobs)] if jobs is not None else []),
+             "--output", output_dir]
+    command = " ".join(["sddkit reproduce", *map(shlex.quote, words)])
+    try:
+        stop_like_ctrl_c()
+        report = reproduce(cfg, chosen, settings, root, Path(output_dir), command)
+    except config_mod.ConfigError as exc:
+        fail(f"config: {exc}", code=2)
+    except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: rerun the same command to continue (finished cells are kept)", code=130)
+    print_summary(report, Path(output_dir), table_format)
+
+
 class FiniteRange(click.FloatRange):
     """A float range that also refuses nan and inf (click.FloatRange lets nan through every bound)."""
 

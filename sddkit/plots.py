@@ -222,6 +222,28 @@ def percent_text(value: float) -> str:
     return np.format_float_positional(round(value, 8), trim="-") + "%"
 
 
+def metric_png(series: list[dict], metric: str, title: str) -> bytes:
+    """A per-round metric (learning distance, sharpness) against the remaining weights, mean ± std over seeds,
+    one colour per curve, with each curve's mean test accuracy on a second axis (dotted, grey scale) to read the
+    metric against. Each series: ``label``, ``remaining``, ``mean``, ``std``, ``test_acc``."""
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=130)
+    acc_ax = ax.twinx()
+    for i, s in enumerate(series):
+        x, y, std = 100 * np.asarray(s["remaining"]), np.asarray(s["mean"]), np.asarray(s["std"])
+        ax.plot(x, y, "-", color=f"C{i}", marker="o", markersize=2.5, linewidth=1.4, label=f"{s['label']}: {metric}")
+        ax.fill_between(x, y - std, y + std, color=f"C{i}", alpha=0.18, linewidth=0)
+        acc_ax.plot(x, s["test_acc"], ":", color=f"C{i}", alpha=0.7, linewidth=1.2,
+                    label=f"{s['label']}: test accuracy (right axis)")
+    remaining_axis(ax, [100 * r for s in series for r in s["remaining"]])
+    ax.set_ylabel(metric)
+    acc_ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.3)
+    lines = ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=lines, fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0), frameon=False)
+    ax.set_title(title, fontsize=10)
+    return figure_bytes(fig, tight_layout=False)
+
+
 def line_png(xs: list[float], rows: list[dict[str, float]], xlabel: str, title: str,
              marks: tuple[float, ...] = ()) -> bytes:
     """Two panels against ``xs``: train/test loss and train/test accuracy; ``marks`` draws dotted

@@ -81,6 +81,11 @@ def expand(base: Config, settings: SweepConfig) -> list[Cell]:
                 except ConfigError as exc:
                     raise ConfigError(f"sweep cell {point or ''} mode {mode} seed {seed}: {exc}") from exc
                 add(cells, Cell(cfg, point))
+    return with_twins(cells)
+
+
+def with_twins(cells: dict[str, Cell]) -> list[Cell]:
+    """The cells in run order, each reinit cell waiting for its lottery twin (added where ``cells`` lacks it)."""
     for cell in list(cells.values()):
         if cell.cfg.retrain.mode == "reinit" and not cell.cfg.retrain.masks_from:
             twin = Cell(lottery_twin(cell.cfg), cell.point)
@@ -111,11 +116,13 @@ def sweep_id(cells: list[Cell], code: str) -> str:
 # ---------------------------------------------------------------- running it
 
 def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
-              results_dir: Path | None = None, by_seed: bool = False) -> Sweep:
+              results_dir: Path | None = None, by_seed: bool = False, cells: list[Cell] | None = None,
+              kind: str = SWEEP, params: dict[str, str] | None = None) -> Sweep:
     """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
     With ``results_dir`` each cell's files go to its folder there: ``cells/<label>``, or ``seed-N``
-    (``by_seed``, for replicates)."""
-    cells = expand(base, settings)
+    (``by_seed``, for replicates). ``cells`` (from ``with_twins``) replaces the grid of ``settings``: a
+    reproduction's cells, which are no grid; its own run is of ``kind`` with ``params``."""
+    cells = expand(base, settings) if cells is None else cells
     if settings.executor == "ray":
         executors.import_ray()  # a missing extra stops the sweep before anything is written
     uri = tracking_uri(base.tracking.uri, root)
@@ -134,9 +141,9 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
                                    str(tasks_folder(results_dir, c, by_seed)) if results_dir else None,
                                    str(logs / f"{c.label}.log")) for c in todo}
-    console.print(f"sweep {sid}: {len(cells)} cells ({len(stored)} finished already)"
+    console.print(f"{kind} {sid}: {len(cells)} cells ({len(stored)} finished already)"
                   + (f" on {executor.describe()}" if executor else "") + f"; cell logs in {logs}", highlight=False)
-    sweep_run = open_sweep_run(tracker, base, settings, sid, cells)
+    sweep_run = open_sweep_run(tracker, base, settings, sid, cells, kind, params)
     view = make_view(cells, stored)
     outcomes: dict[str, executors.Outcome] = dict(stored)
     failures: dict[str, str] = {}
@@ -275,20 +282,22 @@ def is_local_store(uri: str) -> bool:
 
 # ---------------------------------------------------------------- the sweep's own run
 
-def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: str, cells: list[Cell]) -> str:
-    """The run of kind ``sweep`` for this sweep id (reopened on a rerun), with the grid as params."""
+def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: str, cells: list[Cell],
+                   kind: str = SWEEP, params: dict[str, str] | None = None) -> str:
+    """The run of ``kind`` for this sweep id (reopened on a rerun), with the grid (or ``params``) as params."""
     from sddkit.tracking import literal
     exp = tracker.experiment_id(base.tracking.experiment)
-    query = f"tags.`sddkit.kind` = {literal(SWEEP)} and tags.`sddkit.sweep` = {literal(sid)}"
+    query = f"tags.`sddkit.kind` = {literal(kind)} and tags.`sddkit.sweep` = {literal(sid)}"
     found = tracker.client.search_runs([exp], query, max_results=1)
     if found:
         tracker.client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
-    tags = {"sddkit.kind": SWEEP, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
-    run = tracker.client.create_run(exp, tags=tags, run_name=f"sweep·{sid[:8]}")
-    params = {"sweep.grid": json.dumps(settings.grid), "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
-              "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
-              "sweep.executor": settings.executor}
+    tags = {"sddkit.kind": kind, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
+    run = tracker.client.create_run(exp, tags=tags, run_name=f"{kind}·{sid[:8]}")
+    params = params or {"sweep.grid": json.dumps(settings.grid),
+                        "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
+                        "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
+                        "sweep.executor": settings.executor}
     for key, value in params.items():
         tracker.client.log_param(run.info.run_id, key, value[:6000])
     return run.info.run_id
