@@ -8,7 +8,9 @@ trained is marked KILLED and its lease released, exactly as after Ctrl-C. The us
 - ``sddkit run`` inside a DVC stage dies with its parent and also watches the ``dvc`` process further up,
   since a shell between them outlives dvc's kill -9 (``follow_dvc``);
 - ``sddkit ui`` starts mlflow server under a guard, this file run as a script (``python -P lifeline.py
-  PARENT_PID COMMAND…``), which ends the server's whole process group when its parent dies (``guard``).
+  PARENT_PID COMMAND…``), which ends the server's whole process group when its parent dies (``guard``);
+- ``sddkit sweep`` starting a Ray here starts a reaper beside it (``python -P lifeline.py --reap PARENT_PID``),
+  which ends every process Ray started when the sweep ends or dies (``reap``).
 
 Elsewhere than Linux these calls do nothing. Imports nothing of sddkit: the guard runs as a plain script.
 """
@@ -179,5 +181,91 @@ def end_group(grace: float = GRACE_S) -> None:
             pass
 
 
+# ---------------------------------------------------------------- the reaper of a parent's descendants
+
+REAP_POLL_S = 1.0
+REAP_GRACE_S = 5.0
+
+
+def start_reaper() -> subprocess.Popen | None:
+    """A reaper (``reap``) of this process's descendants, this file run as a script in a session of its own
+    (a Ctrl-C in the terminal is this process's to handle, not the reaper's); None elsewhere than Linux."""
+    if not LINUX:
+        return None
+    return subprocess.Popen([sys.executable, "-P", __file__, "--reap", str(os.getpid())], start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def stop_reaper(reaper: subprocess.Popen | None) -> None:
+    """End the reaper now: it ends what is left of the descendants first (returns once it has)."""
+    if reaper is None or reaper.poll() is not None:
+        return
+    reaper.terminate()
+    try:
+        reaper.wait(timeout=REAP_GRACE_S + 5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+
+
+def reap(parent: int, poll: float = REAP_POLL_S) -> int:
+    """Note ``parent``'s descendants (this process aside) every ``poll`` seconds; once ``parent`` ends (kill -9
+    included) or on SIGTERM, end those still alive: SIGTERM, SIGKILL after ``REAP_GRACE_S``.
+
+    For a Ray that ``sddkit sweep`` starts: its raylet and GCS die with the driver, but the agents the raylet
+    started outlived a killed driver by one to two minutes. Once orphaned they are nobody's descendants, so
+    they are known from the last look taken while the driver lived."""
+    stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
+    me, known = os.getpid(), {}
+    try:
+        die_with_parent(parent)
+        while os.getppid() == parent:
+            known = {pid: born for pid, born in known.items() if started_at(pid) == born}  # drop the ended
+            known.update(descendants(parent))
+            known.pop(me, None)
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        pass
+    end_processes(known)
+    return 0
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The live descendants of ``pid``, each with its start time (which tells it from a later reuse of its pid)."""
+    children: dict[int, list[int]] = {}
+    born: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        fields = stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            born[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found[child] = born[child]
+            todo.extend(children.get(child, ()))
+    return found
+
+
+def end_processes(known: dict[int, str], grace: float = REAP_GRACE_S) -> None:
+    """SIGTERM to each process of ``known`` still alive (the same start time: never a reused pid), SIGKILL to
+    those left after ``grace`` seconds."""
+    def alive() -> list[int]:
+        return [pid for pid, born in known.items() if started_at(pid) == born]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--reap":
+        sys.exit(reap(int(sys.argv[2])))
     sys.exit(guard(int(sys.argv[1]), sys.argv[2:]))

@@ -99,6 +99,32 @@ def test_the_guard_ends_its_whole_group_when_its_parent_is_killed():
             parent.kill()
 
 
+def test_the_reaper_ends_what_its_parent_started_even_orphans_once_the_parent_is_killed():
+    """Parent -> reaper, and parent -> sh -> sleep (as a raylet's agents, which outlive it): kill -9 of the
+    parent leaves the sh and the sleep orphans; the reaper ends them."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from sddkit import lifeline\n"
+        "reaper = lifeline.start_reaper()\n"
+        "subprocess.Popen(['sh', '-c', 'sleep 300 & wait'])\n"
+        "print(reaper.pid, flush=True)\n"
+        "time.sleep(300)")], stdout=subprocess.PIPE, text=True)
+    started: dict[int, str] = {}
+    try:
+        reaper = int(parent.stdout.readline())
+        assert wait_for(lambda: len(lifeline.descendants(parent.pid)) == 3, 30)  # the reaper, sh and sleep
+        time.sleep(2 * lifeline.REAP_POLL_S)  # the reaper has looked at them
+        started = {p: t for p, t in lifeline.descendants(parent.pid).items() if p != reaper}
+        parent.kill()
+        parent.wait()
+        alive = lambda: [p for p, t in started.items() if lifeline.started_at(p) == t]  # noqa: E731
+        assert wait_for(lambda: not alive() and lifeline.started_at(reaper) is None, 10), alive()
+    finally:
+        lifeline.end_processes(started, grace=0)
+        if parent.poll() is None:
+            parent.kill()
+
+
 def guarded(parent: int) -> list[int]:
     """The process group led by ``parent``'s child, the guard (empty until it leads one)."""
     for entry in Path("/proc").iterdir():
