@@ -333,7 +333,6 @@ def test_a_store_call_to_a_server_that_is_gone_fails_within_seconds_in_one_line(
     """MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s a try) kept a call to a killed server
     going for minutes; sddkit bounds them (failures.HTTP_BOUNDS), and says what happened in one line."""
     from mlflow.exceptions import MlflowException
-    from sddkit import failures
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed once the probe is
@@ -341,6 +340,7 @@ def test_a_store_call_to_a_server_that_is_gone_fails_within_seconds_in_one_line(
     with pytest.raises(MlflowException) as caught:
         MlflowClient(url).search_experiments()
     assert time.monotonic() - started < 40
+    from sddkit import failures
     line = failures.explain(caught.value)
     assert line == (f"the tracking server at {url} is not answering (connection refused); start it again "
                     f"(`sddkit server`) or check MLFLOW_TRACKING_URI")
