@@ -321,16 +321,18 @@ def start_ray(ray, address: str | None, env: dict):
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     options = dict(address=address, log_to_driver=False, include_dashboard=False)
     check_address(address)
-    reaper = None
+    reaper = None  # the reaper of a Ray started here (lifeline.reap)
     try:
         if joining:
             ray.init(**options, runtime_env={"env_vars": env, "py_modules": [str(package_folder())]})
         else:
-            reaper = lifeline.start_reaper()  # first: a kill during the start leaves nothing either
+            before = lifeline.children(os.getpid())
             with environment(env):
                 ray.init(**options)
+            # What ray.init started (GCS, raylet, monitors; nothing else starts processes meanwhile) and
+            # whatever they start end with this process.
+            reaper = lifeline.start_reaper(lifeline.children(os.getpid()) - before)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        lifeline.stop_reaper(reaper)
         if not joining:
             raise ExecutorError(f"cannot start Ray on this machine ({exc}); or run the sweep with --executor "
                                 f"local") from exc

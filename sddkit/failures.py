@@ -86,7 +86,7 @@ def full_disk(exc: BaseException) -> Path | str | None:
     ``"database"`` for sqlite's "database or disk is full". None when the disk is not the problem."""
     for e in chain(exc):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return Path(e.filename) if e.filename else ""
+            return Path(e.filename) if isinstance(e.filename, (str, Path)) and e.filename else ""
         if "database or disk is full" in str(e):
             return "database"
     return None

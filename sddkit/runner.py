@@ -156,7 +156,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
                                         redo_from=redo_from)
         room_left = lambda: bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1,  # noqa: E731
                                          inputs.names, cfg.prune.rate, first=store.round_under_way)
-        with ending(store, room_left):
+        with ending(store, cfg.prune.rounds, room_left):
             lease.set_run(store.run_id)
             if data_files:
                 log_data_inputs(tracker, store.run_id, data_files)
@@ -213,10 +213,10 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
 
 
 @contextlib.contextmanager
-def ending(store: TrajectoryRun, room_left: Callable[[], int]):
+def ending(store: TrajectoryRun, rounds: int, room_left: Callable[[], int]):
     """How a trajectory under way ends other than finished: Ctrl-C marks it KILLED, an error FAILED; a failing
     store (a full disk, a tracking server gone or refusing) in one line (``failures``) that says what the
-    rerun does. ``room_left``: the bytes the rounds left would still store (for a full disk)."""
+    rerun does. ``rounds``: the last round; ``room_left``: the bytes the rounds left would still store."""
     try:
         yield
     except LeaseLost:
@@ -226,7 +226,7 @@ def ending(store: TrajectoryRun, room_left: Callable[[], int]):
         console.print(f"interrupted {finished_rounds(store)}: rerun the same command to continue")
         raise SystemExit(130)
     except Exception as exc:
-        failed = store_failed(store, exc, room_left)
+        failed = store_failed(store, exc, rounds, room_left)
         if failed is None:
             store.stop("FAILED")
             raise
@@ -236,14 +236,16 @@ def ending(store: TrajectoryRun, room_left: Callable[[], int]):
         raise
 
 
-def store_failed(store: TrajectoryRun, exc: Exception, room_left: Callable[[], int]) -> TrackingError | None:
+def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
+                 room_left: Callable[[], int]) -> TrackingError | None:
     """The one-line error for a store that failed under a run (None for any other error), the run marked
     FAILED where the store can still take it."""
     full = failures.full_disk(exc) is not None
     line = failures.explain(exc, store.tracker.uri, store.tracker.artifact_home, room_left() if full else None)
     if line is None and not isinstance(exc, (OSError, MlflowException)):
         return None
-    what = f"round {store.round_under_way} could not be stored"
+    k = store.round_under_way
+    what = f"round {k} could not be stored" if k <= rounds else "the trajectory's closing files could not be stored"
     rerun = f"rerun the same command: it continues {finished_rounds(store)}"
     if failures.silent_server(exc) is not None:
         # Nothing reaches the server now: the run stays RUNNING, its lease naming this process, which a
