@@ -294,7 +294,8 @@ def test_kill_9_of_a_sweep_driver_ends_the_ray_it_started(project, tmp_path):
             assert any("Agent" in p.name() for p in started), [p.name() for p in started]
             driver.kill()
             driver.wait()
-            alive = lambda: [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+            def alive() -> list[str]:
+                return [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
             deadline = time.monotonic() + 20
             while alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
