@@ -11,12 +11,13 @@ Outside a project, with no ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``), ev
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from sddkit import config, lease, paths
+from sddkit import config, failures, lease, paths
 from sddkit.fingerprint import code_hash
 from sddkit.compare import check_filters, matches
 from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
@@ -32,8 +33,27 @@ class NoProjectError(TrackingError):
     """No project here and no tracking URI given: there is no store to read, and none is created."""
 
 
+def one_line(function):
+    """``function``, whose failing store (a server that does not answer or asks for credentials, a full disk)
+    raises a TrackingError of one line (``failures.explain``) instead of MLflow's chained tracebacks."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            line = failures.explain(exc)
+            if line is None:
+                raise
+            raise TrackingError(line) from None  # the line says it all; MLflow's chain would bury it
+    return call
+
+
 # ---------------------------------------------------------------- the API
 
+
+@one_line
 def load_trajectory(selector: str, *, where: dict | list[str] | str | None = None, experiment: str | None = None,
                     tracking_uri: str | None = None) -> pd.DataFrame:
     """Every finished round of every finished trajectory ``selector`` names (run name, ``sddkit.name`` tag or
@@ -50,6 +70,7 @@ def load_trajectory(selector: str, *, where: dict | list[str] | str | None = Non
     return pd.DataFrame(rows, columns=["trajectory", "round", *metrics, *keys, "run_id", "trajectory_run_id"])
 
 
+@one_line
 def load_round(selector: str, round: int, *, where: dict | list[str] | str | None = None,
                experiment: str | None = None, tracking_uri: str | None = None):
     """``(mask, weights)`` of round ``round`` of the one finished trajectory ``selector`` (and ``where``)
@@ -64,12 +85,14 @@ def load_round(selector: str, round: int, *, where: dict | list[str] | str | Non
     return read_mask(tracker, run_id), read_weights(tracker, run_id)
 
 
+@one_line
 def load_mask(run_id: str, tracking_uri: str | None = None, *, uri: str | None = None) -> dict[str, torch.Tensor]:
     """A round's mask by its round run's ID: ``{parameter name: bool tensor}`` (``uri``: the older name of
     ``tracking_uri``)."""
     return read_mask(open_store(tracking_uri or uri), run_id)
 
 
+@one_line
 def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | None = None) -> dict[str, torch.Tensor]:
     """A round's final weights by its round run's ID: the dense state dict, exact zeros where pruned (``uri``:
     the older name of ``tracking_uri``)."""
@@ -79,6 +102,7 @@ def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | Non
 LANDMARKS = ("dense", "minimum", "peak", "last")
 
 
+@one_line
 def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
     """Every trajectory of the experiment, finished or not, newest first (what `sddkit ls` shows), and the
     params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``

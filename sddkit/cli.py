@@ -71,7 +71,22 @@ def show(rendered) -> None:
     results.print_table(rendered, out)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The ``sddkit`` group: a failing store (a tracking server that does not answer or asks for credentials,
+    a full disk), wherever a command meets it, ends that command in one line (``failures.explain``)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from sddkit import failures
+            line = failures.explain(exc)
+            if line is None:
+                raise
+            fail(line)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sddkit")
 def main() -> None:
     """sddkit: reproduce and compare sparse double descent trajectories."""

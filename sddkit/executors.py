@@ -242,8 +242,9 @@ class RayExecutor:
         env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
         self.started_here = not ray.is_initialized()
         task_env = None if self.started_here else {"env_vars": env}  # a Ray the caller started: per task
+        self.reaper = None
         if self.started_here:
-            start_ray(ray, address, env)
+            self.reaper = start_ray(ray, address, env)
         self.nodes = [n for n in ray.nodes() if n.get("Alive")]
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.gpus = (1.0 if cluster_gpus else 0.0) if gpus is None else gpus
@@ -304,10 +305,13 @@ class RayExecutor:
             self.ray.kill(self.box)
         if self.started_here:
             self.ray.shutdown()
+            lifeline.stop_reaper(self.reaper)  # and whatever of that Ray outlived its shutdown
 
 
-def start_ray(ray, address: str | None, env: dict) -> None:
-    """``ray.init``: a new Ray on this machine, or the cluster at ``address`` (or ``RAY_ADDRESS``).
+def start_ray(ray, address: str | None, env: dict):
+    """``ray.init``: a new Ray on this machine, or the cluster at ``address`` (or ``RAY_ADDRESS``). Returns the
+    reaper (``lifeline.reap``) of a Ray started here: it ends Ray's processes with this one, kill -9 included;
+    ``stop_reaper`` once Ray is shut down.
 
     A Ray started here passes ``env`` to its workers by inheritance: its raylet starts with it, so the workers
     it prestarts serve the cells (a per-task ``runtime_env`` would start two more, 1 s each, and leave these
@@ -316,19 +320,52 @@ def start_ray(ray, address: str | None, env: dict) -> None:
     import the installed one."""
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     options = dict(address=address, log_to_driver=False, include_dashboard=False)
+    check_address(address)
+    reaper = None  # the reaper of a Ray started here (lifeline.reap)
     try:
         if joining:
             ray.init(**options, runtime_env={"env_vars": env, "py_modules": [str(package_folder())]})
         else:
+            before = lifeline.children(os.getpid())
             with environment(env):
                 ray.init(**options)
+            # What ray.init started (GCS, raylet, monitors; nothing else starts processes meanwhile) and
+            # whatever they start end with this process.
+            reaper = lifeline.start_reaper(lifeline.children(os.getpid()) - before)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if not joining:
             raise ExecutorError(f"cannot start Ray on this machine ({exc}); or run the sweep with --executor "
                                 f"local") from exc
-        where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        where, drop = address_names(address)
         raise ExecutorError(f"{where}: cannot join that Ray cluster ({exc}); start it with `ray start --head`, "
-                            f"or drop {'--address' if address else 'RAY_ADDRESS'} to start Ray here") from exc
+                            f"or {drop}") from exc
+    return reaper
+
+
+RAY_CONNECT_S = 5.0
+
+
+def address_names(address: str | None) -> tuple[str, str]:
+    """How an error names the cluster's address (the option or the variable), and how to do without it."""
+    where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+    return where, f"drop {'--address' if address else 'RAY_ADDRESS'} to start Ray here"
+
+
+def check_address(address: str | None) -> None:
+    """The cluster to join (``address``, else ``RAY_ADDRESS``), given as ``HOST:PORT`` (``ray://`` too), must
+    take a connection within ``RAY_CONNECT_S``: ray.init retries a closed port for minutes, printing only its
+    own warnings. ``auto`` Ray resolves itself, at once; no address: Ray starts here."""
+    target = address or os.environ.get("RAY_ADDRESS")
+    host, _, port = (target or "").split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    where, drop = address_names(address)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S).close()
+    except OSError as exc:
+        why = f"no answer in {RAY_CONNECT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ExecutorError(f"{where}: no Ray cluster answers at {host}:{port} ({why}); start its head there "
+                            f"(`ray start --head --port {port}`) or fix the address, or {drop}") from None
 
 
 @contextlib.contextmanager

@@ -27,6 +27,8 @@ from typing import Callable
 
 from mlflow import MlflowClient
 
+from sddkit import failures
+
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
 SETTLE_S = 1.0
@@ -168,11 +170,16 @@ class Lease:
             raise LeaseLost(f"the lease on this trajectory ({self.key}) was taken over by another process "
                             f"(this one looked dead to it); stopping without writing")
 
-    def release(self) -> None:
+    def release(self, reach_store: bool = True) -> None:
+        """Stop the heartbeat and delete the lease; ``reach_store=False`` (the tracking server stopped
+        answering): only stop, without a call that would wait on it again. The lease then names this process,
+        gone once it exits: the next run on this host takes it over at once, elsewhere after STALE_AFTER_S."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and reach_store:
             self._thread.join(timeout=HEARTBEAT_S + 5)
         _live_tokens.discard(self.record.token)
+        if not reach_store:
+            return
         try:
             holder = read(self.client, self.experiment_id, self.key)
             if holder is not None and holder.token == self.record.token:
@@ -183,5 +190,5 @@ class Lease:
     def __enter__(self) -> "Lease":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(reach_store=exc is None or failures.silent_server(exc) is None)

@@ -8,7 +8,9 @@ trained is marked KILLED and its lease released, exactly as after Ctrl-C. The us
 - ``sddkit run`` inside a DVC stage dies with its parent and also watches the ``dvc`` process further up,
   since a shell between them outlives dvc's kill -9 (``follow_dvc``);
 - ``sddkit ui`` starts mlflow server under a guard, this file run as a script (``python -P lifeline.py
-  PARENT_PID COMMAND…``), which ends the server's whole process group when its parent dies (``guard``).
+  PARENT_PID COMMAND…``), which ends the server's whole process group when its parent dies (``guard``);
+- ``sddkit sweep`` starting a Ray here starts a reaper beside it (``python -P lifeline.py --reap PARENT_PID
+  PID…``), which ends every process that Ray started when the sweep ends or dies (``reap``).
 
 Elsewhere than Linux these calls do nothing. Imports nothing of sddkit: the guard runs as a plain script.
 """
@@ -179,5 +181,107 @@ def end_group(grace: float = GRACE_S) -> None:
             pass
 
 
+# ---------------------------------------------------------------- the reaper of a parent's descendants
+
+REAP_POLL_S = 1.0
+REAP_GRACE_S = 5.0
+
+
+def start_reaper(roots: set[int]) -> subprocess.Popen | None:
+    """A reaper (``reap``) of the processes ``roots`` (this process's children) and theirs, this file run as a
+    script in a session of its own (a Ctrl-C in the terminal is this process's to handle, not the reaper's);
+    None elsewhere than Linux, or with no roots."""
+    if not LINUX or not roots:
+        return None
+    return subprocess.Popen([sys.executable, "-P", __file__, "--reap", str(os.getpid()), *map(str, sorted(roots))],
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def stop_reaper(reaper: subprocess.Popen | None) -> None:
+    """End the reaper now: it ends what is left of its processes first (returns once it has)."""
+    if reaper is None or reaper.poll() is not None:
+        return
+    reaper.terminate()
+    try:
+        reaper.wait(timeout=REAP_GRACE_S + 5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+
+
+def reap(parent: int, roots: list[int], poll: float = REAP_POLL_S) -> int:
+    """Note the processes ``roots`` and their descendants every ``poll`` seconds; once ``parent`` ends (kill -9
+    included) or on SIGTERM, end those still alive: SIGTERM, SIGKILL after ``REAP_GRACE_S``.
+
+    For a Ray that ``sddkit sweep`` starts (the roots: the processes ray.init started): its raylet and GCS die
+    with the driver, but the agents the raylet started outlived a killed driver by one to two minutes. Once
+    orphaned they are nobody's descendants, so they are known from the last look taken while the driver lived."""
+    # A flag, not KeyboardInterrupt: the parent's death is seen by getppid or by the signal, in either order,
+    # and a signal arriving once the ending has begun must not cut it short.
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    die_with_parent(parent)
+    known: dict[int, str] = {}
+    while True:
+        known = {pid: born for pid, born in known.items() if started_at(pid) == born}  # drop the ended
+        known.update(family(roots))
+        if stopping or os.getppid() != parent:
+            break
+        time.sleep(poll)
+    end_processes(known)
+    return 0
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid``."""
+    return {child for child, (ppid, _) in processes().items() if ppid == pid}
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Every live process: pid -> (its parent's pid, its start time)."""
+    found = {}
+    for entry in Path("/proc").iterdir() if LINUX else ():
+        fields = stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), fields[19])
+    return found
+
+
+def family(roots: list[int]) -> dict[int, str]:
+    """The live processes among ``roots`` and their descendants, each with its start time (which tells it from
+    a later process that reuses its pid)."""
+    table = processes()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    todo = [pid for pid in roots if pid in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found[pid] = table[pid][1]
+            todo.extend(kids.get(pid, ()))
+    return found
+
+
+def end_processes(known: dict[int, str], grace: float = REAP_GRACE_S) -> None:
+    """SIGTERM to each process of ``known`` still alive (the same start time: never a reused pid), SIGKILL to
+    those left after ``grace`` seconds."""
+    def alive() -> list[int]:
+        return [pid for pid, born in known.items() if started_at(pid) == born]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--reap":
+        sys.exit(reap(int(sys.argv[2]), [int(pid) for pid in sys.argv[3:]]))
     sys.exit(guard(int(sys.argv[1]), sys.argv[2:]))

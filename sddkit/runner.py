@@ -3,17 +3,19 @@ progress (in a terminal) or timestamped lines (a file, a pipe, CI), then write t
 files and where to find them."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, prepare, results, trajectory
+from sddkit import analysis, failures, prepare, results, trajectory
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config, load_config
 from sddkit.files import write_atomic
@@ -145,6 +147,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     inputs = trajectory.load_inputs(cfg, root, labelled)
     tracker.check_writable()  # a read-only or full store fails here, before anything is written
     tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, inputs.names, cfg.prune.rate))
+    tracker.keep_reserve()
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     identity = lease_identity(cfg.identity_hash(), code)
     on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
@@ -155,17 +158,20 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
             return report_finished(tracker, cfg, code, existing), None
         store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease,
                                         redo_from=redo_from)
-        lease.set_run(store.run_id)
-        if data_files:
-            log_data_inputs(tracker, store.run_id, data_files)
-        announce(tracker, cfg, code, store)
-        if redo_from is not None:
-            console.print(f"redoing rounds {redo_from}–{cfg.prune.rounds} (the replaced round runs are kept, "
-                          f"KILLED and tagged sddkit.replaced)")
-        elif store.completed:
-            console.print(f"continuing after round {len(store.completed) - 1}")
-        rows = drive(cfg, root, store, external, quiet, reporter, inputs)
-        files = finish(store, cfg, rows)
+        room_left = lambda: bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1,  # noqa: E731
+                                         inputs.names, cfg.prune.rate, first=store.round_under_way)
+        with ending(store, cfg.prune.rounds, room_left):
+            lease.set_run(store.run_id)
+            if data_files:
+                log_data_inputs(tracker, store.run_id, data_files)
+            announce(tracker, cfg, code, store)
+            if redo_from is not None:
+                console.print(f"redoing rounds {redo_from}–{cfg.prune.rounds} (the replaced round runs are kept, "
+                              f"KILLED and tagged sddkit.replaced)")
+            elif store.completed:
+                console.print(f"continuing after round {len(store.completed) - 1}")
+            rows = drive(cfg, root, store, external, quiet, reporter, inputs)
+            files = finish(store, cfg, rows)
     return store, files
 
 
@@ -202,28 +208,62 @@ def run_pointer(store: TrajectoryRun, cfg: Config) -> bytes:
 
 def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
           reporter: trajectory.Reporter | None = None, inputs: trajectory.Inputs | None = None) -> list[dict]:
+    if quiet or reporter is not None:
+        return trajectory.run(cfg, root, store, reporter, external, inputs)
+    if not console.is_terminal:  # a file, a pipe, CI: bars would show nothing until the end
+        return trajectory.run(cfg, root, store, LineReporter(cfg.name), external, inputs)
+    with make_progress() as progress:
+        return trajectory.run(cfg, root, store, RichReporter(progress), external, inputs)
+
+
+@contextlib.contextmanager
+def ending(store: TrajectoryRun, rounds: int, room_left: Callable[[], int]):
+    """How a trajectory under way ends other than finished: Ctrl-C marks it KILLED, an error FAILED; a failing
+    store (a full disk, a tracking server gone or refusing) in one line (``failures``) that says what the
+    rerun does. ``rounds``: the last round; ``room_left``: the bytes the rounds left would still store."""
     try:
-        if quiet or reporter is not None:
-            return trajectory.run(cfg, root, store, reporter, external, inputs)
-        if not console.is_terminal:  # a file, a pipe, CI: bars would show nothing until the end
-            return trajectory.run(cfg, root, store, LineReporter(cfg.name), external, inputs)
-        with make_progress() as progress:
-            return trajectory.run(cfg, root, store, RichReporter(progress), external, inputs)
+        yield
     except LeaseLost:
         raise  # the run is another process's now: leave its status alone
     except KeyboardInterrupt:
         store.stop("KILLED")
-        done = f"after round {len(store.completed) - 1}" if store.completed else "before round 0 finished"
-        console.print(f"interrupted {done}: rerun the same command to continue")
+        console.print(f"interrupted {finished_rounds(store)}: rerun the same command to continue")
         raise SystemExit(130)
-    except (OSError, MlflowException) as exc:  # the data is in memory by now: these are the store's writes
-        store.stop("FAILED")
-        raise TrackingError(f"storing the trajectory failed after round {len(store.completed) - 1} "
-                            f"({store_problem(exc)}); fix that (free space, permissions), then rerun the same "
-                            f"command to continue") from exc
+    except Exception as exc:
+        failed = store_failed(store, exc, rounds, room_left)
+        if failed is None:
+            store.stop("FAILED")
+            raise
+        raise failed from exc
     except BaseException:
         store.stop("FAILED")
         raise
+
+
+def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
+                 room_left: Callable[[], int]) -> TrackingError | None:
+    """The one-line error for a store that failed under a run (None for any other error), the run marked
+    FAILED where the store can still take it."""
+    full = failures.full_disk(exc) is not None
+    line = failures.explain(exc, store.tracker.uri, store.tracker.artifact_home, room_left() if full else None)
+    if line is None and not isinstance(exc, (OSError, MlflowException)):
+        return None
+    k = store.round_under_way
+    what = f"round {k} could not be stored" if k <= rounds else "the trajectory's closing files could not be stored"
+    rerun = f"rerun the same command: it continues {finished_rounds(store)}"
+    if failures.silent_server(exc) is not None:
+        # Nothing reaches the server now: the run stays RUNNING, its lease naming this process, which a
+        # rerun takes over once this process has ended (`sddkit ls` shows it interrupted meanwhile).
+        return TrackingError(f"{what}: {line}, then {rerun}")
+    if full:
+        store.tracker.free_reserve()  # room for the FAILED below and the lease's release
+    store.stop("FAILED")
+    line = line or f"{store_problem(exc)}; fix that (permissions, the store's mount)"
+    return TrackingError(f"{what}: {line}, then {rerun} (this run is marked FAILED)")
+
+
+def finished_rounds(store: TrajectoryRun) -> str:
+    return f"after round {len(store.completed) - 1}" if store.completed else "before round 0 finished"
 
 
 def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:

@@ -125,6 +125,7 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     cells = expand(base, settings) if cells is None else cells
     if settings.executor == "ray":
         executors.import_ray()  # a missing extra stops the sweep before anything is written
+        executors.check_address(settings.address)  # and so does a cluster address where nothing answers
     uri = tracking_uri(base.tracking.uri, root)
     tracker = Tracker(uri, root)
     tracker.check_writable()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from sddkit import relocation
+from sddkit import failures, relocation
 from sddkit.config import Config
 from sddkit.files import locked, unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import IDENTITY_VERSION, code_hash
@@ -41,6 +42,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # On a tracking server MLflow prints a "View run … at" line on stdout for every run ended: one a round, in the
 # middle of what sddkit prints there (a table, CSV).
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Every call to a tracking server ends within a bound (failures.HTTP_BOUNDS): a dead server fails the call in
+# seconds instead of holding the run silent for many minutes.
+failures.bound_http_calls()
+# MLflow logs every failed database call with its traceback, then raises it: a full disk gave dozens of
+# tracebacks for one failure. The raised error is kept, and says it in one line (failures.explain).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 TRAJECTORY, ROUND = "trajectory", "round"
 SEARCH_PAGE = 1000  # runs per page of a search (a test shrinks it to see the paging work)
@@ -50,6 +57,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 INIT_DIGEST = "sddkit.init_sha256"  # a trajectory's init is rebuilt from its seed, never stored: this checks it
 PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
                   "memorized", "learning_distance", "distance_from_start", "round_seconds")
+
+
+RESERVE_BYTES = 2**20  # Tracker.keep_reserve: room for a run's last few sqlite writes on a full disk
 
 
 class TrackingError(RuntimeError):
@@ -115,6 +125,27 @@ class Tracker:
                 raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
                                     f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
                                     f"(or point tracking.uri at a bigger disk), then rerun")
+
+    def keep_reserve(self) -> None:
+        """Keep ``RESERVE_BYTES`` of a local store's disk in a file beside its database (``.mlflow.db.reserve``,
+        kept between runs): when something else fills the disk mid-run, removing it (``free_reserve``) leaves
+        sqlite the room to mark the run FAILED and release its lease."""
+        reserve = self.reserve_file
+        if reserve is None or reserve.exists():
+            return
+        try:
+            write_atomic(reserve, bytes(RESERVE_BYTES))
+        except OSError:
+            pass  # no room even for that: check_room said so first; a run without it ends all the same
+
+    def free_reserve(self) -> None:
+        if self.reserve_file is not None:
+            self.reserve_file.unlink(missing_ok=True)
+
+    @property
+    def reserve_file(self) -> Path | None:
+        db = sqlite_path(self.uri)
+        return db.with_name(f".{db.name}.reserve") if db is not None else None
 
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         if not create and not self.exists:
@@ -250,6 +281,7 @@ def open_store(uri: str) -> MlflowClient:
     that start together on a fresh store would each create and migrate its tables, and all but one crash
     (``duplicate column name``, ``table _alembic_tmp_… already exists``). The first one creates it; the others
     wait, then find it ready. MLflow keeps the opened store for the rest of the process."""
+    failures.note_store(uri)
     db = sqlite_path(uri)
     if db is None:
         return MlflowClient(tracking_uri=uri)
@@ -416,15 +448,11 @@ class TrajectoryRun:
         stamp = now_ms()
         epoch_metrics = [Metric(m.key, m.value, stamp, m.step) for m in epoch_metrics]
         round_metrics = [Metric(k, float(v), stamp, round_index) for k, v in metrics.items()]
-        try:
-            self.client.log_batch(child, tags=[RunTag(k, v) for k, v in tags.items()])
-            log_metrics(self.client, child, epoch_metrics + round_metrics)
-            log_files(self.client, child, files)
-        except (OSError, MlflowException) as exc:  # a full disk, a store gone read-only
-            terminate_quietly(self.client, child, "FAILED")
-            self._started = None
-            raise TrackingError(f"round {round_index} could not be stored ({store_problem(exc)}); fix that, then "
-                                f"rerun the same command: it continues after round {round_index - 1}") from exc
+        # A failure here (a full disk, a server gone) leaves the round under way: the runner marks it and the
+        # parent as the run ends (runner.ending), and a rerun redoes the round.
+        self.client.log_batch(child, tags=[RunTag(k, v) for k, v in tags.items()])
+        log_metrics(self.client, child, epoch_metrics + round_metrics)
+        log_files(self.client, child, files)
         self.client.set_terminated(child, "FINISHED")  # only now does the round count as done
         self._started = None
         # One batch, one transaction: test_acc is there exactly when the others are (complete_parent_curve).
@@ -442,6 +470,11 @@ class TrajectoryRun:
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, "FINISHED")
         self.finished = True
+
+    @property
+    def round_under_way(self) -> int:
+        """The round being trained or stored (the next one when none is)."""
+        return self._started[0] if self._started is not None else len(self.completed)
 
     def stop(self, status: str) -> None:
         """End the run (and the round under way) as ``status``: KILLED on Ctrl-C, FAILED on an error."""
@@ -637,10 +670,10 @@ def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]
 
 
 def bytes_needed(state: dict[str, torch.Tensor], rounds: int, prunable: list[str] | None = None,
-                 rate: float = 0.0) -> int:
-    """An upper bound on the bytes ``rounds`` rounds (0, 1, …) of a model with ``state`` add to the artifact
-    store: each round's sparse weights (``checkpoint.size_bound``) and mask, plus one dense state (a rewind
-    state, where the mode keeps one) and a MiB of slack. Start weights and the init are never stored.
+                 rate: float = 0.0, first: int = 0) -> int:
+    """An upper bound on the bytes rounds ``first`` … ``rounds`` − 1 of a model with ``state`` add to the
+    artifact store: each round's sparse weights (``checkpoint.size_bound``) and mask, plus one dense state (a
+    rewind state, where the mode keeps one) and a MiB of slack. Start weights and the init are never stored.
 
     Round r keeps (1 − ``rate``)^r of the ``prunable`` weights (the names its masks cover; ``pruning.prune``
     keeps at most one weight a tensor more). Without ``prunable`` nothing says which tensors a mask covers, so
@@ -649,8 +682,8 @@ def bytes_needed(state: dict[str, torch.Tensor], rounds: int, prunable: list[str
     weights = sum(t.numel() * t.element_size() for t in state.values())
     mask = sum(t.numel() for t in state.values()) // 8
     density = lambda r: pruning.density_after(r, rate) if prunable else 1.0  # noqa: E731
-    rounds_bytes = sum(checkpoint.size_bound(state, prunable or (), density(r)) for r in range(rounds))
-    return rounds_bytes + rounds * mask + weights + 2**20
+    rounds_bytes = sum(checkpoint.size_bound(state, prunable or (), density(r)) for r in range(first, rounds))
+    return rounds_bytes + max(0, rounds - first) * mask + weights + 2**20
 
 
 def torch_bytes(state: dict) -> bytes:

@@ -3,6 +3,7 @@ killed with -9 is retried and ends with the same metrics and no duplicate runs, 
 into one `sddkit server`. Without Ray these skip, and `--executor ray` stops in one line naming the extra."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -255,3 +256,53 @@ def test_two_ray_nodes_log_into_one_sddkit_server_and_a_local_store_is_refused(p
 def torch_bool():
     import torch
     return torch.bool
+
+
+def test_an_address_where_nothing_answers_fails_in_one_line_within_seconds(project):
+    """ray.init at a closed port retried for minutes, showing only Ray's warnings."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"  # closed once the probe is
+    result = subprocess.run([sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--address", address,
+                             "--set", "prune.rounds=1"], cwd=project, env=clean_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --address {address}: no Ray cluster answers at {address} (Connection refused); start its head "
+        f"there (`ray start --head --port {address.split(':')[1]}`) or fix the address, or drop --address to start "
+        f"Ray here"], result.stderr
+
+
+def test_kill_9_of_a_sweep_driver_ends_the_ray_it_started(project, tmp_path):
+    """The Ray a sweep starts ends with it, kill -9 included: its agents outlived the driver by 1-2 minutes."""
+    import psutil
+    sets = {**TINY, "train.epochs": 30, "prune.rounds": 30}
+    args = [sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "ray", "--modes", "lottery",
+            *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
+    log = tmp_path / "sweep.log"
+    started = []
+    with open(log, "w") as err:
+        driver = subprocess.Popen(args, cwd=project, env=clean_env(RAY_USAGE_STATS_ENABLED="0"),
+                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while "round 0/30 done" not in log.read_text() and time.monotonic() < deadline:
+                assert driver.poll() is None, log.read_text()
+                time.sleep(0.2)
+            started = psutil.Process(driver.pid).children(recursive=True)
+            assert any("Agent" in p.name() for p in started), [p.name() for p in started]
+            driver.kill()
+            driver.wait()
+            def alive() -> list[str]:
+                return [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            deadline = time.monotonic() + 20
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert alive() == []
+        finally:
+            for p in started:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            if driver.poll() is None:
+                driver.kill()

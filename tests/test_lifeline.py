@@ -99,6 +99,36 @@ def test_the_guard_ends_its_whole_group_when_its_parent_is_killed():
             parent.kill()
 
 
+def test_the_reaper_ends_what_it_was_given_even_orphans_once_the_parent_is_killed_and_nothing_else():
+    """Parent -> sh -> sleep (as a raylet and the agents that outlive it), the sh given to a reaper; parent ->
+    another sleep, not given. kill -9 of the parent leaves the sh and its sleep orphans: the reaper ends them,
+    and leaves the other sleep alone."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from sddkit import lifeline\n"
+        "other = subprocess.Popen(['sleep', '300'])\n"
+        "ray = subprocess.Popen(['sh', '-c', 'sleep 300 & wait'])\n"
+        "reaper = lifeline.start_reaper({ray.pid})\n"
+        "print(reaper.pid, other.pid, flush=True)\n"
+        "time.sleep(300)")], stdout=subprocess.PIPE, text=True)
+    everyone: dict[int, str] = {}
+    try:
+        reaper, other = map(int, parent.stdout.readline().split())
+        assert wait_for(lambda: len(lifeline.family([parent.pid])) == 5, 30)  # parent, reaper, sleep, sh, sleep
+        time.sleep(2 * lifeline.REAP_POLL_S)  # the reaper has looked at them
+        everyone = lifeline.family([parent.pid])
+        given = {p: t for p, t in everyone.items() if p not in (parent.pid, reaper, other)}
+        parent.kill()
+        parent.wait()
+        alive = lambda: [p for p, t in given.items() if lifeline.started_at(p) == t]  # noqa: E731
+        assert wait_for(lambda: not alive() and lifeline.started_at(reaper) is None, 10), alive()
+        assert lifeline.started_at(other) == everyone[other]
+    finally:
+        lifeline.end_processes(everyone, grace=0)
+        if parent.poll() is None:
+            parent.kill()
+
+
 def guarded(parent: int) -> list[int]:
     """The process group led by ``parent``'s child, the guard (empty until it leads one)."""
     for entry in Path("/proc").iterdir():

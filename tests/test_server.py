@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 import sddkit
-from sddkit import paths
+from sddkit import lease, paths
 from sddkit.cli import main
 from test_ui import accepts, group_members, servers_on
 
@@ -217,3 +217,82 @@ def test_a_trajectory_training_straight_into_the_store_keeps_the_server_from_sta
     assert result.exit_code == 1 and f"pid {trainer.pid}" in result.output and "being trained" in result.output
     assert not paths.server_marker(db).exists()
     assert not any(loc.startswith("mlflow-artifacts:") for loc in locations(db))
+
+
+# ---------------------------------------------------------------- a server that dies, one that asks for credentials
+
+def test_a_run_whose_server_is_killed_says_so_in_one_line_and_its_rerun_continues(project, tmp_path):
+    """kill -9 of `sddkit server` while a run logs through it: the run stops within a bound (MLflow's HTTP
+    retries bounded), in one line naming the server, leaving a lease no live process holds; the rerun (on the
+    local store, the server gone) continues after the last stored round."""
+    db = project / "mlflow.db"
+    args = [sys.executable, "-m", "sddkit.cli", "run", "--set", "data.train_size=500", "--set", "data.test_size=200",
+            "--set", "train.epochs=2", "--set", "prune.rounds=8", "--set", "train.milestones=[]",
+            "--set", "train.threads=1"]
+    port, server = start_server(project, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "run.log"
+    try:
+        assert workers_line(server.stdout) is not None, (tmp_path / "server.log").read_text()
+        with open(log, "w") as err:  # this machine's run: through the server, as its marker says
+            run = subprocess.Popen(args, cwd=project, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                deadline = time.monotonic() + 300
+                while "round 1/8  sparsity" not in log.read_text() and time.monotonic() < deadline:
+                    assert run.poll() is None, log.read_text()
+                    time.sleep(0.1)
+                server.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                assert run.wait(timeout=120) == 1, log.read_text()
+                took = time.monotonic() - killed
+            finally:
+                run.kill()
+    finally:
+        stop_and_clean(server, port)
+    output = log.read_text()
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert f"the tracking server at {url} is not answering (connection refused)" in errors[0], errors[0]
+    assert "rerun the same command: it continues after round" in errors[0], errors[0]
+    assert took < 60, took
+    with sqlite3.connect(db) as con:
+        (record,) = [json.loads(v) for (v,) in con.execute(
+            "select value from experiment_tags where key like 'sddkit.lease.%'")]
+    assert record["pid"] == run.pid and lease.Holder(**record).is_stale()  # names the ended run: taken over
+
+    again = subprocess.run(args, cwd=project, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "continuing after round" in again.stderr
+    with sqlite3.connect(db) as con:
+        parents = con.execute("select status from runs where name not like '%/round-%'").fetchall()
+    assert parents == [("FINISHED",)]
+
+
+def test_without_credentials_ls_run_compare_and_load_trajectory_ask_for_them_in_one_line(project, tmp_path,
+                                                                                       monkeypatch):
+    """Against `sddkit server --auth`: one line naming the variables to set, never MLflow's 401 traceback."""
+    import traceback
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    port, server = start_server(project, tmp_path, "--auth", SDDKIT_SERVER_PASSWORD=PASSWORD)
+    url = f"http://127.0.0.1:{port}"
+    asked = (f"error: the tracking server at {url} asks for credentials (401): set MLFLOW_TRACKING_USERNAME and "
+             f"MLFLOW_TRACKING_PASSWORD")
+    try:
+        assert workers_line(server.stdout) is not None, (tmp_path / "server.log").read_text()
+        for command in (["ls"], ["run", *TINY_RUN], ["compare", "--runs", "lottery"]):
+            result = CliRunner().invoke(main, command)  # this machine's commands go through the server
+            assert result.exit_code == 1, (command, result.output)
+            assert result.output.strip().startswith(asked) and len(result.output.strip().splitlines()) == 1, \
+                (command, result.output)
+        with pytest.raises(sddkit.TrackingError) as caught:
+            sddkit.load_trajectory("lottery")
+        assert str(caught.value).startswith(asked.removeprefix("error: "))
+        assert len(traceback.format_exception(caught.value)) < 8  # MLflow's chain is not shown
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+        result = CliRunner().invoke(main, ["ls"])
+        assert result.exit_code == 1 and "refused the credentials of user admin (401)" in result.output
+    finally:
+        stop_and_clean(server, port)

@@ -4,7 +4,13 @@ damaged store files, and stores that cannot be written (read-only, full)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -262,7 +268,7 @@ def test_a_disk_that_fills_up_mid_trajectory_leaves_no_run_running_and_the_rerun
         with pytest.raises(TrackingError) as caught:
             runner.run_trajectory(cfg, project, quiet=True, reporter=FillDiskAfter(1, folder))
         message = str(caught.value)
-        assert one_line(message) and "round 2 could not be stored" in message and "No space" in message
+        assert one_line(message) and "round 2 could not be stored" in message and "is full" in message
         parent = trajectories(client, cfg.tracking.experiment)[0]
         assert parent.info.status == "FAILED"
         statuses = {int(r.data.tags["sddkit.round"]): r.info.status for r in round_runs(client, parent.info.run_id)}
@@ -270,6 +276,74 @@ def test_a_disk_that_fills_up_mid_trajectory_leaves_no_run_running_and_the_rerun
         (folder / "filler").unlink()
         store, rows = runner.run_trajectory(cfg, project, quiet=True)
     assert store.run_id == parent.info.run_id and len(rows) == 4
+
+
+def fill(folder: Path) -> None:
+    """Write a file into ``folder`` until its disk refuses more."""
+    with open(folder / "filler", "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 2**16)
+            f.flush()
+
+
+def test_a_full_disk_under_the_whole_project_is_one_line_the_run_failed_and_the_rerun_continues(tmp_path,
+                                                                                                monkeypatch):
+    """The store's database and artifacts on one disk that something else fills mid-run (as a user met it):
+    one line naming the disk and the room needed, the parent FAILED (room kept for that: the store's reserve),
+    the lease released; once there is room, the rerun continues."""
+    sets = [a for k, v in {**SMALL, "prune.rounds": 12}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    with mounted_tmpfs(tmp_path / "disk", "12m") as folder:
+        (folder / ".git").mkdir()
+        log = tmp_path / "run.log"
+        with open(log, "w") as err:
+            run = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "run", *sets], cwd=folder, stderr=err,
+                                   stdout=subprocess.DEVNULL, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+            try:
+                deadline = time.monotonic() + 300
+                while "round 1/12  sparsity" not in log.read_text() and time.monotonic() < deadline:
+                    assert run.poll() is None, log.read_text()
+                    time.sleep(0.1)
+                fill(folder)
+                assert run.wait(timeout=120) == 1, log.read_text()
+            finally:
+                run.kill()
+        output = log.read_text()
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in output, output
+        assert f"the disk of {folder}" in errors[0] and f"mounted at {folder}" in errors[0], errors[0]
+        assert "is full: 0.0 MiB free, about" in errors[0] and "MiB more needed" in errors[0], errors[0]
+        assert "this run is marked FAILED" in errors[0] and "continues after round" in errors[0], errors[0]
+        assert len(output.splitlines()) < 20, output  # the round lines, the run's line, the error
+        with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db:
+            (status,) = db.execute("select status from runs where name not like '%/round-%'").fetchone()
+            leases = db.execute("select key from experiment_tags where key like 'sddkit.lease.%'").fetchall()
+        assert status == "FAILED" and leases == []
+
+        (folder / "filler").unlink()
+        monkeypatch.chdir(folder)
+        again = CliRunner().invoke(main, ["run", *sets])
+        assert again.exit_code == 0, again.output
+        assert "continuing after round" in again.output
+        with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as db:
+            parents = db.execute("select status from runs where name not like '%/round-%'").fetchall()
+        assert parents == [("FINISHED",)]
+
+
+def test_a_store_call_to_a_server_that_is_gone_fails_within_seconds_in_one_line(project):
+    """MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s a try) kept a call to a killed server
+    going for minutes; sddkit bounds them (failures.HTTP_BOUNDS), and says what happened in one line."""
+    from mlflow.exceptions import MlflowException
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed once the probe is
+    started = time.monotonic()
+    with pytest.raises(MlflowException) as caught:
+        MlflowClient(url).search_experiments()
+    assert time.monotonic() - started < 40
+    from sddkit import failures
+    line = failures.explain(caught.value)
+    assert line == (f"the tracking server at {url} is not answering (connection refused); start it again "
+                    f"(`sddkit server`) or check MLFLOW_TRACKING_URI")
 
 
 # ---------------------------------------------------------------- kills between two writes

@@ -1,0 +1,160 @@
+"""A store that fails, in one line: a tracking server that stopped answering or asks for credentials, a full
+disk. ``explain`` turns such an exception (MLflow's, sqlite's, an OSError) into the line the user reads; the
+CLI's error path, the runner's end of a run and the Python API all ask it, so each failure reads the same
+wherever it surfaces. Anything else is not a store failure (``explain`` returns None) and keeps its traceback.
+
+Standard library only: the CLI imports this at start-up.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+
+# MLflow's own HTTP defaults retry a failing call 7 times with a backoff factor of 2 (about 4 minutes of
+# back-off), each try waiting up to 120 s: a killed tracking server held a run silent for over 10 minutes.
+# These bound one call at about 15 s against a dead server (connection refused) and about 2 minutes against a
+# frozen one, and still ride out a server restart of ~10 s. Set in the environment, they win.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_last_store: list[str] = []  # the store this process opened last (tracking.open_store): where a failure was
+
+
+def bound_http_calls() -> None:
+    """Give MLflow's HTTP client the bounds above (before its first call; MLflow reads them at each call)."""
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+
+
+def note_store(uri: str) -> None:
+    _last_store[:] = [uri]
+
+
+def last_store() -> str | None:
+    return _last_store[0] if _last_store else os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+# ---------------------------------------------------------------- what went wrong
+
+SILENT = re.compile(r"API request to (\S+?) failed with (?:timeout )?exception")
+
+
+def silent_server(exc: BaseException) -> tuple[str, str] | None:
+    """(the server's address, why) when ``exc`` says a tracking server did not answer: MLflow's HTTP client
+    gave up (connection refused, timed out, reset) after its retries. None otherwise."""
+    for e in chain(exc):
+        found = SILENT.search(str(e))
+        if found:
+            text = str(e)
+            why = ("connection refused" if "refused" in text.lower() else
+                   "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT" if "timed out" in text.lower() or
+                   "timeout" in text.lower() else "connection lost")
+            return server_of(found.group(1)), why
+    return None
+
+
+def server_of(url: str) -> str:
+    """``http://host:port`` of a request URL."""
+    found = re.match(r"[a-z+]+://[^/]+", url)
+    return found.group(0) if found else url
+
+
+def http_status(exc: BaseException) -> int | None:
+    """401 or 403 when a tracking server refused ``exc``'s request for want of credentials or rights."""
+    codes = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+    for e in chain(exc):
+        code = codes.get(getattr(e, "error_code", None))
+        if code is not None:
+            return code
+    return None
+
+
+def full_disk(exc: BaseException) -> Path | str | None:
+    """Where a write failed because its disk is full: the file an OSError names (else ``""``), or
+    ``"database"`` for sqlite's "database or disk is full". None when the disk is not the problem."""
+    for e in chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Path(e.filename) if isinstance(e.filename, (str, Path)) and e.filename else ""
+        if "database or disk is full" in str(e):
+            return "database"
+    return None
+
+
+# ---------------------------------------------------------------- the line
+
+def explain(exc: BaseException, uri: str | None = None, folder: Path | None = None,
+            needed: int | None = None) -> str | None:
+    """The one line for a store failure, or None when ``exc`` is no store failure. ``uri``: the store in use
+    (else the last one opened); ``folder``: a local store's folder, for a full disk reported by sqlite;
+    ``needed``: the bytes the work left would still write, for a full disk."""
+    uri = uri or last_store() or "the tracking store"
+    silent = silent_server(exc)
+    if silent is not None:
+        return (f"the tracking server at {silent[0]} is not answering ({silent[1]}); start it again (`sddkit "
+                f"server`) or check MLFLOW_TRACKING_URI")
+    status = http_status(exc)
+    if status is not None:
+        return refused(uri, status)
+    where = full_disk(exc)
+    if where is not None:
+        folder = where if isinstance(where, Path) else folder or sqlite_folder(uri)
+        return disk_full_line(folder, needed) if folder else f"the disk of the tracking store {uri} is full"
+    return None
+
+
+def refused(uri: str, status: int) -> str:
+    user = os.environ.get(CREDENTIALS[0])
+    if status == 403:
+        return (f"the tracking server at {uri} does not let user {user or '(none)'} do this (403 permission "
+                f"denied): use the admin's credentials, which `sddkit server --auth` printed")
+    if user and os.environ.get(CREDENTIALS[1]):
+        return (f"the tracking server at {uri} refused the credentials of user {user} (401): set "
+                f"{' and '.join(CREDENTIALS)} to those `sddkit server --auth` printed")
+    return (f"the tracking server at {uri} asks for credentials (401): set {' and '.join(CREDENTIALS)} to those "
+            f"`sddkit server --auth` printed (export {CREDENTIALS[0]}=admin {CREDENTIALS[1]}=…)")
+
+
+def disk_full_line(where: Path, needed: int | None) -> str:
+    """``the disk of … is full (… free, about … more needed)``; ``where``: the file or folder written."""
+    folder = existing(Path(where))
+    free = shutil.disk_usage(folder).free
+    more = f", about {mib(needed)} more needed to finish" if needed else ""
+    return (f"the disk of {folder} (mounted at {mount_point(folder)}) is full: {mib(free)} free{more}; free "
+            f"space (or point tracking.uri at a bigger disk)")
+
+
+def sqlite_folder(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent
+    return None
+
+
+def existing(path: Path) -> Path:
+    """``path``'s nearest folder that exists (a failed write may have left no file)."""
+    path = path if path.is_dir() else path.parent
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
