@@ -169,8 +169,9 @@ def stop_like_ctrl_c() -> None:
               help="CPU cores a cell holds, and its torch threads (sweep.cpus_per_trajectory).")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
+@click.option("--yes", is_flag=True, help="Run a grid of more than sweep.max_cells cells (refused without it).")
 @format_option("the closing table of landmarks")
-def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir,
+def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir, yes,
           table_format) -> None:
     """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
     identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
@@ -188,10 +189,11 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
                  "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
         options.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
         if grid:
-            options["grid"] = dict(config_mod.parse_grid_option(g) for g in grid)
+            options["grid"] = config_mod.parse_grid_options(grid)
         settings = config_mod.read_sweep_settings(path, options)
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
+    check_sweep_size(settings, yes)
     from sddkit import executors, runner, sweep as sweeps
     folder = Path(results_dir) if results_dir else None
     try:
@@ -204,6 +206,20 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: rerun the same command to continue the sweep (finished cells are kept)", code=130)
+
+
+def check_sweep_size(settings: config_mod.SweepConfig, yes: bool) -> None:
+    """Count the cells before laying them out (each costs a config and a hash): a grid past sweep.max_cells
+    is refused at once unless --yes; with it, the count is said before the wait."""
+    cells, points = config_mod.count_cells(settings)
+    if cells <= settings.max_cells:
+        return
+    modes, seeds = len(settings.modes) or 1, len(settings.seeds) or 1
+    shape = f"{points:,} grid points × {modes} mode{'s' * (modes > 1)} × {seeds} seed{'s' * (seeds > 1)}"
+    if not yes:
+        fail(f"sweep: {cells:,} cells ({shape}) exceed sweep.max_cells = {settings.max_cells:,}; check the grid, "
+             f"or pass --yes (or raise sweep.max_cells) to run them all", code=2)
+    click.echo(f"sweep: {cells:,} cells ({shape}); laying them out...", err=True)
 
 
 class FiniteRange(click.FloatRange):

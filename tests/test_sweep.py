@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from sddkit import cli, sweep, sweep_view
+from sddkit import config as config_mod
 from sddkit.config import ConfigError, SweepConfig, load_config, read_sweep_settings
 from sddkit.lease import process_alive
 from sddkit.tracking import Tracker
@@ -202,6 +203,52 @@ def test_the_sweep_section_of_a_params_file_is_the_grid_and_options_override_it(
     # `sddkit run` reads the same file and ignores the sweep section
     result = CliRunner().invoke(cli.main, ["run", "--set", "prune.rounds=99"])
     assert result.exit_code == 2 and "sweep" not in result.output
+
+
+def test_a_grid_key_given_twice_keeps_all_its_values(project):
+    """--grid noise.ratio=0.2 --grid noise.ratio=0.4 ran only the 0.4 cell (issue 29): the values merge."""
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2", "--grid", "noise.ratio=0.4",
+                                           "--seeds", "0", "1", "--set", "sweep.max_cells=3", *TINY_SETS])
+    assert result.exit_code == 2, result.output
+    assert "4 cells" in result.output and "2 grid points" in result.output  # both ratios, both seeds
+    assert len(result.output.strip().splitlines()) == 1
+    assert config_mod.parse_grid_options(["noise.ratio=0.2", "noise.ratio=0.4"]) == {"noise.ratio": [0.2, 0.4]}
+
+
+def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(project):
+    """A 59,400-cell grid was accepted without a word and had not printed its count after 120 s (issue 29)."""
+    ratios = ",".join(f"0.{i:03d}" for i in range(1, 100))
+    args = ["sweep", "--grid", f"noise.ratio={ratios}", "--grid", "prune.rate=" + ",".join(
+        f"0.{i:02d}" for i in range(10, 70)), "--grid", "train.lr=0.1,0.01,0.001,0.0001,0.00001",
+        "--modes", "lottery", "reinit", *TINY_SETS]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, args)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    assert "59,400 cells" in result.output and "sweep.max_cells" in result.output and "--yes" in result.output
+    assert not (project / "mlflow.db").exists()
+    # --yes lets it past the count (here to the next check, a value out of range, so nothing trains)
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2,1.5", "--seeds", "0", "1",
+                                           "--set", "sweep.max_cells=1", "--yes", *TINY_SETS])
+    assert result.exit_code == 2 and "noise.ratio = 1.5" in result.output, result.output
+
+
+def test_address_with_the_local_executor_is_refused(project):
+    """--address was silently ignored by the local executor (issue 29)."""
+    for args in (["--address", "auto"], ["--set", "sweep.address=auto"]):
+        result = CliRunner().invoke(cli.main, ["sweep", *args, *TINY_SETS])
+        assert result.exit_code == 2, result.output
+        assert "sweep.address" in result.output and "--executor ray" in result.output
+        assert not (project / "mlflow.db").exists()
+
+
+def test_a_repeated_seed_or_mode_is_named_as_such(project):
+    """--seeds 0 0 said the grid 'varies a key that does not change results' (issue 29)."""
+    result = CliRunner().invoke(cli.main, ["sweep", "--seeds", "0", "0", *TINY_SETS])
+    assert result.exit_code == 2, result.output
+    assert "seed 0 is repeated" in result.output and "does not change results" not in result.output
+    result = CliRunner().invoke(cli.main, ["sweep", "--modes", "lottery", "lottery", *TINY_SETS])
+    assert result.exit_code == 2 and "mode lottery is repeated" in result.output, result.output
 
 
 def test_sweep_with_a_bad_grid_value_prints_one_line_exits_2_and_writes_nothing(project):
