@@ -11,7 +11,8 @@ import time
 
 @dataclasses.dataclass
 class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``."""
+    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``, and
+    ``retry`` (its worker died; the executor runs it again)."""
     key: str
     kind: str
     round_index: int = -1
@@ -21,6 +22,7 @@ class Event:
     host: str = ""
     pid: int = 0
     at: float = dataclasses.field(default_factory=time.time)
+    note: str = ""          # ``retry``: why the cell runs again
 
 
 def post(events, event: Event) -> None:

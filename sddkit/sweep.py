@@ -264,9 +264,10 @@ def make_executor(settings: SweepConfig, uri: str, cells: int):
         return executor
     gpus = executors.gpu_count()
     if settings.gpus_per_trajectory == 0:  # asked to run on the CPU: the workers see no GPU
-        return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0)
+        return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0,
+                                       retries=settings.max_retries)
     jobs = executors.local_jobs(settings.jobs, gpus, settings.gpus_per_trajectory, cells)
-    return executors.LocalExecutor(jobs, gpus)
+    return executors.LocalExecutor(jobs, gpus, retries=settings.max_retries)
 
 
 def is_local_store(uri: str) -> bool:

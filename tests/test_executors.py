@@ -189,8 +189,11 @@ def test_local_workers_each_see_their_own_gpu_or_none():
     for gpus, hide, expected in ((2, False, ["0", "1", "0"]), (0, True, ["", "", ""])):
         executor = LocalExecutor(3, gpus, hide_gpus=hide)
         try:  # each worker's view of the GPUs, asked of all three workers at once
-            futures = [executor.pool.submit(worker_devices, 1.0) for _ in range(3)]
-            assert sorted(f.result(timeout=120) for f in futures) == sorted(expected)
+            calls = [executor.call(worker_devices, 1.0) for _ in range(3)]
+            deadline = time.monotonic() + 120
+            while not all(c.done for c in calls) and time.monotonic() < deadline:
+                executor.wait(calls, 1.0)
+            assert sorted(executor.outcome(c) for c in calls) == sorted(expected)
         finally:
             executor.close()
 

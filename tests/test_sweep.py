@@ -163,6 +163,72 @@ def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_pa
     assert runs and {r.info.status for r in runs} == {"KILLED"}, log.read_text()
 
 
+def leases(db) -> list[dict]:
+    import sqlite3
+    try:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("select value from experiment_tags where key like 'sddkit.lease.%'").fetchall()
+    except sqlite3.OperationalError:  # MLflow is still creating its tables
+        return []
+    return [json.loads(value) for (value,) in rows]
+
+
+def finished_rounds(db) -> int:
+    import sqlite3
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = "
+                               "'sddkit.kind' and t.value = 'round' and r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_of_one_local_worker_retries_its_cell_and_leaves_the_other_running(project, tmp_path):
+    """--executor local --jobs 2: kill -9 of one worker also killed the healthy cell and the sweep exited 1
+    (issue 29). The dead worker's cell is retried (sweep.max_retries) and its sibling never notices."""
+    sets = ["--set", "data.train_size=500", "--set", "train.epochs=12", "--set", "prune.rounds=4",
+            "--set", "train.batch_size=64", "--set", "train.milestones=[]", "--set", "train.threads=1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    log, db = tmp_path / "sweep.log", project / "mlflow.db"
+    with open(log, "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "local", "--jobs", "2",
+                                "--seeds", "0", "1", *sets], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                               stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while job.poll() is None and time.monotonic() < deadline and not (
+                    db.exists() and len(leases(db)) == 2 and finished_rounds(db) >= 2):
+                time.sleep(0.2)
+            holders = leases(db) if db.exists() else []
+            assert job.poll() is None and len(holders) == 2, log.read_text()
+            victim = holders[0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            assert job.wait(timeout=400) == 0, log.read_text()
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    labels = dict(re.findall(r"sweep: (\S+): started on \S+ pid (\d+)", text)[::-1])  # label -> first pid
+    killed = next(label for label, pid in re.findall(r"sweep: (\S+): started on \S+ pid (\d+)", text)
+                  if int(pid) == victim)
+    healthy = next(label for label in labels if label != killed)
+    assert f"{killed}: its worker (pid {victim}) died (signal SIGKILL); retry 1 of 3" in text, text
+    assert text.count(f"{killed}: started on") == 2 and text.count(f"{healthy}: started on") == 1, text
+
+    tracker = Tracker(f"sqlite:///{db}", project)
+    runs = tracker.trajectories("sddkit")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # the retry continued its parent
+    for run in runs:
+        rounds = tracker.round_runs(run.info.run_id, finished_only=False)
+        finished = sorted(int(r.data.tags["sddkit.round"]) for r in rounds if r.info.status == "FINISHED")
+        assert finished == [0, 1, 2, 3, 4]
+        cut_off = [r for r in rounds if r.info.status != "FINISHED"]
+        if run.data.tags["sddkit.seed"] == healthy.rsplit("·s", 1)[1]:
+            assert cut_off == []  # the sibling was never interrupted
+        else:
+            assert len(cut_off) <= 1 and all(r.info.status == "KILLED" for r in cut_off)
+
+
 # ---------------------------------------------------------------- sddkit sweep
 
 
