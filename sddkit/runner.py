@@ -152,6 +152,8 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
         store = tracker.open_trajectory(cfg, existing=existing, force=force, code=code, lease=lease,
                                         redo_from=redo_from)
         lease.set_run(store.run_id)
+        if store.completed:  # a resume: the parent's files it kept from its start
+            store.restore_labels(inputs.noisy)
         if data_files:
             log_data_inputs(tracker, store.run_id, data_files)
         announce(tracker, cfg, code, store)

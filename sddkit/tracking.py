@@ -167,6 +167,7 @@ class Tracker:
         existing = None if force else (existing or self.find_trajectory(cfg, code))
         if existing is not None:
             store = TrajectoryRun(self, existing.info.run_id, lease)
+            store.check_rounds_kept(redo_from)  # before anything changes: a refused resume leaves the run as it was
             # Only an owner may do this: a live owner's round is RUNNING too.
             store.close_interrupted_rounds()
             # A kill between creating the run and logging its params left it without them.
@@ -295,6 +296,31 @@ class TrajectoryRun:
         self.completed = self.completed[:first]
         self.client.set_tag(self.run_id, "sddkit.redone_from", str(first))
 
+    def check_rounds_kept(self, redo_from: int | None = None) -> None:
+        """Before a resume: every finished round it keeps (all of them, or those before ``redo_from``) still has
+        its files. The rounds still to train build on them, and a finished trajectory must hold them all;
+        otherwise the loss would surface only later, in whoever reads the round. Stops in one line offering
+        the repair that keeps the rounds before the first lost one."""
+        kept = contiguous([r for r in self._rounds if r.info.status == "FINISHED"])
+        for run in kept[:redo_from]:
+            have = {f.path for f in self.client.list_artifacts(run.info.run_id)}
+            lost = [name for name in ROUND_FILES if name not in have]
+            if lost:
+                k = int(run.data.tags["sddkit.round"])
+                keeps = f" and keeps rounds 0–{k - 1}" if k else ""
+                raise TrackingError(
+                    f"run {run.info.run_id} (round {k} of trajectory run {self.run_id}): {' and '.join(lost)} "
+                    f"{'is' if len(lost) == 1 else 'are'} missing, and this resume builds on it; repair it with "
+                    f"the same `sddkit run` plus --redo-from {k}: it retrains round {k} on{keeps} (--force would "
+                    f"instead start a new run and retrain every round)")
+
+    def restore_labels(self, noisy: torch.Tensor) -> None:
+        """Put back the parent's noisy_labels.npy when it was deleted (derived from the config: said, not silent)."""
+        if LABELS in {f.path for f in self.client.list_artifacts(self.run_id)}:
+            return
+        self.note_rebuilt("labels", f"{LABELS} of run {self.run_id} is missing")
+        log_files(self.client, self.run_id, {LABELS: _npy(noisy.cpu().numpy())})
+
     def reopen(self) -> None:
         """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
         self.client.update_run(self.run_id, status="RUNNING")
@@ -307,7 +333,7 @@ class TrajectoryRun:
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
         self.client.log_batch(self.run_id, metrics=[Metric("noise_realised_rate", realised_rate, now_ms(), 0)])
-        log_files(self.client, self.run_id, {"noisy_labels.npy": _npy(noisy.cpu().numpy())})
+        log_files(self.client, self.run_id, {LABELS: _npy(noisy.cpu().numpy())})
 
     def save_state(self, name: str, state: dict) -> None:
         log_files(self.client, self.run_id, {f"state/{name}.pt": torch_bytes(state)})
@@ -546,6 +572,8 @@ def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
 # A round's weights. Since the sparse format (``checkpoint``) it holds the kept values only; before, the dense
 # state dict. The name stayed: runs of either kind load alike, and tools that list a round's files still find it.
 WEIGHTS = "weights.pt"
+ROUND_FILES = ("mask.npz", WEIGHTS)  # what a later round, load_round and reinit read of a round
+LABELS = "noisy_labels.npy"  # the parent's copy of the labels it trained on
 
 
 def sparse_weights(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> bytes:
