@@ -30,9 +30,14 @@ def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str |
         if params_path and not path.is_file():
             raise config_mod.ConfigError(f"--params {params_path}: no such file")
         params = config_mod.read_params_file(path) if path.is_file() else {}
-        return config_mod.load_config(params, preset=preset, overrides=list(sets))
+        cfg = config_mod.load_config(params, preset=preset, overrides=list(sets))
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
+    note = config_mod.schedule_note(cfg)
+    if note:
+        from rich.markup import escape
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    return cfg
 
 
 class SpreadOptions(click.Command):
@@ -268,7 +273,7 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
         rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
     except (*USER_ERRORS, config_mod.ConfigError) as exc:
         fail(str(exc))
-    columns = {"trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
+    columns = {"name": "trajectory", "trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
                "redense_test_acc": "re-dense test %", "interpolation_max_train_loss": "max train loss along α",
                "sharpness": "sharpness"}
     percent, accuracy = (lambda v: f"{100 * v:.2f}"), (lambda v: f"{v:.1f}")  # noqa: E731

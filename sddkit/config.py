@@ -321,6 +321,19 @@ def check_combination(cfg: Config) -> Config:
     return cfg
 
 
+def schedule_note(cfg: Config) -> str | None:
+    """The warning for multistep milestones a round never reaches (a preset's, kept after train.epochs was
+    lowered): the schedule the user reads is not the one that runs. A warning, not an error: such a config
+    still trains (the lr stays put), and examples like ``dvc exp run -S +train.epochs=30`` rely on that."""
+    t = cfg.train
+    late = [m for m in t.milestones if m >= t.epochs]
+    if t.schedule != "multistep" or not late or not t.epochs:
+        return None
+    return (f"train.milestones = {t.milestones}: {', '.join(map(str, late))} {'is' if len(late) == 1 else 'are'} "
+            f"not before the last epoch (train.epochs = {t.epochs}), so the learning rate never drops there; set "
+            f"train.milestones too (e.g. train.milestones=[] or [{max(1, int(t.epochs * 0.85))}])")
+
+
 def check_name(key: str, name: str, limit: int, alternative: str = "") -> None:
     if not name.strip() or len(name) > limit:
         shown = repr(name[:40]) + ("…" if len(name) > 40 else "")
