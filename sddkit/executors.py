@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import multiprocessing
 import os
@@ -69,6 +70,9 @@ class EventReporter(trajectory.Reporter):
     def round_done(self, round_index, metrics):
         post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
                                 metrics.get("round_seconds")))
+
+    def waiting(self, owner):
+        post(self.events, Event(self.key, "waiting", note=owner))
 
 
 def run_cell(task: Task, events=None) -> Outcome:
@@ -462,7 +466,9 @@ def start_ray(ray, address: str | None, env: dict) -> None:
     job-level py_module: Ray uploads a local folder only there) as the job's runtime env; its nodes here
     import the installed one."""
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    options = dict(address=address, log_to_driver=False, include_dashboard=False)
+    # Ray's own INFO and WARNING lines (coloured at a terminal) would cut through the sweep's view; what
+    # matters reaches the user as the project's one line (the errors below) or the cell's failure.
+    options = dict(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.ERROR)
     try:
         if joining:
             ray.init(**options, runtime_env={"env_vars": env, "py_modules": [str(package_folder())]})

@@ -179,5 +179,15 @@ def check_copied(db: Path, home: Path, changes: list) -> None:
     if left_behind or (runs and not any(present)):
         value, old = left_behind[0] if left_behind else runs[0][:2]
         raise StoreElsewhere(f"tracking store {db} keeps its artifacts in {old}, outside this project, and "
-                             f"{home} lacks them (run {value}): copy that folder to {home} (cp -a), then rerun; "
-                             f"or set tracking.uri to the store beside {old}")
+                             f"{home} lacks them (run {value}): copy them with `{copy_command(old, home)}`, then "
+                             f"rerun; or set tracking.uri to the store beside {old}")
+
+
+def copy_command(old: Path, home: Path) -> str:
+    """The exact copy that fills ``home`` from ``old``: the folder itself where ``home`` does not exist yet,
+    else its contents into it, keeping what is there (``cp -a old home`` onto an existing home would nest
+    ``mlruns/mlruns``)."""
+    import shlex
+    if not home.exists():
+        return f"cp -a {shlex.quote(str(old))} {shlex.quote(str(home))}"
+    return f"cp -an {shlex.quote(str(old) + '/.')} {shlex.quote(str(home) + '/')}"

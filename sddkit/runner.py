@@ -143,7 +143,13 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     tracker.check_room(bytes_needed(inputs.model.state_dict(), cfg.prune.rounds + 1, inputs.names, cfg.prune.rate))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     identity = lease_identity(cfg.identity_hash(), code)
-    on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
+    told: set[str] = set()
+
+    def on_wait(holder) -> None:
+        console.print(f"waiting for {holder.describe()}", highlight=False)
+        if reporter is not None and holder.token not in told:  # once an owner (a sweep's view shows it)
+            told.add(holder.token)
+            reporter.waiting(holder.describe())
     with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
         existing = None if force else tracker.find_trajectory(cfg, code)

@@ -258,3 +258,16 @@ def test_two_ray_nodes_log_into_one_sddkit_server_and_a_local_store_is_refused(p
 def torch_bool():
     import torch
     return torch.bool
+
+
+def test_a_ray_started_by_the_sweep_prints_none_of_rays_own_lines(capfd):
+    """Ray's coloured INFO/WARNING lines leaked into the sweep's output (issue 29)."""
+    from sddkit import executors
+    capfd.readouterr()
+    executors.start_ray(ray, None, {})
+    try:
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    err = capfd.readouterr().err
+    assert "WARNING" not in err and "INFO" not in err and "\x1b[" not in err, err

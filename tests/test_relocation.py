@@ -98,6 +98,32 @@ def test_a_store_copied_without_its_artifacts_is_refused_in_one_line(finished, t
     assert fingerprint(clone) == before and fingerprint(original) == original_before  # nothing written
 
 
+def test_the_refusal_gives_the_exact_copy_command_which_repairs_the_copy(finished, tmp_path, monkeypatch):
+    """"copy that folder (cp -a)", followed literally onto an existing mlruns/, nested mlruns/mlruns (issue
+    29): the refusal gives the command itself, and running it as printed repairs the copy."""
+    import re
+    original, store, rows = finished
+    for name, prepare in (("without-mlruns", lambda c: None),
+                          ("missing-a-run", lambda c: shutil.rmtree(c / "mlruns" / round_ids(store)[2]))):
+        copy = tmp_path / name
+        copy.mkdir()
+        (copy / ".git").mkdir()
+        shutil.copy2(original / "mlflow.db", copy / "mlflow.db")
+        if name == "missing-a-run":
+            shutil.copytree(original / "mlruns", copy / "mlruns", symlinks=True)
+        prepare(copy)
+        monkeypatch.chdir(copy)
+        refused = CliRunner().invoke(main, ["ls"])
+        assert refused.exit_code == 1, refused.output
+        (command,) = re.findall(r"`(cp [^`]+)`", " ".join(refused.output.split()))
+        subprocess.run(command, shell=True, check=True)
+        assert not (copy / "mlruns" / "mlruns").exists()
+        listed = CliRunner().invoke(main, ["ls"])
+        assert listed.exit_code == 0 and store.run_id[:8] in listed.output, listed.output
+        mask, weights = sddkit.load_round("lottery", 2)
+        assert mask and weights
+
+
 def test_locations_elsewhere_than_an_mlruns_folder_are_left_alone(tmp_path):
     db = tmp_path / "mlflow.db"
     with sqlite3.connect(db) as con:

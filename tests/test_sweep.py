@@ -384,3 +384,50 @@ def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
     assert "round 3 of 4" in text and "72.0" in text and "waiting for its lottery twin" in text
     assert "0:00:20" in text  # ETA: 2 rounds left at 10 s each
     assert "node1 pid 7" in text
+
+
+def test_the_sweep_header_is_whole_lines_without_a_stray_separator(monkeypatch, tmp_path):
+    """The sweep's header ended with a stray `; ` where the terminal wrapped it (issue 29)."""
+    from rich.console import Console
+    screen = io.StringIO()
+    monkeypatch.setattr(sweep, "console", Console(file=screen, width=60))
+    executor = type("E", (), {"describe": lambda self: "2 local worker processes"})()
+    logs = tmp_path / ("a-rather-long-project-folder-name" * 2) / ".sddkit" / "sweep-0123456789ab"
+    sweep.print_header("0123456789ab", 4, 1, executor, logs)
+    lines = screen.getvalue().splitlines()
+    assert lines == ["sweep 0123456789ab: 4 cells (1 finished already) on 2 local worker processes",
+                     f"  cell logs: {logs}/"]
+
+
+def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project):
+    """A cell whose trajectory another process was training showed as "started" (issue 29)."""
+    import threading
+    from rich.console import Console
+    from sddkit import executors, fingerprint, runner
+    from sddkit.config import load_config
+    from test_lease import plant
+    uri = f"sqlite:///{project}/mlflow.db"
+    cfg = load_config(overrides=["data.train_size=300", "train.epochs=1", "prune.rounds=1", f"tracking.uri={uri}"])
+    events = []
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+    def put(event):  # the owner dies once the cell has said it waits: the cell then takes the lease over
+        events.append(event)
+        if event.kind == "waiting":
+            threading.Timer(1.0, owner.kill).start()
+    box = type("Box", (), {"put": lambda self, e: put(e)})()
+    try:
+        plant(uri, Tracker(uri, project).experiment_id("sddkit"), f"{cfg.identity_hash()}.{fingerprint.code_hash()}",
+              pid=owner.pid)
+        runner.run_trajectory(cfg, project, quiet=True, wait=True, reporter=executors.EventReporter("k", box))
+    finally:
+        owner.kill()
+        owner.wait()
+    assert [e.kind for e in events].count("waiting") == 1 and f"pid {owner.pid}" in events[0].note
+    screen = io.StringIO()
+    view = sweep_view.LineView([FakeCell("k", "lottery·s0", 1)], {}, Console(file=screen))
+    from sddkit.cell_events import Event
+    view.event(Event("k", "started", host="vm", pid=1))
+    view.event(events[0])
+    assert view.cells["k"].progress() == "waiting for another process"
+    assert f"lottery·s0: waiting: its trajectory is being trained by pid {owner.pid}" in screen.getvalue()
