@@ -162,10 +162,38 @@ def planned_changes(con: sqlite3.Connection, home: Path) -> list[tuple[str, str,
             path = local_path(location)
             moved = moved_from(path, home) if path is not None else None
             if moved is not None:
-                new = home / moved[1]
-                text = new.as_uri() if location.startswith("file:") else str(new)
-                changes.append((table, key, column, value, moved[0], text))
+                changes.append((table, key, column, value, moved[0], moved_location(location, home)))
     return changes
+
+
+def moved_location(location: str | None, home: Path) -> str | None:
+    """``location`` moved into ``home`` when it lies under another mlruns/ folder (in the same form: a
+    ``file:`` URI or a plain path), else None."""
+    path = local_path(location)
+    moved = moved_from(path, home) if path is not None else None
+    if moved is None:
+        return None
+    new = home / moved[1]
+    return new.as_uri() if location.startswith("file:") else str(new)
+
+
+def readable_view(db: Path) -> Path | None:
+    """For a store that cannot be written (a read-only copy of a moved project): the mlruns/ folder to read
+    its artifacts from, resolving each location on the fly (``moved_location``), or None when nothing moved.
+    Checked as ``relocate`` checks (StoreElsewhere when the artifacts are not here); the file is opened
+    read-only, so nothing is written, not even a journal."""
+    if not db.is_file():
+        return None
+    home = artifact_home(db)
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        changes = planned_changes(con, home) if has_locations(con) else []
+    finally:
+        con.close()
+    if not any(c[0] == "runs" for c in changes):
+        return None
+    check_copied(db, home, changes)
+    return home
 
 
 def check_copied(db: Path, home: Path, changes: list) -> None:

@@ -232,21 +232,63 @@ def open_store(uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=uri)
     # A read-only folder takes no lock file; nothing can be created or migrated there either.
     with locked(db.with_name(f".{db.name}.lock"), required=False):
-        moved_store(db)
-        client = MlflowClient(tracking_uri=uri)
+        home = moved_store(db)
+        client = MlflowClient(tracking_uri=uri) if home is None else RelocatingClient(uri, home)
         client.search_experiments(max_results=1)
     return client
 
 
-def moved_store(db: Path) -> None:
-    """Point a copied or moved project's store at its own artifacts (``relocation``), or refuse it."""
+_read_only_noted: set[Path] = set()
+
+
+def moved_store(db: Path) -> Path | None:
+    """Point a copied or moved project's store at its own artifacts (``relocation``), or refuse it. A store
+    that cannot be written is not rewritten: the mlruns/ folder to read its artifacts from is returned
+    (None otherwise), and its locations are resolved on every read (``RelocatingClient``)."""
     try:
         relocation.relocate(db)
+        return None
     except relocation.StoreElsewhere as exc:
         raise TrackingError(str(exc)) from exc
-    except sqlite3.Error as exc:  # read-only, locked for a minute
-        raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be updated "
-                            f"({exc}); make it writable, then rerun") from exc
+    except sqlite3.Error as exc:  # read-only, or locked for a minute
+        if not read_only(db, exc):
+            raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be "
+                                f"updated ({exc}); let the process holding it finish, then rerun") from exc
+    try:
+        home = relocation.readable_view(db)
+    except relocation.StoreElsewhere as exc:
+        raise TrackingError(str(exc)) from exc
+    if home is not None and db not in _read_only_noted:
+        _read_only_noted.add(db)
+        print(f"{db}: a read-only copy of a moved project: its artifacts are read from {home} (the store is "
+              f"not rewritten; anything that writes to it will fail)", file=sys.stderr)
+    return home
+
+
+def read_only(db: Path, exc: sqlite3.Error) -> bool:
+    """Whether the store cannot be written at all (a read-only mount or file), rather than busy."""
+    return "readonly" in str(exc) or not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK)
+
+
+class RelocatingClient(MlflowClient):
+    """A client on a store that cannot be written: the artifact locations MLflow froze as absolute paths into
+    the original project's mlruns/ are resolved into this one's (``home``) on every read, where ``relocate``
+    would have rewritten them once. Writes go to the store as usual, and fail there."""
+
+    def __init__(self, tracking_uri: str, home: Path):
+        super().__init__(tracking_uri=tracking_uri)
+        self._home = home
+
+    def _repository(self, run_id: str):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        location = self.get_run(run_id).info.artifact_uri
+        return get_artifact_repository(relocation.moved_location(location, self._home) or location)
+
+    def list_artifacts(self, run_id: str, path=None):
+        return self._repository(run_id).list_artifacts(path)
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
+        return self._repository(run_id).download_artifacts(path, dst_path)
 
 
 def check_store_file(uri: str) -> None:
