@@ -32,15 +32,17 @@ class Phases:
     last: int
     interpolation_threshold: int | None  # first round whose train_acc_noisy falls below the threshold
     critical: int | None = None  # first round, up to the minimum, more than the light tolerance below dense
+    fit_level: float = AnalysisConfig.interpolation_threshold  # train_acc_noisy (%) that counts as a fit
 
     def label(self, round_index: int) -> str:
         """light (from round 0 while test accuracy stays within the tolerance of dense), critical (from the
         first round more than the tolerance below dense while the net still interpolates), sweet (from the
         interpolation threshold up to the peak), collapse (after the peak). Without a ``critical`` round the
         light phase runs on to the sweet one; phases are contiguous, so a critical round that recovers stays
-        critical."""
+        critical. A trajectory none of whose rounds fits the noisy labels has no phases (''): they are
+        defined from that fit, and calling its rounds light would hide any fall of test accuracy."""
         if self.minimum is None:
-            return "light"
+            return ""
         sweet_from = max(self.minimum + 1, self.interpolation_threshold or 0)
         if round_index < sweet_from:
             return "light" if self.critical is None or round_index < self.critical else "critical"
@@ -63,7 +65,7 @@ def phases(rows: list[dict], threshold: float = AnalysisConfig.interpolation_thr
     peak = max(after, key=lambda i: rows[i]["test_acc"]) if len(after) else None
     below = [i for i, r in enumerate(rows) if r["train_acc_noisy"] < threshold]
     critical = first_drop(rows, minimum, light_tolerance) if minimum is not None else None
-    return Phases(0, minimum, peak, len(rows) - 1, below[0] if below else None, critical)
+    return Phases(0, minimum, peak, len(rows) - 1, below[0] if below else None, critical, threshold)
 
 
 def first_drop(rows: list[dict], until: int, tolerance: float) -> int | None:
@@ -101,6 +103,8 @@ def phase_spans(ph: Phases) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     for r in range(ph.last + 1):
         label = ph.label(r)
+        if not label:  # no phases at all (nothing fits the noisy labels)
+            continue
         spans[label] = (spans.get(label, (r, r))[0], r)
     return spans
 

@@ -6,7 +6,9 @@ An analysis already stored with the same settings is reported, not redone (``for
 """
 from __future__ import annotations
 
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,11 @@ def chosen_rounds(parent, rounds: dict[int, RoundRef], asked: tuple[int, ...], t
     return sorted({i for i in (ph.dense, ph.minimum, ph.peak, ph.last) if i is not None})
 
 
+def say(text: str) -> None:
+    """A progress line on stderr: re-dense trains for a round's epochs, so a silent minute looks like a hang."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} analyze: {text}", file=sys.stderr, flush=True)
+
+
 def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settings: Settings) -> list[dict]:
     """Analyse every trajectory ``selector`` names; one summary row per (trajectory, round)."""
     plans = []
@@ -93,6 +100,8 @@ def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settin
         cfg = config.from_params(parent.data.params)
         chosen = chosen_rounds(parent, rounds, settings.rounds, cfg.analysis.interpolation_threshold)
         plans.append((parent, cfg, rounds, chosen))
+    say(f"{sum(len(p[3]) for p in plans)} rounds of {len(plans)} trajectories: "
+        + "; ".join(f"{p[0].info.run_name} rounds {', '.join(map(str, p[3]))}" for p in plans))
     return [row for parent, cfg, rounds, chosen in plans
             for row in analyze_trajectory(tracker, root, parent, cfg, rounds, chosen, settings)]
 
@@ -100,10 +109,11 @@ def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settin
 def analyze_trajectory(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef],
                        chosen: list[int], settings: Settings) -> list[dict]:
     completed = [round_row(rounds[r].run) for r in sorted(rounds)]
+    say(f"{parent.info.run_name}: rebuilding its data, labels and init from the config")
     ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
                            trajectory.Reporter(), None)
     check_labels(tracker, parent.info.run_id, ctx.noisy)
-    return [analyze_round(tracker, ctx, rounds[r], settings) for r in chosen]
+    return [analyze_round(tracker, ctx, rounds[r], settings, parent.info.run_name) for r in chosen]
 
 
 def check_labels(tracker: Tracker, run_id: str, noisy: torch.Tensor) -> None:
@@ -122,10 +132,14 @@ def stored_labels(tracker: Tracker, run_id: str) -> torch.Tensor:
             raise damaged(tracker, run_id, LABELS, f"corrupt ({exc.__class__.__name__})") from exc
 
 
-def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, settings: Settings) -> dict:
+def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, settings: Settings,
+                  name: str = "") -> dict:
     masks, sparse = read_mask(tracker, ref.run_id), read_weights(tracker, ref.run_id)
+    say(f"{name} round {ref.index}: re-dense")
     dense, redense_id = redense_solution(tracker, ctx, ref, masks, sparse, settings)
+    say(f"{name} round {ref.index}: interpolation, sparse to re-dense")
     interpolation = interpolate(tracker, ctx, ref, sparse, dense, redense_id, settings)
+    say(f"{name} round {ref.index}: loss landscape")
     walk = walk_landscape(tracker, ctx, ref, masks, sparse, settings)
     summary = {"redense_test_acc": interpolation[-1]["test_acc"],
                "redense_train_acc_noisy": interpolation[-1]["train_acc_noisy"],
@@ -135,7 +149,7 @@ def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, sett
     for run_id in (ref.run_id, ref.parent_id):  # on the parent as a curve over rounds (step = round)
         tracker.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, ref.index) for k, v in summary.items()])
     row = round_row(ref.run)
-    return {"trajectory": ref.parent_id, "round": ref.index, "sparsity": row["sparsity"],
+    return {"name": name, "trajectory": ref.parent_id, "round": ref.index, "sparsity": row["sparsity"],
             "test_acc": row["test_acc"], **summary}
 
 

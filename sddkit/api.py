@@ -19,7 +19,7 @@ import torch
 
 from sddkit import config, failures, lease, paths
 from sddkit.fingerprint import code_hash
-from sddkit.compare import check_filters, matches
+from sddkit.compare import check_filters, matches, without_mode_followers
 from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
     read_weights, round_row, select_trajectories, stored_summary, trajectory_name
 
@@ -233,11 +233,11 @@ def config_values(run) -> dict:
 
 
 def differing_keys(runs: list, skip=()) -> list[str]:
-    """The params (but ``skip``) whose logged values differ between ``runs``: those that change results first
-    (config.NOT_IDENTITY last), each part sorted."""
-    keys = {k for r in runs for k in r.data.params} - set(skip)
-    differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
-    return sorted(differ, key=lambda k: (k in config.NOT_IDENTITY, k))
+    """The params (but ``skip``) whose logged values differ between ``runs`` and change results, sorted: not
+    config.NOT_IDENTITY (where a run was stored, its threads...), nor what follows from the retrain mode."""
+    keys = {k for r in runs for k in r.data.params} - set(skip) - config.NOT_IDENTITY
+    differ = sorted(k for k in keys if len({r.data.params.get(k) for r in runs}) > 1)
+    return without_mode_followers(differ, [r.data.params for r in runs])
 
 
 def trajectory_labels(runs: list) -> dict[str, str]:

@@ -11,7 +11,9 @@ import time
 
 @dataclasses.dataclass
 class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``."""
+    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``, and
+    ``retry`` (its worker died; the executor runs it again) and ``waiting`` (another process trains its
+    trajectory: the cell waits for that owner's lease, named in ``note``)."""
     key: str
     kind: str
     round_index: int = -1
@@ -21,6 +23,7 @@ class Event:
     host: str = ""
     pid: int = 0
     at: float = dataclasses.field(default_factory=time.time)
+    note: str = ""          # ``retry``: why the cell runs again; ``waiting``: the owner waited for
 
 
 def post(events, event: Event) -> None:

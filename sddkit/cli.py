@@ -30,9 +30,14 @@ def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str |
         if params_path and not path.is_file():
             raise config_mod.ConfigError(f"--params {params_path}: no such file")
         params = config_mod.read_params_file(path) if path.is_file() else {}
-        return config_mod.load_config(params, preset=preset, overrides=list(sets))
+        cfg = config_mod.load_config(params, preset=preset, overrides=list(sets))
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
+    note = config_mod.schedule_note(cfg)
+    if note:
+        from rich.markup import escape
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    return cfg
 
 
 class SpreadOptions(click.Command):
@@ -190,8 +195,9 @@ def stop_like_ctrl_c() -> None:
               help="CPU cores a cell holds, and its torch threads (sweep.cpus_per_trajectory).")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
+@click.option("--yes", is_flag=True, help="Run a grid of more than sweep.max_cells cells (refused without it).")
 @format_option("the closing table of landmarks")
-def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir,
+def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir, yes,
           table_format) -> None:
     """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
     identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
@@ -209,10 +215,11 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
                  "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
         options.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
         if grid:
-            options["grid"] = dict(config_mod.parse_grid_option(g) for g in grid)
+            options["grid"] = config_mod.parse_grid_options(grid)
         settings = config_mod.read_sweep_settings(path, options)
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
+    check_sweep_size(settings, yes)
     from sddkit import executors, runner, sweep as sweeps
     folder = Path(results_dir) if results_dir else None
     try:
@@ -301,6 +308,20 @@ def reproduce_command(names, show_list, preset, sets, params_path, seeds, execut
     print_summary(report, Path(output_dir), table_format)
 
 
+def check_sweep_size(settings: config_mod.SweepConfig, yes: bool) -> None:
+    """Count the cells before laying them out (each costs a config and a hash): a grid past sweep.max_cells
+    is refused at once unless --yes; with it, the count is said before the wait."""
+    cells, points = config_mod.count_cells(settings)
+    if cells <= settings.max_cells:
+        return
+    modes, seeds = len(settings.modes) or 1, len(settings.seeds) or 1
+    shape = f"{points:,} grid points × {modes} mode{'s' * (modes > 1)} × {seeds} seed{'s' * (seeds > 1)}"
+    if not yes:
+        fail(f"sweep: {cells:,} cells ({shape}) exceed sweep.max_cells = {settings.max_cells:,}; check the grid, "
+             f"or pass --yes (or raise sweep.max_cells) to run them all", code=2)
+    click.echo(f"sweep: {cells:,} cells ({shape}); laying them out...", err=True)
+
+
 class FiniteRange(click.FloatRange):
     """A float range that also refuses nan and inf (click.FloatRange lets nan through every bound)."""
 
@@ -347,7 +368,7 @@ def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, la
         rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
     except (*USER_ERRORS, config_mod.ConfigError) as exc:
         fail(str(exc))
-    columns = {"trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
+    columns = {"name": "trajectory", "trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
                "redense_test_acc": "re-dense test %", "interpolation_max_train_loss": "max train loss along α",
                "sharpness": "sharpness"}
     percent, accuracy = (lambda v: f"{100 * v:.2f}"), (lambda v: f"{v:.1f}")  # noqa: E731

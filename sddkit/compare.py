@@ -162,9 +162,7 @@ def group_of(run) -> str:
 
 
 def differences(ours, theirs, limit: int = 3) -> str:
-    ignored = config.NOT_IDENTITY | {"seed"}
-    keys = sorted(k for k in set(ours.data.params) | set(theirs.data.params)
-                  if k not in ignored and ours.data.params.get(k) != theirs.data.params.get(k))
+    keys = differing_keys([ours.data.params, theirs.data.params])
     shown = ", ".join(f"{k}={theirs.data.params.get(k)}" for k in keys[:limit])
     return (shown + (", ..." if len(keys) > limit else "")) or f"run {theirs.info.run_id[:8]}"
 
@@ -208,8 +206,17 @@ def differing_keys(params: list[dict[str, str]]) -> list[str]:
     other retrain.* settings follow from it (a reinit's masks_from) and are left out."""
     ignored = config.NOT_IDENTITY | {"seed"}
     keys = sorted(k for k in set().union(*params) if k not in ignored and len({p.get(k) for p in params}) > 1)
+    return without_mode_followers(keys, params)
+
+
+def without_mode_followers(keys: list[str], params: list[dict[str, str]]) -> list[str]:
+    """``keys`` less those that follow from the retrain mode: with the mode differing, the other retrain.*
+    settings (a reinit's masks_from against a lottery run's None); and masks_from where no run is a reinit,
+    the only mode that reads it."""
     if "retrain.mode" in keys:
         keys = [k for k in keys if k == "retrain.mode" or not k.startswith("retrain.")]
+    if not any(p.get("retrain.mode") == "reinit" for p in params):
+        keys = [k for k in keys if k != "retrain.masks_from"]
     return keys
 
 

@@ -193,8 +193,10 @@ class SweepConfig:
                                                                 "null = 1 where the cluster has GPUs, else 0")
     cpus_per_trajectory: float = _spec(1.0, lo=0.0, lo_open=True, help="CPU cores a cell holds (Ray) and "
                                                                        "its torch threads (rounded up)")
-    max_retries: int = _spec(3, lo=0, help="ray executor: retries of a cell whose worker or node died; each "
-                                           "retry continues after the last finished round")
+    max_retries: int = _spec(3, lo=0, help="retries of a cell whose worker (or Ray node) died; each retry "
+                                           "continues after the last finished round")
+    max_cells: int = _spec(1000, lo=1, help="cells a sweep runs without --yes: a larger grid is refused at once "
+                                            "(a typo in a grid multiplies fast)")
 
 
 @dataclass
@@ -375,6 +377,19 @@ def check_combination(cfg: Config) -> Config:
     return cfg
 
 
+def schedule_note(cfg: Config) -> str | None:
+    """The warning for multistep milestones a round never reaches (a preset's, kept after train.epochs was
+    lowered): the schedule the user reads is not the one that runs. A warning, not an error: such a config
+    still trains (the lr stays put), and examples like ``dvc exp run -S +train.epochs=30`` rely on that."""
+    t = cfg.train
+    late = [m for m in t.milestones if m >= t.epochs]
+    if t.schedule != "multistep" or not late or not t.epochs:
+        return None
+    return (f"train.milestones = {t.milestones}: {', '.join(map(str, late))} {'is' if len(late) == 1 else 'are'} "
+            f"not before the last epoch (train.epochs = {t.epochs}), so the learning rate never drops there; set "
+            f"train.milestones too (e.g. train.milestones=[] or [{max(1, int(t.epochs * 0.85))}])")
+
+
 def check_name(key: str, name: str, limit: int, alternative: str = "") -> None:
     if not name.strip() or len(name) > limit:
         shown = repr(name[:40]) + ("…" if len(name) > 40 else "")
@@ -460,7 +475,28 @@ def read_sweep_settings(path: Path | None, overrides: dict | None = None) -> Swe
     grid = tree.pop("grid", None) or {}
     settings = build(SweepConfig, tree, f"{SWEEP_KEY}.")
     settings.grid = check_grid(grid)
+    check_sweep(settings)
     return settings
+
+
+def check_sweep(settings: SweepConfig) -> None:
+    """Settings that would be silently dropped: a repeated seed or mode (one cell, not two), and an address the
+    local executor never joins."""
+    for key, values, what in (("seeds", settings.seeds, "seed"), ("modes", settings.modes, "mode")):
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise ConfigError(f"{SWEEP_KEY}.{key} = {' '.join(map(str, values))}: {what} {repeated[0]} is "
+                              f"repeated; give each {what} once")
+    if settings.executor == "local" and settings.address is not None:
+        raise ConfigError(f"{SWEEP_KEY}.address = {settings.address!r}: only Ray joins a cluster; add "
+                          f"--executor ray, or drop the address to run on local processes")
+
+
+def count_cells(settings: SweepConfig) -> tuple[int, int]:
+    """(cells, grid points) of a sweep, from the settings alone (a reinit cell's added twin not counted): known
+    at once, where laying the cells out builds and hashes a config for each."""
+    points = math.prod(len(values) for values in settings.grid.values())
+    return points * max(1, len(settings.modes)) * max(1, len(settings.seeds)), points
 
 
 def check_grid(grid: Any) -> dict[str, list]:
@@ -495,6 +531,16 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--grid {text!r}: the values are not a comma-separated list ({exc.__class__.__name__})")
     return key.strip(), values
+
+
+def parse_grid_options(texts) -> dict[str, list]:
+    """Every ``--grid`` option as one grid: a key given twice keeps the values of both, in order, rather than
+    the last option alone (a value repeated is refused later, by check_grid)."""
+    grid: dict[str, list] = {}
+    for text in texts:
+        key, values = parse_grid_option(text)
+        grid.setdefault(key, []).extend(values)
+    return grid
 
 
 def read_compare_settings(path: Path | None) -> CompareConfig:

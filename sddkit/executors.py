@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import multiprocessing
 import os
@@ -18,8 +19,6 @@ import signal
 import socket
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 
 from sddkit import lifeline, runner, trajectory
@@ -72,6 +71,9 @@ class EventReporter(trajectory.Reporter):
         post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
                                 metrics.get("round_seconds")))
 
+    def waiting(self, owner):
+        post(self.events, Event(self.key, "waiting", note=owner))
+
 
 def run_cell(task: Task, events=None) -> Outcome:
     """One cell in a worker: its trajectory trained, continued or (finished already) reported."""
@@ -123,18 +125,17 @@ def attempt(fn, *args):
 
 # ---------------------------------------------------------------- local processes
 
-_events = None  # a local worker's queue to the driver (set by its initializer)
+_events = None  # a local worker's channel to the driver (set by its initializer)
 
 
-def worker_started(parent: int, events, devices) -> None:
-    """Each local worker's initializer: die with the parent (even by kill -9), take SIGTERM (the parent's
-    death, or ``cancel``) as Ctrl-C, so the trajectory being trained is marked KILLED and its lease released;
-    on a GPU machine, take one GPU (before anything touches CUDA)."""
+def worker_started(parent: int, events, device: str | None) -> None:
+    """Each local worker's start: die with the parent (even by kill -9), take SIGTERM (the parent's death, or
+    ``cancel``) as Ctrl-C, so the trajectory being trained is marked KILLED and its lease released; on a GPU
+    machine, see one GPU alone (before anything touches CUDA)."""
     global _events
     _events = events
     lifeline.stop_like_ctrl_c(signal.SIGTERM)
     lifeline.die_with_parent(parent)
-    device = devices.get() if devices is not None else None
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
 
@@ -147,62 +148,212 @@ def local_work(task: Task) -> Outcome:
     except (KeyboardInterrupt, SystemExit):  # the trajectory is marked KILLED by now
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(INTERRUPTED)
+
+
+INTERRUPTED = 130  # a worker's exit status after Ctrl-C or cancel: stopped on purpose, not retried
+
+
+class PipeEvents:
+    """A local worker's side of its own pipe to the driver: events and outcomes in the order they happened. One
+    pipe per worker, not one queue for all: a worker killed mid-write damages its own pipe alone (a shared
+    queue's lock would die held, and the other workers' events with it)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def put(self, event: Event) -> None:
+        self.conn.send(("event", event))
+
+
+def worker_main(parent: int, conn, device: str | None) -> None:
+    """A local worker: run the calls the driver sends until it sends None."""
+    worker_started(parent, PipeEvents(conn), device)
+    while True:
+        try:
+            call = conn.recv()
+        except EOFError:  # the driver is gone
+            return
+        if call is None:
+            return
+        call_id, fn, args = call
+        conn.send(("outcome", call_id, picklable(attempt(fn, *args))))
+
+
+def picklable(value):
+    """``value``, or for an exception that cannot cross a pipe, a CellFailed with its text."""
+    import pickle
+    try:
+        pickle.dumps(value)
+        return value
+    except Exception:  # noqa: BLE001 - any pickling failure: keep the message
+        return CellFailed(f"{type(value).__name__}: {value}")
+
+
+@dataclasses.dataclass(eq=False)
+class Call:
+    """One call a local worker runs for the driver (a handle of ``LocalExecutor``): a cell, or any function."""
+    fn: object
+    args: tuple
+    key: str = ""                   # the cell's key, for the events the executor makes of a retry
+    deaths: int = 0                 # workers that died running it
+    result: object = dataclasses.field(default=None, repr=False)
+    done: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class Worker:
+    process: object
+    conn: object
+    call: Call | None = None
 
 
 class LocalExecutor:
-    """``jobs`` worker processes on this machine. Where it has GPUs, worker i sees GPU i mod #GPUs alone (more
-    workers than GPUs share them); ``gpus=0`` on a GPU machine hides them, so cells run on the CPU."""
+    """``jobs`` worker processes on this machine, each with its own pipe to the driver. Where it has GPUs,
+    worker i sees GPU i mod #GPUs alone (more workers than GPUs share them); ``gpus=0`` on a GPU machine
+    hides them, so cells run on the CPU.
+
+    A worker that dies (kill -9, the OOM killer) costs only its own call: a new worker takes its place and
+    the call is run again, ``retries`` times at most (as Ray retries a task); its trajectory continues after
+    its last finished round, taking over the dead worker's lease at once (same host, pid gone). The other
+    workers go on as if nothing happened."""
     name = "local"
 
-    def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False):
-        self.jobs = jobs
+    def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False, retries: int = 0):
+        self.jobs, self.retries = jobs, retries
         # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
-        context = multiprocessing.get_context("spawn")
-        self.events = context.Queue()
-        devices = None
-        if gpus or hide_gpus:
-            devices = context.Queue()
-            for i in range(jobs):
-                devices.put(str(i % gpus) if gpus else "")
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_started,
-                                        initargs=(os.getpid(), self.events, devices))
+        self.context = multiprocessing.get_context("spawn")
+        self.devices = [str(i % gpus) if gpus else "" for i in range(jobs)] if gpus or hide_gpus else [None] * jobs
+        self.workers: list[Worker | None] = [None] * jobs  # slot i keeps its device across replacements
+        self.queue: list[Call] = []
+        self.calls: dict[int, Call] = {}
+        self.events: list[Event] = []
 
     def describe(self) -> str:
         return f"{self.jobs} local worker process{'es' if self.jobs > 1 else ''}"
 
-    def submit(self, task: Task) -> Future:
-        return self.pool.submit(local_work, task)
+    def submit(self, task: Task) -> Call:
+        return self.call(local_work, task, key=task.key)
 
-    def wait(self, handles: list[Future], timeout: float) -> list[Future]:
-        done, _ = wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)
-        return list(done)
+    def call(self, fn, *args, key: str = "") -> Call:
+        """Run ``fn(*args)`` in a worker (a module-level function: it crosses to a fresh interpreter)."""
+        call = Call(fn, args, key)
+        self.calls[id(call)] = call
+        self.queue.append(call)
+        self.pump(0)
+        return call
 
-    def outcome(self, handle: Future):
-        return attempt(handle.result)
+    def wait(self, handles: list[Call], timeout: float) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        self.pump(0)  # what has arrived counts, even when a handle is done already
+        while True:
+            done = [h for h in handles if h.done]
+            left = deadline - time.monotonic()
+            if done or left <= 0:
+                return done
+            self.pump(left)
+
+    def outcome(self, handle: Call):
+        return handle.result
 
     def drain(self) -> list[Event]:
-        out = []
-        while True:
-            try:
-                out.append(self.events.get_nowait())
-            except Exception:  # noqa: BLE001 - queue.Empty (or a worker killed mid-put)
-                return out
+        self.pump(0)
+        out, self.events = self.events, []
+        return out
 
-    def cancel(self, handles: list[Future]) -> None:
+    # -- the workers
+
+    def pump(self, timeout: float) -> None:
+        """Read what the workers sent (waiting up to ``timeout`` for something), replace the dead ones, and
+        hand queued calls to idle workers."""
+        from multiprocessing.connection import wait as wait_ready
+        live = [w for w in self.workers if w is not None]
+        if not live:
+            time.sleep(min(timeout, 0.05))  # nothing to wait on (all calls done or none yet)
+        ready = wait_ready([w.conn for w in live] + [w.process.sentinel for w in live], timeout) if live else []
+        for worker in live:
+            if worker.conn in ready or worker.process.sentinel in ready:
+                self.read(worker)
+        self.assign()
+
+    def read(self, worker: Worker) -> None:
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                if message[0] == "event":
+                    self.events.append(message[1])
+                else:
+                    call = self.calls.pop(message[1])
+                    call.result, call.done, worker.call = message[2], True, None
+        except Exception:  # noqa: BLE001 - EOF, or a message cut off by the worker's death
+            pass
+        if not worker.process.is_alive():  # all it sent has been read: the pipe ends where it died
+            self.buried(worker)
+
+    def buried(self, worker: Worker) -> None:
+        """A worker ended: free its slot; its call, if unfinished, runs again (or fails, past the retries)."""
+        worker.process.join()
+        worker.conn.close()
+        self.workers[self.workers.index(worker)] = None
+        call = worker.call
+        if call is None or call.done:
+            return
+        status = worker.process.exitcode
+        how = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        call.deaths += 1
+        if status == INTERRUPTED or call.deaths > self.retries:
+            self.calls.pop(id(call), None)
+            why = "was interrupted" if status == INTERRUPTED else f"died {call.deaths} times (last: {how})"
+            call.result, call.done = CellFailed(f"its worker process {why}; rerun the sweep to continue it"), True
+            return
+        self.events.append(Event(call.key, "retry", call.deaths, self.retries,
+                                 note=f"its worker (pid {worker.process.pid}) died ({how}); retry {call.deaths} "
+                                      f"of {self.retries}"))
+        self.queue.insert(0, call)
+
+    def assign(self) -> None:
+        for slot in range(self.jobs):
+            if not self.queue:
+                return
+            worker = self.workers[slot]
+            if worker is None:
+                worker = self.workers[slot] = self.start_worker(slot)
+            if worker.call is None:
+                worker.call = call = self.queue.pop(0)
+                worker.conn.send((id(call), call.fn, call.args))
+
+    def start_worker(self, slot: int) -> Worker:
+        # Started from the driver's main thread: the parent-death signal follows that thread (lifeline).
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=worker_main, args=(os.getpid(), theirs, self.devices[slot]),
+                                       daemon=True)
+        process.start()
+        theirs.close()
+        return Worker(process, ours)
+
+    def cancel(self, handles: list[Call]) -> None:
         """Drop what has not started and stop the workers now: SIGTERM stops a worker as Ctrl-C does (it marks
         its run KILLED and exits); one still alive after ``CANCEL_GRACE_S`` is killed."""
-        workers = list((self.pool._processes or {}).values())  # no public handle before Python 3.14
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.queue.clear()
+        workers = [w for w in self.workers if w is not None]
         for worker in workers:
-            worker.terminate()
+            worker.process.terminate()
         for worker in workers:
-            worker.join(timeout=CANCEL_GRACE_S)
-            if worker.is_alive():
-                worker.kill()
+            worker.process.join(timeout=CANCEL_GRACE_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        self.workers = [None] * self.jobs
 
     def close(self) -> None:
-        self.pool.shutdown()
+        for worker in filter(None, self.workers):
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in filter(None, self.workers):
+            worker.process.join(timeout=CANCEL_GRACE_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+        self.workers = [None] * self.jobs
 
 
 def local_jobs(jobs: int, gpus: int, gpus_per_cell: float | None, cells: int) -> int:
@@ -319,7 +470,9 @@ def start_ray(ray, address: str | None, env: dict):
     job-level py_module: Ray uploads a local folder only there) as the job's runtime env; its nodes here
     import the installed one."""
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    options = dict(address=address, log_to_driver=False, include_dashboard=False)
+    # Ray's own INFO and WARNING lines (coloured at a terminal) would cut through the sweep's view; what
+    # matters reaches the user as the project's one line (the errors below) or the cell's failure.
+    options = dict(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.ERROR)
     check_address(address)
     reaper = None  # the reaper of a Ray started here (lifeline.reap)
     try:

@@ -64,6 +64,11 @@ def compare_figure(series: list[Series], title: str, fmt: str = "png") -> bytes:
     """Accuracy against remaining weights (log axis, % ticks, dense on the left, sparsity on top): mean lines,
     ± std bands, landmark markers, dotted lines at each minimum and peak, the paper's read-offs as hollow
     diamonds; below, one strip a curve with its phases shaded."""
+    return figure_bytes(draw_compare(series, title), fmt, tight_layout=False)  # the box still fits the legend
+
+
+def draw_compare(series: list[Series], title: str):
+    """The figure of ``compare_figure``, not yet saved."""
     fig = plt.figure(figsize=(10, 5.2 + 0.28 * len(series)), dpi=130)
     grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.3 + 0.28 * len(series)], hspace=0.06)
     ax = fig.add_subplot(grid[0])
@@ -72,7 +77,7 @@ def compare_figure(series: list[Series], title: str, fmt: str = "png") -> bytes:
     ax.legend(handles=legend_handles(ax.get_legend_handles_labels()[0], series), fontsize=8, loc="upper left",
               bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=10)
-    return figure_bytes(fig, fmt, tight_layout=False)  # the saved box still fits the legend outside
+    return fig
 
 
 def panels_figure(panels: list[tuple[str, list[Series | None]]], title: str, fmt: str = "png") -> bytes:
@@ -88,12 +93,15 @@ def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
     fig = plt.figure(figsize=(1.6 + 4.2 * len(panels), 5.2 + 0.28 * slots), dpi=130)
     grid = fig.add_gridspec(2, len(panels), height_ratios=[5.0, 0.3 + 0.28 * slots], hspace=0.06, wspace=0.05)
     xs = [100 * r for _, series in panels for s in series if s is not None for r in s.remaining]
+    each = [next((series[i] for _, series in panels if i < len(series) and series[i] is not None), None)
+            for i in range(slots)]
+    names = [s.label if s is not None else "" for s in each]  # a strip row is named even where a panel lacks it
     first = None
     for j, (name, series) in enumerate(panels):
         ax = fig.add_subplot(grid[0, j], sharey=first)
         strip = fig.add_subplot(grid[1, j], sharex=ax)
         first = first or ax
-        draw_panel(ax, strip, series, xs)
+        draw_panel(ax, strip, series, xs, names)
         strip.set_xlabel("")  # once for all, below
         ax.tick_params(labelleft=j == 0)
         strip.tick_params(labelleft=j == 0)
@@ -101,8 +109,6 @@ def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
     first.set_ylabel("accuracy (%)")
     fig.supxlabel("remaining weights (log scale) — sparsity grows to the right", fontsize=10)
     fig.suptitle(title, fontsize=11, y=1.0, va="bottom")  # above the panels' titles, whatever their height
-    each = [next((series[i] for _, series in panels if i < len(series) and series[i] is not None), None)
-            for i in range(slots)]
     curves = [Line2D([], [], color=f"C{i}", linewidth=1.4, marker="o", markersize=2.5, label=s.label)
               for i, s in enumerate(each) if s is not None]
     ax.legend(handles=legend_handles(curves, [s for s in each if s is not None]), fontsize=8, loc="upper left",
@@ -110,13 +116,13 @@ def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
     return fig
 
 
-def draw_panel(ax, strip, series: list[Series | None], percents: list[float]) -> None:
+def draw_panel(ax, strip, series: list[Series | None], percents: list[float], names: list[str] | None = None) -> None:
     """The curves (series ``i`` in colour ``C{i}``) on ``ax`` and their phases on ``strip`` below it, both over
-    the remaining weights ``percents`` span."""
+    the remaining weights ``percents`` span; ``names``: the strip's rows (default: the series' labels)."""
     for i, s in enumerate(series):
         if s is not None:
             draw_series(ax, s, f"C{i}")
-    draw_phase_strip(strip, series)
+    draw_phase_strip(strip, series, names)
     remaining_axis(strip, percents)
     sparsity_axis(ax, percents)
     ax.tick_params(labelbottom=False)
@@ -133,7 +139,7 @@ def draw_series(ax, s: Series, colour: str) -> None:
         if std is not None:
             ax.fill_between(x, y - np.asarray(std), y + np.asarray(std), color=colour,
                             alpha=0.18 if key == "test_acc" else 0.09, linewidth=0)
-    for name, i in s.landmarks.items():
+    for name, i in landmarks_of(s).items():
         ax.plot(x[i], s.test_acc[i], LANDMARK_MARKERS[name], color=colour, markersize=8, markeredgecolor="black",
                 markeredgewidth=0.8, zorder=5)
         if name in ("minimum", "peak"):
@@ -144,6 +150,11 @@ def draw_series(ax, s: Series, colour: str) -> None:
                 markersize=7, markeredgewidth=1.3, zorder=6)
 
 
+def landmarks_of(s: Series) -> dict[str, int]:
+    """The landmarks the curve has (a short or never-fitting one lacks minimum and peak)."""
+    return {name: i for name, i in s.landmarks.items() if i is not None}
+
+
 def legend_handles(curves: list, series: list[Series]) -> list:
     """The ``curves``' handles, then what the line styles and markers mean."""
     handles = list(curves)
@@ -151,16 +162,19 @@ def legend_handles(curves: list, series: list[Series]) -> list:
     handles += [Line2D([], [], linestyle="-", label="test accuracy (mean" + (" ± std)" if any(
                     s.test_acc_std is not None for s in series) else ")"), **grey),
                 Line2D([], [], linestyle="--", label="train accuracy, noisy labels", **grey)]
+    drawn = {name for s in series for name in landmarks_of(s)}  # a marker no curve has is not explained
     handles += [Line2D([], [], linestyle="none", marker=m, color="0.6", markeredgecolor="black", markersize=7,
-                       label=name) for name, m in LANDMARK_MARKERS.items()]
+                       label=name) for name, m in LANDMARK_MARKERS.items() if name in drawn]
     handles += [Line2D([], [], linestyle="none", marker="D", color=f"C{i}", markerfacecolor="none", markersize=6,
                        label=f"paper: {s.paper_label}") for i, s in enumerate(series) if s.paper]
     return handles
 
 
-def draw_phase_strip(ax, series: list[Series | None]) -> None:
-    """One row a curve (the first on top; a None's row left empty): each phase a shaded span, edges halfway
-    (on the log axis) between the rounds on either side of a change."""
+def draw_phase_strip(ax, series: list[Series | None], names: list[str] | None = None) -> None:
+    """One row a curve (the first on top; a None's row left empty), named as its curve (``names``, else the
+    series' labels): each phase a shaded span, edges halfway (on the log axis) between the rounds on either
+    side of a change. A curve that never fits the noisy labels has no phases: its row says so."""
+    names = names or [s.label if s is not None else "" for s in series]
     for row, s in enumerate(series):
         if s is None:
             continue
@@ -171,13 +185,14 @@ def draw_phase_strip(ax, series: list[Series | None]) -> None:
             if i < len(s.phases) and s.phases[i] == s.phases[first]:
                 continue
             left, right = edges[first], edges[i]
-            ax.barh(row, right - left, left=left, height=0.8, color=PHASE_COLOURS[s.phases[first]],
+            phase = s.phases[first]
+            ax.barh(row, right - left, left=left, height=0.8, color=PHASE_COLOURS.get(phase, "white"),
                     edgecolor=f"C{row}", linewidth=0.6)
-            if np.log10(left / right) > 0.12 * np.log10(x[0] / x[-1]):
-                ax.text(np.sqrt(left * right), row, s.phases[first], ha="center", va="center", fontsize=7)
+            text = phase or "no phases: never fits the noisy labels"
+            if not phase or np.log10(left / right) > 0.12 * np.log10(x[0] / x[-1]):
+                ax.text(np.sqrt(left * right), row, text, ha="center", va="center", fontsize=7)
             first = i
-    ax.set_yticks(range(len(series)), [f"phases {i + 1}" if len(series) > 1 else "phases" for i in
-                                       range(len(series))], fontsize=7)
+    ax.set_yticks(range(len(series)), names, fontsize=7)
     for tick, i in zip(ax.get_yticklabels(), range(len(series))):
         tick.set_color(f"C{i}")
     ax.set_ylim(len(series) - 0.5, -0.5)

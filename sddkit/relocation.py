@@ -162,10 +162,38 @@ def planned_changes(con: sqlite3.Connection, home: Path) -> list[tuple[str, str,
             path = local_path(location)
             moved = moved_from(path, home) if path is not None else None
             if moved is not None:
-                new = home / moved[1]
-                text = new.as_uri() if location.startswith("file:") else str(new)
-                changes.append((table, key, column, value, moved[0], text))
+                changes.append((table, key, column, value, moved[0], moved_location(location, home)))
     return changes
+
+
+def moved_location(location: str | None, home: Path) -> str | None:
+    """``location`` moved into ``home`` when it lies under another mlruns/ folder (in the same form: a
+    ``file:`` URI or a plain path), else None."""
+    path = local_path(location)
+    moved = moved_from(path, home) if path is not None else None
+    if moved is None:
+        return None
+    new = home / moved[1]
+    return new.as_uri() if location.startswith("file:") else str(new)
+
+
+def readable_view(db: Path) -> Path | None:
+    """For a store that cannot be written (a read-only copy of a moved project): the mlruns/ folder to read
+    its artifacts from, resolving each location on the fly (``moved_location``), or None when nothing moved.
+    Checked as ``relocate`` checks (StoreElsewhere when the artifacts are not here); the file is opened
+    read-only, so nothing is written, not even a journal."""
+    if not db.is_file():
+        return None
+    home = artifact_home(db)
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        changes = planned_changes(con, home) if has_locations(con) else []
+    finally:
+        con.close()
+    if not any(c[0] == "runs" for c in changes):
+        return None
+    check_copied(db, home, changes)
+    return home
 
 
 def check_copied(db: Path, home: Path, changes: list) -> None:
@@ -179,5 +207,15 @@ def check_copied(db: Path, home: Path, changes: list) -> None:
     if left_behind or (runs and not any(present)):
         value, old = left_behind[0] if left_behind else runs[0][:2]
         raise StoreElsewhere(f"tracking store {db} keeps its artifacts in {old}, outside this project, and "
-                             f"{home} lacks them (run {value}): copy that folder to {home} (cp -a), then rerun; "
-                             f"or set tracking.uri to the store beside {old}")
+                             f"{home} lacks them (run {value}): copy them with `{copy_command(old, home)}`, then "
+                             f"rerun; or set tracking.uri to the store beside {old}")
+
+
+def copy_command(old: Path, home: Path) -> str:
+    """The exact copy that fills ``home`` from ``old``: the folder itself where ``home`` does not exist yet,
+    else its contents into it, keeping what is there (``cp -a old home`` onto an existing home would nest
+    ``mlruns/mlruns``)."""
+    import shlex
+    if not home.exists():
+        return f"cp -a {shlex.quote(str(old))} {shlex.quote(str(home))}"
+    return f"cp -an {shlex.quote(str(old) + '/.')} {shlex.quote(str(home) + '/')}"

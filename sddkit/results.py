@@ -59,8 +59,16 @@ def parent_summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
 def landmarks_line(rows: list[dict], ph: analysis.Phases) -> str:
     """The landmarks and the double-descent margins in one line (the closing line, the run's description)."""
     from sddkit import analysis
+    head = phase_tag(rows, ph)
+    if ph.minimum is None:  # nan would say nothing: say what the landmarks and phases wait for
+        return (f"{head}   no minimum, dip, rise, drop or phases: no round fits the noisy labels (train noisy ≥ "
+                f"{ph.fit_level:g}%, analysis.interpolation_threshold), and they are all measured from that fit")
+    if ph.peak is None:
+        dip = rows[ph.dense]["test_acc"] - rows[ph.minimum]["test_acc"]
+        return (f"{head}   dip {dip:.1f} points; no peak, rise or drop yet: the minimum is the last round "
+                f"(more rounds, prune.rounds, show what follows it)")
     margins = analysis.double_descent_margins(rows, ph)
-    return (f"{phase_tag(rows, ph)}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
+    return (f"{head}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
             f"drop {margins['drop']:.1f} points")
 
 

@@ -150,7 +150,13 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     tracker.keep_reserve()
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     identity = lease_identity(cfg.identity_hash(), code)
-    on_wait = lambda holder: console.print(f"waiting for {holder.describe()}", highlight=False)  # noqa: E731
+    told: set[str] = set()
+
+    def on_wait(holder) -> None:
+        console.print(f"waiting for {holder.describe()}", highlight=False)
+        if reporter is not None and holder.token not in told:  # once an owner (a sweep's view shows it)
+            told.add(holder.token)
+            reporter.waiting(holder.describe())
     with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
         existing = None if force else tracker.find_trajectory(cfg, code)
@@ -162,6 +168,8 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
                                          inputs.names, cfg.prune.rate, first=store.round_under_way)
         with ending(store, cfg.prune.rounds, room_left):
             lease.set_run(store.run_id)
+            if store.completed:  # a resume: the parent's files it kept from its start
+                store.restore_labels(inputs.noisy)
             if data_files:
                 log_data_inputs(tracker, store.run_id, data_files)
             announce(tracker, cfg, code, store)

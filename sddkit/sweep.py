@@ -142,8 +142,7 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
                                    str(tasks_folder(results_dir, c, by_seed)) if results_dir else None,
                                    str(logs / f"{c.label}.log")) for c in todo}
-    console.print(f"{kind} {sid}: {len(cells)} cells ({len(stored)} finished already)"
-                  + (f" on {executor.describe()}" if executor else "") + f"; cell logs in {logs}", highlight=False)
+    print_header(kind, sid, len(cells), len(stored), executor, logs)
     sweep_run = open_sweep_run(tracker, base, settings, sid, cells, kind, params)
     view = make_view(cells, stored)
     outcomes: dict[str, executors.Outcome] = dict(stored)
@@ -169,6 +168,14 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
     return Sweep(sid, cells, outcomes, tracker, sweep_run)
+
+
+def print_header(kind: str, sid: str, cells: int, stored: int, executor, logs: Path) -> None:
+    """What runs where, and where the cells' own output goes: two lines, never wrapped (a wrapped path left
+    the first line ending in a stray separator)."""
+    where = f" on {executor.describe()}" if executor else ""
+    console.print(f"{kind} {sid}: {cells} cells ({stored} finished already){where}", highlight=False, soft_wrap=True)
+    console.print(f"  cell logs: {logs}/", highlight=False, soft_wrap=True)
 
 
 def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
@@ -272,9 +279,10 @@ def make_executor(settings: SweepConfig, uri: str, cells: int):
         return executor
     gpus = executors.gpu_count()
     if settings.gpus_per_trajectory == 0:  # asked to run on the CPU: the workers see no GPU
-        return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0)
+        return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0,
+                                       retries=settings.max_retries)
     jobs = executors.local_jobs(settings.jobs, gpus, settings.gpus_per_trajectory, cells)
-    return executors.LocalExecutor(jobs, gpus)
+    return executors.LocalExecutor(jobs, gpus, retries=settings.max_retries)
 
 
 def is_local_store(uri: str) -> bool:

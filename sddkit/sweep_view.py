@@ -74,6 +74,12 @@ class View:
             cell.state, cell.started, cell.where = "running", cell.started or event.at, f"{event.host} pid {event.pid}"
             cell.round_seconds.clear()  # a retry measures its own rounds
             self.changed(event.key, f"started on {cell.where}")
+        elif event.kind == "waiting":
+            cell.state = "waiting for another process"
+            self.changed(event.key, f"waiting: its trajectory is being trained by {event.note}")
+        elif event.kind == "retry":
+            cell.state = "queued"
+            self.changed(event.key, event.note)
         elif event.kind == "round":
             cell.state, cell.round_index = "running", event.round_index
         elif event.kind == "round_done":

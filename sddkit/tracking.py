@@ -210,6 +210,7 @@ class Tracker:
         existing = None if force else (existing or self.find_trajectory(cfg, code))
         if existing is not None:
             store = TrajectoryRun(self, existing.info.run_id, lease)
+            store.check_rounds_kept(redo_from)  # before anything changes: a refused resume leaves the run as it was
             # Only an owner may do this: a live owner's round is RUNNING too.
             store.close_interrupted_rounds()
             # A kill between creating the run and logging its params left it without them.
@@ -287,21 +288,63 @@ def open_store(uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=uri)
     # A read-only folder takes no lock file; nothing can be created or migrated there either.
     with locked(db.with_name(f".{db.name}.lock"), required=False):
-        moved_store(db)
-        client = MlflowClient(tracking_uri=uri)
+        home = moved_store(db)
+        client = MlflowClient(tracking_uri=uri) if home is None else RelocatingClient(uri, home)
         client.search_experiments(max_results=1)
     return client
 
 
-def moved_store(db: Path) -> None:
-    """Point a copied or moved project's store at its own artifacts (``relocation``), or refuse it."""
+_read_only_noted: set[Path] = set()
+
+
+def moved_store(db: Path) -> Path | None:
+    """Point a copied or moved project's store at its own artifacts (``relocation``), or refuse it. A store
+    that cannot be written is not rewritten: the mlruns/ folder to read its artifacts from is returned
+    (None otherwise), and its locations are resolved on every read (``RelocatingClient``)."""
     try:
         relocation.relocate(db)
+        return None
     except relocation.StoreElsewhere as exc:
         raise TrackingError(str(exc)) from exc
-    except sqlite3.Error as exc:  # read-only, locked for a minute
-        raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be updated "
-                            f"({exc}); make it writable, then rerun") from exc
+    except sqlite3.Error as exc:  # read-only, or locked for a minute
+        if not read_only(db, exc):
+            raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be "
+                                f"updated ({exc}); let the process holding it finish, then rerun") from exc
+    try:
+        home = relocation.readable_view(db)
+    except relocation.StoreElsewhere as exc:
+        raise TrackingError(str(exc)) from exc
+    if home is not None and db not in _read_only_noted:
+        _read_only_noted.add(db)
+        print(f"{db}: a read-only copy of a moved project: its artifacts are read from {home} (the store is "
+              f"not rewritten; anything that writes to it will fail)", file=sys.stderr)
+    return home
+
+
+def read_only(db: Path, exc: sqlite3.Error) -> bool:
+    """Whether the store cannot be written at all (a read-only mount or file), rather than busy."""
+    return "readonly" in str(exc) or not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK)
+
+
+class RelocatingClient(MlflowClient):
+    """A client on a store that cannot be written: the artifact locations MLflow froze as absolute paths into
+    the original project's mlruns/ are resolved into this one's (``home``) on every read, where ``relocate``
+    would have rewritten them once. Writes go to the store as usual, and fail there."""
+
+    def __init__(self, tracking_uri: str, home: Path):
+        super().__init__(tracking_uri=tracking_uri)
+        self._home = home
+
+    def _repository(self, run_id: str):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        location = self.get_run(run_id).info.artifact_uri
+        return get_artifact_repository(relocation.moved_location(location, self._home) or location)
+
+    def list_artifacts(self, run_id: str, path=None):
+        return self._repository(run_id).list_artifacts(path)
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
+        return self._repository(run_id).download_artifacts(path, dst_path)
 
 
 def check_store_file(uri: str) -> None:
@@ -351,6 +394,31 @@ class TrajectoryRun:
         self.completed = self.completed[:first]
         self.client.set_tag(self.run_id, "sddkit.redone_from", str(first))
 
+    def check_rounds_kept(self, redo_from: int | None = None) -> None:
+        """Before a resume: every finished round it keeps (all of them, or those before ``redo_from``) still has
+        its files. The rounds still to train build on them, and a finished trajectory must hold them all;
+        otherwise the loss would surface only later, in whoever reads the round. Stops in one line offering
+        the repair that keeps the rounds before the first lost one."""
+        kept = contiguous([r for r in self._rounds if r.info.status == "FINISHED"])
+        for run in kept[:redo_from]:
+            have = {f.path for f in self.client.list_artifacts(run.info.run_id)}
+            lost = [name for name in ROUND_FILES if name not in have]
+            if lost:
+                k = int(run.data.tags["sddkit.round"])
+                keeps = f" and keeps rounds 0–{k - 1}" if k else ""
+                raise TrackingError(
+                    f"run {run.info.run_id} (round {k} of trajectory run {self.run_id}): {' and '.join(lost)} "
+                    f"{'is' if len(lost) == 1 else 'are'} missing, and this resume builds on it; repair it with "
+                    f"the same `sddkit run` plus --redo-from {k}: it retrains round {k} on{keeps} (--force would "
+                    f"instead start a new run and retrain every round)")
+
+    def restore_labels(self, noisy: torch.Tensor) -> None:
+        """Put back the parent's noisy_labels.npy when it was deleted (derived from the config: said, not silent)."""
+        if LABELS in {f.path for f in self.client.list_artifacts(self.run_id)}:
+            return
+        self.note_rebuilt("labels", f"{LABELS} of run {self.run_id} is missing")
+        log_files(self.client, self.run_id, {LABELS: _npy(noisy.cpu().numpy())})
+
     def reopen(self) -> None:
         """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
         self.client.update_run(self.run_id, status="RUNNING")
@@ -363,7 +431,7 @@ class TrajectoryRun:
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
         self.client.log_batch(self.run_id, metrics=[Metric("noise_realised_rate", realised_rate, now_ms(), 0)])
-        log_files(self.client, self.run_id, {"noisy_labels.npy": _npy(noisy.cpu().numpy())})
+        log_files(self.client, self.run_id, {LABELS: _npy(noisy.cpu().numpy())})
 
     def save_state(self, name: str, state: dict) -> None:
         log_files(self.client, self.run_id, {f"state/{name}.pt": torch_bytes(state)})
@@ -603,6 +671,8 @@ def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
 # A round's weights. Since the sparse format (``checkpoint``) it holds the kept values only; before, the dense
 # state dict. The name stayed: runs of either kind load alike, and tools that list a round's files still find it.
 WEIGHTS = "weights.pt"
+ROUND_FILES = ("mask.npz", WEIGHTS)  # what a later round, load_round and reinit read of a round
+LABELS = "noisy_labels.npy"  # the parent's copy of the labels it trained on
 
 
 def sparse_weights(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> bytes:

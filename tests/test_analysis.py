@@ -121,6 +121,29 @@ def test_a_critical_round_that_recovers_stays_critical():
     assert analysis.phase_spans(ph) == {"light": (0, 0), "critical": (1, 3), "sweet": (4, 4), "collapse": (5, 5)}
 
 
+def test_a_net_that_never_fits_the_noisy_labels_gets_no_phases_but_the_reason():
+    """Every round was labelled light though test accuracy fell 10.5 points, because the dense net never
+    reached the fit level (issue 29). No phase is made up: the closing line says what the phases need."""
+    from sddkit import results
+    rows = rows_of([80, 78, 74, 69.5], [70, 68, 66, 60])
+    ph = analysis.phases(rows)
+    assert [ph.label(i) for i in range(4)] == [""] * 4
+    assert analysis.phase_spans(ph) == {} and analysis.phase_metrics(ph) == {}
+    assert {v for k, v in analysis.phase_tags(ph).items() if k.startswith("sddkit.phase.")} == {"none"}
+    line = results.landmarks_line(rows, ph)
+    assert "nan" not in line and "light" not in line
+    assert "no round fits the noisy labels" in line and "train noisy ≥ 95%" in line
+    assert "analysis.interpolation_threshold" in line and "phases" in line
+
+
+def test_a_short_run_says_why_it_has_no_peak_instead_of_nan():
+    """The closing line printed `dip nan  rise nan  drop nan points` on a short run (issue 29)."""
+    from sddkit import results
+    rows = rows_of([80, 76], [100, 100])  # the minimum is the last round: no rise or drop yet
+    line = results.landmarks_line(rows, analysis.phases(rows))
+    assert "nan" not in line and "dip 4.0" in line and "no peak" in line and "last round" in line
+
+
 def test_light_tolerance_is_a_checked_setting_outside_the_run_identity():
     assert config.load_config().analysis.light_tolerance == 2.0
     assert config.load_config().identity_hash() == \
@@ -385,3 +408,15 @@ def test_analyze_prints_its_table_as_json_on_stdout_alone(stored):
     rows = json.loads(result.stdout)
     assert [(r["trajectory"], r["round"]) for r in rows] == [(parent_id, 1), (parent_id, 2)]
     assert all(r["sharpness"] >= 0 and 0 <= r["redense_test_acc"] <= 100 for r in rows)
+
+
+def test_analyze_shows_progress_and_names_the_trajectories(stored):
+    """`sddkit analyze` showed no sign of life for ~70 s and its table named runs only by ID (issue 29)."""
+    cfg, parent_id, tracker = stored
+    name = tracker.client.get_run(parent_id).info.run_name
+    result = CliRunner().invoke(cli.main, ANALYZE)
+    assert result.exit_code == 0, result.output
+    progress = [line for line in result.stderr.splitlines() if " analyze: " in line]
+    assert len(progress) >= 1 + 1 + 3 * 2  # the plan, the data, three steps a round
+    assert any(f"{name} round 2: re-dense" in line for line in progress)
+    assert name in result.stdout and parent_id[:8] in result.stdout  # the table: name and run

@@ -186,3 +186,20 @@ def test_sddkit_exposes_the_api_lazily():
     assert issubclass(sddkit.NoProjectError, sddkit.TrackingError)
     with pytest.raises(AttributeError):
         sddkit.no_such_thing
+
+
+def test_the_readmes_load_round_example_holds_once_a_second_noise_ratio_exists(tmp_path_factory, monkeypatch):
+    """README's `load_round("lottery", 7, where={"seed": 0})` failed as soon as a second noise ratio was
+    stored (issue 29): the example, as printed, runs on a store with seed 0 at two noise ratios."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("mask, weights = sddkit.load_round(")]
+    call = line.split("=", 1)[1].split("  #")[0].strip()
+    round_index = int(re.search(r"load_round\(\"lottery\", (\d+)", call).group(1))
+    tiny = {**SMALL, "train.epochs": 1, "prune.rounds": round_index, "tracking.experiment": "readme"}
+    root = project_with_trajectories(tmp_path_factory.mktemp("readme"), "readme",
+                                     [{**tiny, "seed": 0, "noise.ratio": r} for r in (0.2, 0.4)])
+    enter_project(root, monkeypatch)
+    mask, weights = eval(call, {"sddkit": sddkit})
+    assert mask and weights

@@ -316,3 +316,22 @@ def test_cli_by_writes_csv_and_figures_and_refuses_an_unknown_key(in_project, tm
     assert result.output.startswith("error: --by noise.ratoi: no trajectory of --runs lottery has that tag or param")
     assert result.output.rstrip().endswith("differ between the selected trajectories: noise.ratio, retrain.mode")
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_keys_that_do_not_change_results_are_not_listed_as_differences():
+    """compare and ls listed tracking.uri and retrain.masks_from=None as differences between runs (issue 29)."""
+    from types import SimpleNamespace
+    from sddkit import api
+
+    def run(**params):
+        base = {"seed": "0", "noise.ratio": "0.2", "retrain.mode": "lottery", "retrain.masks_from": "None",
+                "tracking.uri": "None", "train.threads": "1"}
+        return SimpleNamespace(data=SimpleNamespace(params={**base, **params}), info=SimpleNamespace(run_id="r"))
+    lottery = run()
+    swept = run(**{"tracking.uri": "sqlite:////p/mlflow.db", "train.threads": "2", "seed": "1"})
+    reinit = run(**{"retrain.mode": "reinit", "retrain.masks_from": "lottery"})
+    assert api.differing_keys([lottery, swept]) == ["seed"]  # ls: where it was stored is no difference
+    assert api.differing_keys([lottery, reinit]) == ["retrain.mode"]  # masks_from follows from the mode
+    assert compare.differences(lottery, swept) == "run r"  # only the seed differs: nothing to name
+    assert api.differing_keys([lottery, run(**{"retrain.masks_from": "x"})]) == []  # lottery never reads it
+    assert api.differing_keys([reinit, run(**{"retrain.mode": "reinit"})]) == ["retrain.masks_from"]

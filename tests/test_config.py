@@ -334,3 +334,17 @@ def test_every_key_is_described_with_a_readable_type_default_allowed_values_and_
     assert by_key["train.optimizer"]["allowed"] == "sgd, adam"
     assert by_key["data.standardize"]["allowed"] == "true, false"
     assert by_key["prune.exclude"]["type"] == "list[str] or null"
+
+
+def test_milestones_past_the_last_epoch_are_warned_about_in_one_line(project):
+    """train.epochs=10 silently kept the quick preset's milestones=[68] (issue 29)."""
+    from click.testing import CliRunner
+    from sddkit import cli
+    result = CliRunner().invoke(cli.main, ["run", "--set", "train.epochs=10", "--jobs", "2"])  # stops after the config
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "train.milestones = [68]" in warnings[0] and "train.epochs = 10" in warnings[0]
+    quiet = CliRunner().invoke(cli.main, ["run", "--set", "train.epochs=10", "--set", "train.milestones=[8]",
+                                          "--jobs", "2"])
+    assert "warning:" not in quiet.output
+    from sddkit.config import schedule_note
+    assert schedule_note(load_config(overrides={"train.epochs": 10, "train.schedule": "constant"})) is None

@@ -190,8 +190,11 @@ def test_local_workers_each_see_their_own_gpu_or_none():
     for gpus, hide, expected in ((2, False, ["0", "1", "0"]), (0, True, ["", "", ""])):
         executor = LocalExecutor(3, gpus, hide_gpus=hide)
         try:  # each worker's view of the GPUs, asked of all three workers at once
-            futures = [executor.pool.submit(worker_devices, 1.0) for _ in range(3)]
-            assert sorted(f.result(timeout=120) for f in futures) == sorted(expected)
+            calls = [executor.call(worker_devices, 1.0) for _ in range(3)]
+            deadline = time.monotonic() + 120
+            while not all(c.done for c in calls) and time.monotonic() < deadline:
+                executor.wait(calls, 1.0)
+            assert sorted(executor.outcome(c) for c in calls) == sorted(expected)
         finally:
             executor.close()
 
@@ -306,3 +309,13 @@ def test_kill_9_of_a_sweep_driver_ends_the_ray_it_started(project, tmp_path):
                     p.kill()
             if driver.poll() is None:
                 driver.kill()
+
+
+def test_a_ray_started_by_the_sweep_prints_none_of_rays_own_lines(tmp_path):
+    """Ray's coloured INFO/WARNING lines leaked into the sweep's output (issue 29). As a newcomer meets it:
+    a first Ray on this machine (a fresh HOME: Ray also warns then that it made an auth token)."""
+    code = "import ray\nfrom sddkit import executors\nexecutors.start_ray(ray, None, {})\nray.shutdown()\n"
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(HOME=str(tmp_path)), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stderr and "INFO" not in done.stderr, done.stderr

@@ -96,3 +96,25 @@ def test_panels_share_the_accuracy_axis_and_keep_each_curves_colour():
 @pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF")])
 def test_panels_figure_formats(fmt, magic):
     assert plots.panels_figure(two_panels(), "title", fmt).startswith(magic)
+
+
+def test_phase_strips_are_named_by_trajectory_and_the_legend_explains_only_drawn_markers():
+    """The strips read "phases 1/2" and the legend listed minimum/peak markers no curve had (issue 29)."""
+    short = quick_series(label="reinit (n=1)", landmarks={"dense": 0, "minimum": None, "peak": None, "last": 1},
+                         remaining=[1.0, 0.8], test_acc=[80.0, 76.0], train_acc_noisy=[70.0, 60.0],
+                         phases=["", ""], test_acc_std=None, train_acc_noisy_std=None)
+    fig = plots.draw_compare([short], "t")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    strip = fig.axes[1]
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["reinit (n=1)"]
+    assert "minimum" not in legend and "peak" not in legend and "dense" in legend and "last" in legend
+    assert "no phases: never fits the noisy labels" in [t.get_text() for t in strip.texts]
+    plt.close(fig)
+    fig = plots.draw_compare([quick_series(), short], "t")
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["lottery (n=3)", "reinit (n=1)"]
+    assert {"minimum", "peak"} <= {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    plt.close(fig)
+    fig = plots.draw_panels(two_panels(), "t")
+    strips = [ax for ax in fig.axes if not ax.get_title() and ax.get_yticklabels()]
+    assert [t.get_text() for t in strips[-1].get_yticklabels()] == ["lottery (n=3)", "reinit (n=1)"]
+    plt.close(fig)

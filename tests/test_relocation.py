@@ -98,6 +98,77 @@ def test_a_store_copied_without_its_artifacts_is_refused_in_one_line(finished, t
     assert fingerprint(clone) == before and fingerprint(original) == original_before  # nothing written
 
 
+def test_the_refusal_gives_the_exact_copy_command_which_repairs_the_copy(finished, tmp_path, monkeypatch):
+    """"copy that folder (cp -a)", followed literally onto an existing mlruns/, nested mlruns/mlruns (issue
+    29): the refusal gives the command itself, and running it as printed repairs the copy."""
+    import re
+    original, store, rows = finished
+    for name, prepare in (("without-mlruns", lambda c: None),
+                          ("missing-a-run", lambda c: shutil.rmtree(c / "mlruns" / round_ids(store)[2]))):
+        copy = tmp_path / name
+        copy.mkdir()
+        (copy / ".git").mkdir()
+        shutil.copy2(original / "mlflow.db", copy / "mlflow.db")
+        if name == "missing-a-run":
+            shutil.copytree(original / "mlruns", copy / "mlruns", symlinks=True)
+        prepare(copy)
+        monkeypatch.chdir(copy)
+        refused = CliRunner().invoke(main, ["ls"])
+        assert refused.exit_code == 1, refused.output
+        (command,) = re.findall(r"`(cp [^`]+)`", " ".join(refused.output.split()))
+        subprocess.run(command, shell=True, check=True)
+        assert not (copy / "mlruns" / "mlruns").exists()
+        listed = CliRunner().invoke(main, ["ls"])
+        assert listed.exit_code == 0 and store.run_id[:8] in listed.output, listed.output
+        mask, weights = sddkit.load_round("lottery", 2)
+        assert mask and weights
+
+
+def read_only_mount_works() -> bool:
+    """Whether this process may bind-mount a folder read-only in a mount namespace of its own (root on Linux
+    with unshare): the one honest read-only a root test has (chmod does not stop root writing)."""
+    try:
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                "mount --bind -o ro / /mnt && ! touch /mnt/.sddkit-probe 2>/dev/null"],
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+READ_ONLY_READS = """
+import sddkit
+from sddkit import cli
+for args in (["ls"], ["compare", "--runs", "lottery"]):
+    cli.main(args, standalone_mode=False)
+df = sddkit.load_trajectory("lottery")
+mask, weights = sddkit.load_round("lottery", 2)
+print("rows", len(df), "mask", len(mask), "weights", len(weights))
+"""
+
+
+@pytest.mark.skipif(not read_only_mount_works(), reason="needs unshare and mount (root on Linux) for a read-only bind")
+def test_a_read_only_copy_at_another_path_can_be_listed_compared_and_loaded(finished, tmp_path):
+    """A read-only copy of a project could not even be listed ("cannot be updated"): relocation rewrote the
+    store first (issue 29). Here the copy is bind-mounted read-only in a mount namespace of its own, so not
+    even root can write it; every read works, and the store is untouched."""
+    import shlex
+    import sys
+    original, store, rows = finished
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
+    before, original_before = fingerprint(copy), fingerprint(original)
+    script = (f"mount --bind -o ro {shlex.quote(str(copy))} {shlex.quote(str(copy))} && cd {shlex.quote(str(copy))} "
+              f"&& ! touch written 2>/dev/null && {shlex.quote(sys.executable)} -c {shlex.quote(READ_ONLY_READS)}")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be updated" not in done.stderr and store.run_id[:8] in done.stdout
+    assert "rows 3 mask" in done.stdout
+    assert "a read-only copy of a moved project" in done.stderr
+    assert fingerprint(copy) == before and fingerprint(original) == original_before  # nothing written anywhere
+
+
 def test_locations_elsewhere_than_an_mlruns_folder_are_left_alone(tmp_path):
     db = tmp_path / "mlflow.db"
     with sqlite3.connect(db) as con:

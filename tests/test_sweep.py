@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from sddkit import cli, sweep, sweep_view
+from sddkit import config as config_mod
 from sddkit.config import ConfigError, SweepConfig, load_config, read_sweep_settings
 from sddkit.lease import process_alive
 from sddkit.tracking import Tracker
@@ -162,6 +163,72 @@ def test_sigkill_of_the_parent_stops_the_workers_as_ctrl_c_would(project, tmp_pa
     assert runs and {r.info.status for r in runs} == {"KILLED"}, log.read_text()
 
 
+def leases(db) -> list[dict]:
+    import sqlite3
+    try:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("select value from experiment_tags where key like 'sddkit.lease.%'").fetchall()
+    except sqlite3.OperationalError:  # MLflow is still creating its tables
+        return []
+    return [json.loads(value) for (value,) in rows]
+
+
+def finished_rounds(db) -> int:
+    import sqlite3
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = "
+                               "'sddkit.kind' and t.value = 'round' and r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_of_one_local_worker_retries_its_cell_and_leaves_the_other_running(project, tmp_path):
+    """--executor local --jobs 2: kill -9 of one worker also killed the healthy cell and the sweep exited 1
+    (issue 29). The dead worker's cell is retried (sweep.max_retries) and its sibling never notices."""
+    sets = ["--set", "data.train_size=500", "--set", "train.epochs=12", "--set", "prune.rounds=4",
+            "--set", "train.batch_size=64", "--set", "train.milestones=[]", "--set", "train.threads=1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    log, db = tmp_path / "sweep.log", project / "mlflow.db"
+    with open(log, "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "sddkit.cli", "sweep", "--executor", "local", "--jobs", "2",
+                                "--seeds", "0", "1", *sets], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                               stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while job.poll() is None and time.monotonic() < deadline and not (
+                    db.exists() and len(leases(db)) == 2 and finished_rounds(db) >= 2):
+                time.sleep(0.2)
+            holders = leases(db) if db.exists() else []
+            assert job.poll() is None and len(holders) == 2, log.read_text()
+            victim = holders[0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            assert job.wait(timeout=400) == 0, log.read_text()
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    labels = dict(re.findall(r"sweep: (\S+): started on \S+ pid (\d+)", text)[::-1])  # label -> first pid
+    killed = next(label for label, pid in re.findall(r"sweep: (\S+): started on \S+ pid (\d+)", text)
+                  if int(pid) == victim)
+    healthy = next(label for label in labels if label != killed)
+    assert f"{killed}: its worker (pid {victim}) died (signal SIGKILL); retry 1 of 3" in text, text
+    assert text.count(f"{killed}: started on") == 2 and text.count(f"{healthy}: started on") == 1, text
+
+    tracker = Tracker(f"sqlite:///{db}", project)
+    runs = tracker.trajectories("sddkit")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # the retry continued its parent
+    for run in runs:
+        rounds = tracker.round_runs(run.info.run_id, finished_only=False)
+        finished = sorted(int(r.data.tags["sddkit.round"]) for r in rounds if r.info.status == "FINISHED")
+        assert finished == [0, 1, 2, 3, 4]
+        cut_off = [r for r in rounds if r.info.status != "FINISHED"]
+        if run.data.tags["sddkit.seed"] == healthy.rsplit("·s", 1)[1]:
+            assert cut_off == []  # the sibling was never interrupted
+        else:
+            assert len(cut_off) <= 1 and all(r.info.status == "KILLED" for r in cut_off)
+
+
 # ---------------------------------------------------------------- sddkit sweep
 
 
@@ -202,6 +269,52 @@ def test_the_sweep_section_of_a_params_file_is_the_grid_and_options_override_it(
     # `sddkit run` reads the same file and ignores the sweep section
     result = CliRunner().invoke(cli.main, ["run", "--set", "prune.rounds=99"])
     assert result.exit_code == 2 and "sweep" not in result.output
+
+
+def test_a_grid_key_given_twice_keeps_all_its_values(project):
+    """--grid noise.ratio=0.2 --grid noise.ratio=0.4 ran only the 0.4 cell (issue 29): the values merge."""
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2", "--grid", "noise.ratio=0.4",
+                                           "--seeds", "0", "1", "--set", "sweep.max_cells=3", *TINY_SETS])
+    assert result.exit_code == 2, result.output
+    assert "4 cells" in result.output and "2 grid points" in result.output  # both ratios, both seeds
+    assert len(result.output.strip().splitlines()) == 1
+    assert config_mod.parse_grid_options(["noise.ratio=0.2", "noise.ratio=0.4"]) == {"noise.ratio": [0.2, 0.4]}
+
+
+def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(project):
+    """A 59,400-cell grid was accepted without a word and had not printed its count after 120 s (issue 29)."""
+    ratios = ",".join(f"0.{i:03d}" for i in range(1, 100))
+    args = ["sweep", "--grid", f"noise.ratio={ratios}", "--grid", "prune.rate=" + ",".join(
+        f"0.{i:02d}" for i in range(10, 70)), "--grid", "train.lr=0.1,0.01,0.001,0.0001,0.00001",
+        "--modes", "lottery", "reinit", *TINY_SETS]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, args)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    assert "59,400 cells" in result.output and "sweep.max_cells" in result.output and "--yes" in result.output
+    assert not (project / "mlflow.db").exists()
+    # --yes lets it past the count (here to the next check, a value out of range, so nothing trains)
+    result = CliRunner().invoke(cli.main, ["sweep", "--grid", "noise.ratio=0.2,1.5", "--seeds", "0", "1",
+                                           "--set", "sweep.max_cells=1", "--yes", *TINY_SETS])
+    assert result.exit_code == 2 and "noise.ratio = 1.5" in result.output, result.output
+
+
+def test_address_with_the_local_executor_is_refused(project):
+    """--address was silently ignored by the local executor (issue 29)."""
+    for args in (["--address", "auto"], ["--set", "sweep.address=auto"]):
+        result = CliRunner().invoke(cli.main, ["sweep", *args, *TINY_SETS])
+        assert result.exit_code == 2, result.output
+        assert "sweep.address" in result.output and "--executor ray" in result.output
+        assert not (project / "mlflow.db").exists()
+
+
+def test_a_repeated_seed_or_mode_is_named_as_such(project):
+    """--seeds 0 0 said the grid 'varies a key that does not change results' (issue 29)."""
+    result = CliRunner().invoke(cli.main, ["sweep", "--seeds", "0", "0", *TINY_SETS])
+    assert result.exit_code == 2, result.output
+    assert "seed 0 is repeated" in result.output and "does not change results" not in result.output
+    result = CliRunner().invoke(cli.main, ["sweep", "--modes", "lottery", "lottery", *TINY_SETS])
+    assert result.exit_code == 2 and "mode lottery is repeated" in result.output, result.output
 
 
 def test_sweep_with_a_bad_grid_value_prints_one_line_exits_2_and_writes_nothing(project):
@@ -271,3 +384,50 @@ def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
     assert "round 3 of 4" in text and "72.0" in text and "waiting for its lottery twin" in text
     assert "0:00:20" in text  # ETA: 2 rounds left at 10 s each
     assert "node1 pid 7" in text
+
+
+def test_the_sweep_header_is_whole_lines_without_a_stray_separator(monkeypatch, tmp_path):
+    """The sweep's header ended with a stray `; ` where the terminal wrapped it (issue 29)."""
+    from rich.console import Console
+    screen = io.StringIO()
+    monkeypatch.setattr(sweep, "console", Console(file=screen, width=60))
+    executor = type("E", (), {"describe": lambda self: "2 local worker processes"})()
+    logs = tmp_path / ("a-rather-long-project-folder-name" * 2) / ".sddkit" / "sweep-0123456789ab"
+    sweep.print_header("0123456789ab", 4, 1, executor, logs)
+    lines = screen.getvalue().splitlines()
+    assert lines == ["sweep 0123456789ab: 4 cells (1 finished already) on 2 local worker processes",
+                     f"  cell logs: {logs}/"]
+
+
+def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project):
+    """A cell whose trajectory another process was training showed as "started" (issue 29)."""
+    import threading
+    from rich.console import Console
+    from sddkit import executors, fingerprint, runner
+    from sddkit.config import load_config
+    from test_lease import plant
+    uri = f"sqlite:///{project}/mlflow.db"
+    cfg = load_config(overrides=["data.train_size=300", "train.epochs=1", "prune.rounds=1", f"tracking.uri={uri}"])
+    events = []
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+    def put(event):  # the owner dies once the cell has said it waits: the cell then takes the lease over
+        events.append(event)
+        if event.kind == "waiting":
+            threading.Timer(1.0, owner.kill).start()
+    box = type("Box", (), {"put": lambda self, e: put(e)})()
+    try:
+        plant(uri, Tracker(uri, project).experiment_id("sddkit"), f"{cfg.identity_hash()}.{fingerprint.code_hash()}",
+              pid=owner.pid)
+        runner.run_trajectory(cfg, project, quiet=True, wait=True, reporter=executors.EventReporter("k", box))
+    finally:
+        owner.kill()
+        owner.wait()
+    assert [e.kind for e in events].count("waiting") == 1 and f"pid {owner.pid}" in events[0].note
+    screen = io.StringIO()
+    view = sweep_view.LineView([FakeCell("k", "lottery·s0", 1)], {}, Console(file=screen))
+    from sddkit.cell_events import Event
+    view.event(Event("k", "started", host="vm", pid=1))
+    view.event(events[0])
+    assert view.cells["k"].progress() == "waiting for another process"
+    assert f"lottery·s0: waiting: its trajectory is being trained by pid {owner.pid}" in screen.getvalue()

@@ -113,6 +113,36 @@ def test_a_truncated_round_mask_gives_one_line_and_redo_from_repairs_it_keeping_
     assert client.get_run(parent).info.status == "FINISHED"
 
 
+def test_a_resume_missing_an_earlier_rounds_files_stops_in_one_line_offering_redo_from(project, tmp_path):
+    """With the parent's and round 2's artifact folders deleted, a resume finished with exit 0 and no warning,
+    and the loss surfaced later in load_round (issue 29). Now it stops before training, offers the repair, and
+    the repair puts back what the parent lost."""
+    import shutil
+    cfg = small_config(tmp_path, **{"prune.rounds": 4})
+    with pytest.raises(SystemExit):
+        runner.run_trajectory(cfg, project, quiet=True, reporter=StopAfter(3))
+    client = MlflowClient(cfg.tracking.uri)
+    parent = trajectories(client, "sddkit")[0].info.run_id
+    lost = round_id(client, parent, 2)
+    shutil.rmtree(artifact_file(client, parent, ""))
+    shutil.rmtree(artifact_file(client, lost, ""))
+
+    result = CliRunner().invoke(main, ["run", *sets(cfg)])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert lost in result.output and "round 2" in result.output and "--redo-from 2" in result.output
+    assert [int(r.data.tags["sddkit.round"]) for r in round_runs(client, parent)] == [0, 1, 2, 3]  # nothing trained
+    assert client.get_run(parent).info.status == "KILLED"  # left as it was
+
+    result = CliRunner().invoke(main, ["run", *sets(cfg), "--redo-from", "2"])
+    assert result.exit_code == 0, result.output
+    assert "noisy_labels.npy of run" in result.output  # put back, and said so
+    assert artifact_file(client, parent, "noisy_labels.npy").is_file()
+    import sddkit
+    mask, weights = sddkit.load_round(parent, 2, tracking_uri=cfg.tracking.uri)
+    assert mask and weights
+
+
 def test_deleted_rewind_is_rebuilt_on_resume_to_the_same_results(project, tmp_path):
     rewind_late = {"retrain.rewind_step": 3}  # the rewind state is round 0's weights at step 3: replayed
     whole_store, whole = runner.run_trajectory(small_config(tmp_path, **rewind_late, **{"tracking.experiment":
