@@ -22,9 +22,8 @@ import urllib.request
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -35,6 +34,10 @@ from sddkit.files import locked, unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import IDENTITY_VERSION, code_hash
 from sddkit.relocation import artifact_home
 from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking_uri
+
+if TYPE_CHECKING:  # numpy and torch only where files are packed or read: `sddkit ls` and compare never do
+    import numpy as np
+    import torch
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -493,6 +496,7 @@ def round_row(run) -> dict:
 
 def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
     """Bit-packed bool masks: 1 bit a weight, with each tensor's shape alongside."""
+    import numpy as np
     arrays = {}
     for name, mask in masks.items():
         arrays[f"bits:{name}"] = np.packbits(mask.cpu().numpy().astype(bool).ravel())
@@ -503,6 +507,8 @@ def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
 
 
 def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
+    import numpy as np
+    import torch
     with np.load(io.BytesIO(content)) as arrays:
         out = {}
         for key in arrays.files:
@@ -556,6 +562,7 @@ def read_mask(tracker: Tracker, run_id: str, content: bytes | None = None) -> di
 
 
 def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
+    import torch
     with tempfile.TemporaryDirectory() as tmp:
         local = tracker.download(run_id, path, tmp)
         try:
@@ -654,12 +661,14 @@ def bytes_needed(state: dict[str, torch.Tensor], rounds: int, prunable: list[str
 
 
 def torch_bytes(state: dict) -> bytes:
+    import torch
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     return buffer.getvalue()
 
 
 def _npy(array: np.ndarray) -> bytes:
+    import numpy as np
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
