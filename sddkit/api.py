@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from sddkit import config, lease, paths
 from sddkit.fingerprint import code_hash
 from sddkit.compare import check_filters, matches
-from sddkit.tracking import PARENT_METRICS, ROUND, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
-    literal, read_weights, round_row, select_trajectories, stored_summary, trajectory_name
+from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
+    read_weights, round_row, select_trajectories, stored_summary, trajectory_name
+from sddkit.tracking import ROUND, literal
 
 if TYPE_CHECKING:  # `sddkit ls` lists without either: pandas for the frame, torch for masks and weights
     import pandas as pd
