@@ -114,7 +114,9 @@ def finished_rounds(tracker: Tracker, runs: list) -> Counter:
     if not experiments:
         return Counter()
     query = f"tags.`sddkit.kind` = {literal(ROUND)} and attributes.status = {literal('FINISHED')}"
-    return Counter(r.data.tags.get("mlflow.parentRunId") for r in tracker.search(experiments, query))
+    # Pages of 200 and only the count kept: a page of a thousand round runs alone took ~100 MB.
+    pages = tracker.pages(experiments, query, size=200)
+    return Counter(r.data.tags.get("mlflow.parentRunId") for page in pages for r in page)
 
 
 def code_state(run) -> str:

@@ -146,14 +146,20 @@ class Tracker:
     def search(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None) -> list:
         """Every run matching ``query``, page by page: MLflow returns at most one page per call, and a
         store past a page's worth must not silently drop its oldest runs."""
-        runs, token = [], None
+        return [run for page in self.pages(experiment_ids, query, order_by) for run in page]
+
+    def pages(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None,
+              size: int | None = None):
+        """``search``'s pages of at most ``size`` runs (and SEARCH_PAGE), one at a time: a reader that only
+        counts them holds one page in memory, not every run (a round run carries its trajectory's params)."""
+        token = None
         while True:
-            page = self.client.search_runs(experiment_ids, query, order_by=order_by, max_results=SEARCH_PAGE,
-                                           page_token=token)
-            runs += page
+            page = self.client.search_runs(experiment_ids, query, order_by=order_by,
+                                           max_results=min(size or SEARCH_PAGE, SEARCH_PAGE), page_token=token)
+            yield page
             token = page.token
             if not token:
-                return runs
+                return
 
     def find_trajectory(self, cfg: Config, code: str):
         """The newest run of this config made by this code (to report or continue), or None for a new run.
