@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from sddkit.config import AnalysisConfig
+
+if TYPE_CHECKING:  # torch only where weights are measured: compare's table reads phases without it
+    import torch
 
 
 def learning_distance(reference: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
@@ -17,6 +19,7 @@ def learning_distance(reference: dict[str, torch.Tensor], weights: dict[str, tor
 
     With ``reference`` the dense initialisation this is the paper's learning distance.
     """
+    import torch
     total = torch.zeros((), dtype=torch.float64)
     for name, mask in masks.items():
         w = weights[name].detach().double().cpu() * mask.cpu()

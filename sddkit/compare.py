@@ -13,15 +13,19 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
-from sddkit import analysis, config, plots, readoffs, results
+from sddkit import analysis, config, readoffs, results
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
 from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, current_identity, finished_only, round_row, \
     select_trajectories, trajectory_name, unknown_trajectory
+
+if TYPE_CHECKING:  # matplotlib only when a figure is written: the table alone never draws
+    from sddkit import plots
 
 console = Console(stderr=True)
 CSV_NAME, FIGURE_STEM = "compare.csv", "compare"  # and compare.png / .pdf / .svg
@@ -327,12 +331,14 @@ def csv_text(curves: list[Curve]) -> str:
 
 def figure(curves: list[Curve], fmt: str = "png", paper: dict[str, readoffs.ReadOff] | None = None) -> bytes:
     """The compare figure (``plots.compare_figure``); ``paper``: the read-off to overlay, by curve label."""
+    from sddkit import plots
     series = [plot_series(f"{c.label} (n={len(c.runs)})", c.rows, c.phases, (paper or {}).get(c.label))
               for c in curves]
     return plots.compare_figure(series, figure_title(curves), fmt)
 
 
 def plot_series(label: str, rows: list[dict], ph: analysis.Phases, paper: readoffs.ReadOff | None) -> plots.Series:
+    from sddkit import plots
     column = lambda key: [r[key] for r in rows] if key in rows[0] else None  # noqa: E731
     landmarks = {n: getattr(ph, n) for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) is not None}
     return plots.Series(label, column("remaining"), column("test_acc"), column("train_acc_noisy"),
@@ -530,6 +536,7 @@ def panels_text(panels: list[Panel], fmt: str = "table") -> str:
 def panels_figure(panels: list[Panel], fmt: str = "png") -> bytes:
     """The compare figure with one panel per value (``plots.panels_figure``), each curve's colour and legend
     entry the same in every panel; the legend gives each curve's replicate count (per panel where it varies)."""
+    from sddkit import plots
     counts = [" / ".join(dict.fromkeys(str(len(p.curves[i].runs)) for p in panels if p.curves[i] is not None))
               for i in range(len(panels[0].labels))]
     drawn = [(p.title, [plot_series(f"{c.label} (n={n})", c.rows, c.phases, None) if c is not None else None

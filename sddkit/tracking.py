@@ -23,9 +23,8 @@ import urllib.request
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -36,6 +35,10 @@ from sddkit.files import locked, unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import IDENTITY_VERSION, code_hash
 from sddkit.relocation import artifact_home
 from sddkit.paths import project_root, sqlite_path, store_file_problem, tracking_uri
+
+if TYPE_CHECKING:  # numpy and torch only where files are packed or read: `sddkit ls` and compare never do
+    import numpy as np
+    import torch
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -174,14 +177,20 @@ class Tracker:
     def search(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None) -> list:
         """Every run matching ``query``, page by page: MLflow returns at most one page per call, and a
         store past a page's worth must not silently drop its oldest runs."""
-        runs, token = [], None
+        return [run for page in self.pages(experiment_ids, query, order_by) for run in page]
+
+    def pages(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None,
+              size: int | None = None):
+        """``search``'s pages of at most ``size`` runs (and SEARCH_PAGE), one at a time: a reader that only
+        counts them holds one page in memory, not every run (a round run carries its trajectory's params)."""
+        token = None
         while True:
-            page = self.client.search_runs(experiment_ids, query, order_by=order_by, max_results=SEARCH_PAGE,
-                                           page_token=token)
-            runs += page
+            page = self.client.search_runs(experiment_ids, query, order_by=order_by,
+                                           max_results=min(size or SEARCH_PAGE, SEARCH_PAGE), page_token=token)
+            yield page
             token = page.token
             if not token:
-                return runs
+                return
 
     def find_trajectory(self, cfg: Config, code: str):
         """The newest run of this config made by this code (to report or continue), or None for a new run.
@@ -594,6 +603,7 @@ def round_row(run) -> dict:
 
 def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
     """Bit-packed bool masks: 1 bit a weight, with each tensor's shape alongside."""
+    import numpy as np
     arrays = {}
     for name, mask in masks.items():
         arrays[f"bits:{name}"] = np.packbits(mask.cpu().numpy().astype(bool).ravel())
@@ -604,6 +614,8 @@ def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
 
 
 def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
+    import numpy as np
+    import torch
     with np.load(io.BytesIO(content)) as arrays:
         out = {}
         for key in arrays.files:
@@ -657,6 +669,7 @@ def read_mask(tracker: Tracker, run_id: str, content: bytes | None = None) -> di
 
 
 def read_torch(tracker: Tracker, run_id: str, path: str) -> dict:
+    import torch
     with tempfile.TemporaryDirectory() as tmp:
         local = tracker.download(run_id, path, tmp)
         try:
@@ -757,12 +770,14 @@ def bytes_needed(state: dict[str, torch.Tensor], rounds: int, prunable: list[str
 
 
 def torch_bytes(state: dict) -> bytes:
+    import torch
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     return buffer.getvalue()
 
 
 def _npy(array: np.ndarray) -> bytes:
+    import numpy as np
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
