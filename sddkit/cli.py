@@ -96,7 +96,8 @@ def main() -> None:
               help="Folder written by `sddkit prepare`: checked against this config; the run trains on exactly "
                    "its files, whose md5 it records as dataset inputs (the DVC stages pass it).")
 @click.option("--wait", is_flag=True, help="If another process is training this trajectory, wait for it (then "
-                                           "report or continue) instead of stopping.")
+                                           "report or continue) instead of stopping; a reinit follows a lottery "
+                                           "twin still training, round by round.")
 @click.option("--redo-from", "redo_from", default=None, type=click.IntRange(min=0), metavar="ROUND",
               help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
                    "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")

@@ -252,3 +252,45 @@ def test_sddkit_run_killed_mid_round_is_continued_by_the_same_command(tmp_path):
     assert sorted(whole_science) == [0, 1, 2, 3]
     for r in range(4):
         assert cut_science[r] == whole_science[r], f"round {r} differs from the uninterrupted run"
+
+
+# ---------------------------------------------------------------- reinit beside its lottery twin, round by round
+
+def test_a_reinit_beside_a_stopped_twin_waits_then_stops_in_one_line_and_both_resume_exactly(project, tmp_path,
+                                                                                            monkeypatch):
+    """The twin stops after round 1 (its round-2 mask never comes): without --wait the reinit says which round
+    it lacks; with it, it trains rounds 0 and 1, waits, then stops in one line. Once the twin is resumed and
+    finished, the reinit's rerun continues it, to exactly the numbers of the sequential order."""
+    from sddkit import tracking
+    from sddkit.tracking import TrackingError
+    monkeypatch.setattr(tracking, "TWIN_GRACE_S", 1.0)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = {**TINY_RESUME, "tracking.uri": uri}
+    config = lambda mode, exp: load_config(overrides={**base, "retrain.mode": mode, "tracking.experiment": exp})  # noqa: E731
+    runner.run_trajectory(config("lottery", "sequential"), project, quiet=True)
+    _, sequential = runner.run_trajectory(config("reinit", "sequential"), project, quiet=True)
+
+    with pytest.raises(SystemExit):
+        runner.run_trajectory(config("lottery", "side"), project, quiet=True, reporter=StopAfter(1))
+    reinit = config("reinit", "side")
+    with pytest.raises(TrackingError, match=r"has no round-2 mask|stopped \(KILLED"):
+        runner.run_trajectory(reinit, project, quiet=True)  # no --wait: every round must be there
+    told = []
+
+    class Waiting(trajectory.Reporter):
+        def waiting(self, round_index, text):
+            told.append((round_index, text))
+    with pytest.raises(TrackingError) as stopped:
+        runner.run_trajectory(reinit, project, quiet=True, wait=True, reporter=Waiting())
+    line = str(stopped.value)
+    assert "\n" not in line and "before its round-2 mask" in line and "resume it" in line, line
+    assert [r for r, _ in told] == [2] and told[0][1].startswith("waiting for lottery round 2")
+    client = MlflowClient(uri)
+    (cut,) = trajectories(client, "side", "reinit")
+    assert cut.info.status == "FAILED"
+    assert [int(r.data.tags["sddkit.round"]) for r in round_runs(client, cut.info.run_id)
+            if r.info.status == "FINISHED"] == [0, 1]
+
+    runner.run_trajectory(config("lottery", "side"), project, quiet=True)  # the twin resumed
+    store, resumed = runner.run_trajectory(reinit, project, quiet=True, wait=True)
+    assert store.run_id == cut.info.run_id and science(resumed) == science(sequential)
