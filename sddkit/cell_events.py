@@ -11,7 +11,8 @@ import time
 
 @dataclasses.dataclass
 class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``."""
+    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``waiting`` (round k
+    waits for its lottery twin's mask), ``round_done``."""
     key: str
     kind: str
     round_index: int = -1

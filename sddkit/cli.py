@@ -161,7 +161,7 @@ def stop_like_ctrl_c() -> None:
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
               help="A config key and its values (sweep.grid); repeatable: every combination is a grid point.")
 @click.option("--modes", multiple=True, type=click.Choice(config_mod.RETRAIN_MODES), metavar="MODE [MODE ...]",
-              help="Retrain modes at every grid point (sweep.modes); a reinit cell waits for its lottery twin.")
+              help="Retrain modes at every grid point (sweep.modes); a reinit cell follows its lottery twin round by round.")
 @click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
               help="Seeds of every grid point and mode (sweep.seeds).")
 @click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,

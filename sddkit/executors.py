@@ -68,6 +68,9 @@ class EventReporter(trajectory.Reporter):
     def round_started(self, round_index, rounds, sparsity, epochs):
         post(self.events, Event(self.key, "round", round_index, rounds))
 
+    def waiting(self, round_index, text):
+        post(self.events, Event(self.key, "waiting", round_index))
+
     def round_done(self, round_index, metrics):
         post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
                                 metrics.get("round_seconds")))

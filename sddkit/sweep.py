@@ -3,8 +3,9 @@
 tasks), with one live view, then a table of every cell's landmarks averaged over seeds, and the sweep's
 figure.
 
-The sweep is a small DAG: a reinit cell takes its masks from its lottery twin (the same config in lottery
-mode), so it starts once that cell has finished; a twin the grid lacks is added. Cells finished already (this
+The sweep is a small DAG of rounds, not cells: a reinit cell takes its masks from its lottery twin (the same
+config in lottery mode) round by round, so it starts as soon as the twin runs, on its own worker, and trains its
+round k beside the twin's round k (waiting, its lease held, when it is ahead); a twin the grid lacks is added. Cells finished already (this
 config, this code) are reported, not rerun: a rerun of a sweep continues it. Every cell's parent run gets the
 tag ``sddkit.sweep`` (the sweep's id: its cells and the code); the sweep itself is a run of kind ``sweep``
 holding the grid, the landmarks table and the figure.
@@ -169,9 +170,12 @@ def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
 
 def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
           sid: str) -> None:
-    """Submit each cell once what it needs has finished; collect outcomes and events until all have ended."""
+    """Submit each cell once what it needs runs (a reinit follows its twin round by round: submitted only once
+    the twin holds a worker, it never takes the worker its twin waits for); collect outcomes and events until
+    all have ended."""
     waiting = {c.key: c for c in todo}
     running: dict = {}  # handle -> cell
+    started: set[str] = set()  # the cells that have begun on a worker
     try:
         while waiting or running:
             for cell in list(waiting.values()):
@@ -179,11 +183,12 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
                     failures[cell.label] = "its lottery twin failed"
                     view.failed(cell.key, "skipped: its lottery twin failed")
                     del waiting[cell.key]
-                elif cell.needs is None or cell.needs in outcomes:
+                elif cell.needs is None or cell.needs in outcomes or cell.needs in started:
                     running[executor.submit(tasks[cell.key])] = cell
                     view.queued(cell.key)
                     del waiting[cell.key]
             for event in executor.drain():
+                started.add(event.key)
                 view.event(event)
             for handle in executor.wait(list(running), POLL_S) if running else ():
                 cell = running.pop(handle)

@@ -271,3 +271,52 @@ def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
     assert "round 3 of 4" in text and "72.0" in text and "waiting for its lottery twin" in text
     assert "0:00:20" in text  # ETA: 2 rounds left at 10 s each
     assert "node1 pid 7" in text
+    # The reinit moves beside its twin: started on a worker of its own, ahead of it, then training its round.
+    view.event(Event("b", "started", host="node2", pid=8))
+    view.event(Event("b", "waiting", 3))
+    shown = Console(file=io.StringIO(), width=160)
+    shown.print(view.table())
+    assert "waiting for lottery round 3" in shown.file.getvalue() and "node2 pid 8" in shown.file.getvalue()
+    view.event(Event("b", "round", 3, 4))
+    assert view.cells["b"].progress() == "round 3 of 4" and view.cells["a"].progress() == "round 3 of 4"
+
+
+def test_a_reinit_cell_runs_beside_its_lottery_twin_both_running_at_once_in_the_store(project):
+    """The sweep schedules rounds, not cells: the reinit cell starts while its twin trains (its own worker),
+    so both parent runs are RUNNING at once; the reinit equals the one trained after its twin had finished."""
+    import threading
+    sets = ["--set", "data.train_size=1000", "--set", "train.epochs=20", "--set", "prune.rounds=3",
+            "--set", "train.milestones=[]"]
+    client, seen, stop = MlflowClient(f"sqlite:///{project}/mlflow.db"), [], threading.Event()
+
+    def watch():  # what the store shows while the sweep runs
+        while not stop.wait(0.2):
+            try:
+                exp = client.get_experiment_by_name("sddkit")
+                runs = client.search_runs([exp.experiment_id], "tags.`sddkit.kind` = 'trajectory'") if exp else []
+            except Exception:  # noqa: BLE001 - the store being created
+                continue
+            seen.append(sorted(r.data.tags["sddkit.retrain_mode"] for r in runs if r.info.status == "RUNNING"))
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = CliRunner().invoke(cli.main, ["sweep", "--modes", "lottery", "reinit", "--jobs", "2", *sets,
+                                               "--format", "csv"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.exit_code == 0, result.output
+    assert ["lottery", "reinit"] in seen, "the reinit never ran beside its twin"
+    # The same reinit after its twin had finished (another experiment, one after the other): the same numbers.
+    tiny = {"data.train_size": 1000, "train.epochs": 20, "prune.rounds": 3, "train.milestones": [],
+            "tracking.uri": f"sqlite:///{project}/mlflow.db", "tracking.experiment": "after"}
+    from sddkit import runner
+    for mode in ("lottery", "reinit"):
+        _, rows = runner.run_trajectory(load_config(overrides={**tiny, "retrain.mode": mode}), project, quiet=True)
+    (side,) = [r for r in Tracker(f"sqlite:///{project}/mlflow.db", project).trajectories("sddkit")
+               if r.data.tags["sddkit.retrain_mode"] == "reinit"]
+    from sddkit.tracking import TrajectoryRun
+    side_rows = TrajectoryRun(Tracker(f"sqlite:///{project}/mlflow.db", project), side.info.run_id).completed
+    timing = ("round_seconds", "copied_round_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in side_rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows]
