@@ -176,9 +176,15 @@ def stop_like_ctrl_c() -> None:
               help="CPU cores a cell holds, and its torch threads (sweep.cpus_per_trajectory).")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
+@click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder written by `sddkit prepare`: every cell trains on exactly its files (as `sddkit run "
+                   "--prepared`).")
+@click.option("--run-files", "run_files", default=None, type=click.Path(file_okay=False),
+              help="Write only DIR/<name>/run.json per cell, naming its run (DVC's trajectories stage; `sddkit "
+                   "compare --trajectory-files` draws the rest, and the sweep's figure is left to it).")
 @format_option("the closing table of landmarks")
 def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir,
-          table_format) -> None:
+          prepared_dir, run_files, table_format) -> None:
     """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
     identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
     a sweep continues it. Ends with every cell's landmarks averaged over seeds, and the sweep's figure.
@@ -203,8 +209,10 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
     folder = Path(results_dir) if results_dir else None
     try:
         stop_like_ctrl_c()
-        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder)
-        sweeps.report(done, cfg, settings, folder, table_format)
+        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder,
+                                prepared=Path(prepared_dir) if prepared_dir else None,
+                                run_files=Path(run_files) if run_files else None)
+        sweeps.report(done, cfg, settings, folder, table_format, draw=run_files is None)
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:

@@ -48,6 +48,8 @@ class Task:
     force: bool = False
     results_dir: str | None = None
     log: str | None = None      # the cell's output goes here (the driver's screen belongs to its view)
+    prepared: str | None = None  # a `sddkit prepare` folder: the data the cell trains on (DVC's stage)
+    run_file: str | None = None  # write only run.json, naming the cell's run, here (DVC's stage)
 
 
 @dataclasses.dataclass
@@ -88,7 +90,9 @@ def run_cell(task: Task, events=None) -> Outcome:
     results_dir = Path(task.results_dir) if task.results_dir else None
     with output_to(task.log):
         store, rows = runner.run_trajectory(task.cfg, root, force=task.force, results_dir=results_dir, quiet=True,
-                                            reporter=EventReporter(task.key, events), wait=True)
+                                            reporter=EventReporter(task.key, events), wait=True,
+                                            prepared=Path(task.prepared) if task.prepared else None,
+                                            run_file=Path(task.run_file) if task.run_file else None)
     return Outcome(task.key, store.run_id, rows, host, pid)
 
 

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from sddkit import analysis, executors, plots, results, runner, sweep_view
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
+from sddkit.files import write_atomic
 from sddkit.fingerprint import code_hash
 from sddkit.paths import sqlite_path, tracking_uri
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, lottery_twin, log_files, param_text
@@ -112,11 +113,14 @@ def sweep_id(cells: list[Cell], code: str) -> str:
 # ---------------------------------------------------------------- running it
 
 def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
-              results_dir: Path | None = None, by_seed: bool = False) -> Sweep:
+              results_dir: Path | None = None, by_seed: bool = False, prepared: Path | None = None,
+              run_files: Path | None = None) -> Sweep:
     """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
     With ``results_dir`` each cell's files go to its folder there: ``cells/<label>``, or ``seed-N``
-    (``by_seed``, for replicates)."""
+    (``by_seed``, for replicates). ``prepared``: the `sddkit prepare` folder every cell trains on;
+    ``run_files``: each cell writes only ``<run_files>/<name>/run.json`` (DVC's trajectories stage)."""
     cells = expand(base, settings)
+    check_run_files(cells, run_files)
     if settings.executor == "ray":
         executors.import_ray()  # a missing extra stops the sweep before anything is written
     uri = tracking_uri(base.tracking.uri, root)
@@ -134,7 +138,8 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     logs.mkdir(parents=True, exist_ok=True)
     tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
                                    str(tasks_folder(results_dir, c, by_seed)) if results_dir else None,
-                                   str(logs / f"{c.label}.log")) for c in todo}
+                                   str(logs / f"{c.label}.log"), str(prepared) if prepared else None,
+                                   str(run_file(run_files, c)) if run_files else None) for c in todo}
     console.print(f"sweep {sid}: {len(cells)} cells ({len(stored)} finished already)"
                   + (f" on {executor.describe()}" if executor else "") + f"; cell logs in {logs}", highlight=False)
     sweep_run = open_sweep_run(tracker, base, settings, sid, cells)
@@ -156,12 +161,29 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
                 folder = tasks_folder(results_dir, cell, by_seed)
                 runner.write_results(folder, TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg,
                                      outcomes[cell.key].rows)
+            if run_files is not None:
+                target = run_file(run_files, cell)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, runner.run_pointer(TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg))
     if failures:
         tracker.client.set_terminated(sweep_run, "FAILED")
         detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
     return Sweep(sid, cells, outcomes, tracker, sweep_run)
+
+
+def run_file(folder: Path, cell: Cell) -> Path:
+    return folder / cell.cfg.name / "run.json"
+
+
+def check_run_files(cells: list[Cell], folder: Path | None) -> None:
+    """--run-files names each cell's file by its trajectory name: two cells of one name would share it."""
+    names = [c.cfg.name for c in cells]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if folder is not None and twice:
+        raise ConfigError(f"--run-files writes one run.json per trajectory name, and {len(cells)} cells share "
+                          f"names ({', '.join(twice)}); drop the grid and seeds, or use --results")
 
 
 def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
@@ -364,17 +386,19 @@ def sweep_figure(sweep: Sweep, grid_keys: list[str], experiment: str) -> bytes |
 
 
 def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path | None,
-           table_format: str = "table") -> None:
-    """The closing table, the sweep run's files, the results folder and where to look."""
+           table_format: str = "table", draw: bool = True) -> None:
+    """The closing table, the sweep run's files, the results folder and where to look. ``draw``: False leaves
+    the figure and the replicate groups' files to ``sddkit compare`` (DVC's compare stage draws them)."""
     grid_keys = list(settings.grid)
     rows = landmark_rows(sweep)
     columns = landmark_columns(grid_keys)
     files = {"landmarks.csv": landmarks_csv(rows, columns), "landmarks.json": landmarks_json(rows)}
-    figure = sweep_figure(sweep, grid_keys, base.tracking.experiment)
+    figure = sweep_figure(sweep, grid_keys, base.tracking.experiment) if draw else None
     if figure is not None:
         files["sweep.png"] = figure
     close_sweep_run(sweep, files)
-    log_groups(sweep)
+    if draw:
+        log_groups(sweep)
     if results_dir is not None:
         results.write_folder(results_dir, files)
     title = f"sweep {sweep.sweep_id}: landmarks (test accuracy %), averaged over seeds"
@@ -383,7 +407,7 @@ def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path 
     names = list(dict.fromkeys(c.cfg.name for c in sweep.cells))
     by = f" --by {grid_keys[0]}" if grid_keys else ""
     where = (f"figure:  runs:/{sweep.run_id}/sweep.png" + (f" and {results_dir / 'sweep.png'}" if results_dir else "")
-             if figure is not None else "figure:  not drawn (see the note above)")
+             if figure is not None else "figure:  not drawn " + ("(see the note above)" if draw else "(sddkit compare draws it)"))
     lines = runner.where_lines(sweep.tracker, base, f"sweep run sweep·{sweep.sweep_id[:8]} ({sweep.run_id})",
                                names[0])
     lines[-1] = (f"  compare: sddkit compare --runs {' '.join(names)}{by} --where sddkit.sweep={sweep.sweep_id}"
