@@ -312,6 +312,7 @@ class TrajectoryRun:
         """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
         self.client.update_run(self.run_id, status="RUNNING")
         self.finished = False
+        self.set_state(None)  # a wait the last owner was stopped in is over
 
     def check_owner(self) -> None:
         if self.lease is not None:
