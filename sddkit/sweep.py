@@ -192,12 +192,18 @@ def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
 
 def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
           sid: str) -> None:
-    """Submit each cell once what it needs runs (a reinit follows its twin round by round: submitted only once
-    the twin holds a worker, it never takes the worker its twin waits for); collect outcomes and events until
-    all have ended."""
+    """Submit each cell once what it needs is under way: a reinit follows its twin round by round, so it is
+    submitted once the twin trains (it holds a worker then: the reinit never takes the worker its twin waits
+    for, and a twin that fails before its first round skips it); collect outcomes and events until all have
+    ended."""
     waiting = {c.key: c for c in todo}
     running: dict = {}  # handle -> cell
-    started: set[str] = set()  # the cells that have begun on a worker
+    training: set[str] = set()  # the cells that have begun a round
+
+    def show(event) -> None:
+        if event.kind in ("round", "round_done"):
+            training.add(event.key)
+        view.event(event)
     try:
         while waiting or running:
             for cell in list(waiting.values()):
@@ -205,18 +211,17 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
                     failures[cell.label] = "its lottery twin failed"
                     view.failed(cell.key, "skipped: its lottery twin failed")
                     del waiting[cell.key]
-                elif cell.needs is None or cell.needs in outcomes or cell.needs in started:
+                elif cell.needs is None or cell.needs in outcomes or cell.needs in training:
                     running[executor.submit(tasks[cell.key])] = cell
                     view.queued(cell.key)
                     del waiting[cell.key]
             for event in executor.drain():
-                started.add(event.key)
-                view.event(event)
+                show(event)
             for handle in executor.wait(list(running), POLL_S) if running else ():
                 cell = running.pop(handle)
                 outcome = executor.outcome(handle)
                 for event in executor.drain():
-                    view.event(event)
+                    show(event)
                 if isinstance(outcome, executors.Outcome):
                     outcomes[cell.key] = outcome
                     tracker.client.set_tag(outcome.run_id, "sddkit.sweep", sid)
