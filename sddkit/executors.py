@@ -174,6 +174,10 @@ class LocalExecutor:
                 devices.put(str(i % gpus) if gpus else "")
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=worker_started,
                                         initargs=(os.getpid(), self.events, devices))
+        # Start every worker now (the pool starts one a submit, when none is idle): a cell submitted later (a
+        # reinit, once its twin trains) finds its interpreter started and sddkit imported.
+        for _ in range(jobs):
+            self.pool.submit(int)
 
     def describe(self) -> str:
         return f"{self.jobs} local worker process{'es' if self.jobs > 1 else ''}"

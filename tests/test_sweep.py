@@ -285,7 +285,8 @@ def test_a_reinit_cell_runs_beside_its_lottery_twin_both_running_at_once_in_the_
     """The sweep schedules rounds, not cells: the reinit cell starts while its twin trains (its own worker),
     so both parent runs are RUNNING at once; the reinit equals the one trained after its twin had finished."""
     import threading
-    sets = ["--set", "data.train_size=1000", "--set", "train.epochs=20", "--set", "prune.rounds=3",
+    # Rounds long enough (seconds) that the reinit's worker has loaded its data before its twin has finished.
+    sets = ["--set", "data.train_size=1000", "--set", "train.epochs=60", "--set", "prune.rounds=2",
             "--set", "train.milestones=[]"]
     client, seen, stop = MlflowClient(f"sqlite:///{project}/mlflow.db"), [], threading.Event()
 
@@ -308,7 +309,7 @@ def test_a_reinit_cell_runs_beside_its_lottery_twin_both_running_at_once_in_the_
     assert result.exit_code == 0, result.output
     assert ["lottery", "reinit"] in seen, "the reinit never ran beside its twin"
     # The same reinit after its twin had finished (another experiment, one after the other): the same numbers.
-    tiny = {"data.train_size": 1000, "train.epochs": 20, "prune.rounds": 3, "train.milestones": [],
+    tiny = {"data.train_size": 1000, "train.epochs": 60, "prune.rounds": 2, "train.milestones": [],
             "tracking.uri": f"sqlite:///{project}/mlflow.db", "tracking.experiment": "after"}
     from sddkit import runner
     for mode in ("lottery", "reinit"):
