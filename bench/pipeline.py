@@ -101,7 +101,8 @@ def breakdown(repo: Path, began: float, ended: float, wall: float, pipelined: bo
             "before the first run (dvc, prepare, imports, data)": starts - began,
             "after the last run (compare, dvc)": ended - last_end,
             "round runs beyond round_seconds (MLflow writes)": in_rounds,
-            "lottery round 0 copied by reinit" if copied is not None else "reinit round 0 trained": seconds["reinit"][0],
+            "reinit round 0 (copied from the lottery's)" if copied is not None else "reinit round 0 (trained)":
+                seconds["reinit"][0],
             "sum of round_seconds, lottery / reinit": f"{sum(seconds['lottery']):.1f} / {sum(seconds['reinit']):.1f}"}
 
 
