@@ -6,7 +6,9 @@ small) run three ways side by side in one invocation, each into a fresh project:
 - `--executor ray` (a Ray started here with every core, one CPU a cell).
 
 It prints each wall time and its ratio to the sequential one (the issue's target: ≤ 0.55 on a 2-core machine),
-then Ray's overhead: the start of a local Ray, and per cell the time from submitting a task to its first line of
+and for each parallel run the round-level DAG at work: how long before its lottery twin finished each reinit cell
+started (a cell-level DAG would start it after), and the longest time the cells had at most one trajectory
+running (an idle core). Then Ray's overhead: the start of a local Ray, and per cell the time from submitting a task to its first line of
 sddkit code (scheduling, a worker process), first and warm.
 
     python bench/sweep.py [--set key=value ...] [--skip-sequential SECONDS]
@@ -36,7 +38,32 @@ def timed_sweep(folder: Path, extra: list[str], sets: list[str]) -> float:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(extra)} failed:\n{result.stderr[-3000:]}")
     print(result.stdout.strip(), flush=True)
+    if "--jobs" not in extra or extra[extra.index("--jobs") + 1] != "1":
+        overlap(folder)
     return seconds
+
+
+def overlap(folder: Path) -> None:
+    """From the project's store: each reinit cell's start against its twin's end (the round-level DAG)."""
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    exp = client.get_experiment_by_name("sddkit")
+    runs = client.search_runs([exp.experiment_id], "tags.`sddkit.kind` = 'trajectory'")
+    by = {(r.data.params["noise.ratio"], r.data.params["retrain.mode"]): r.info for r in runs}
+    for (ratio, mode), info in sorted(by.items()):
+        if mode == "reinit" and (ratio, "lottery") in by:
+            twin = by[(ratio, "lottery")]
+            ahead = (twin.end_time - info.start_time) / 1000
+            print(f"  reinit noise.ratio={ratio}: started {ahead:.1f} s before its twin finished "
+                  f"({(info.end_time - twin.end_time) / 1000:.1f} s after it, it finished)", flush=True)
+    # The time with at most one trajectory running, after the first start and before the last end.
+    edges = sorted([(r.start_time, 1) for r in by.values()] + [(r.end_time, -1) for r in by.values()])
+    alone, running, last = 0.0, 0, edges[0][0]
+    for at, step in edges:
+        if running == 1:
+            alone += (at - last) / 1000
+        running, last = running + step, at
+    print(f"  one trajectory alone (a core idle) for {alone:.1f} s in all", flush=True)
 
 
 def ray_overhead(cells: int = 8) -> None:

@@ -11,9 +11,10 @@ import time
 
 @dataclasses.dataclass
 class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``, and
-    ``retry`` (its worker died; the executor runs it again) and ``waiting`` (another process trains its
-    trajectory: the cell waits for that owner's lease, named in ``note``)."""
+    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``,
+    ``retry`` (its worker died; the executor runs it again), ``waiting`` (round k waits for its lottery twin's
+    mask) and ``owner_waiting`` (another process trains its trajectory: the cell waits for that owner's lease,
+    named in ``note``)."""
     key: str
     kind: str
     round_index: int = -1

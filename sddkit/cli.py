@@ -116,7 +116,8 @@ def main() -> None:
               help="Folder written by `sddkit prepare`: checked against this config; the run trains on exactly "
                    "its files, whose md5 it records as dataset inputs (the DVC stages pass it).")
 @click.option("--wait", is_flag=True, help="If another process is training this trajectory, wait for it (then "
-                                           "report or continue) instead of stopping.")
+                                           "report or continue) instead of stopping; a reinit follows a lottery "
+                                           "twin still training, round by round.")
 @click.option("--redo-from", "redo_from", default=None, type=click.IntRange(min=0), metavar="ROUND",
               help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
                    "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")
@@ -180,7 +181,7 @@ def stop_like_ctrl_c() -> None:
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
               help="A config key and its values (sweep.grid); repeatable: every combination is a grid point.")
 @click.option("--modes", multiple=True, type=click.Choice(config_mod.RETRAIN_MODES), metavar="MODE [MODE ...]",
-              help="Retrain modes at every grid point (sweep.modes); a reinit cell waits for its lottery twin.")
+              help="Retrain modes at every grid point (sweep.modes); a reinit cell follows its lottery twin round by round.")
 @click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
               help="Seeds of every grid point and mode (sweep.seeds).")
 @click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
@@ -196,9 +197,15 @@ def stop_like_ctrl_c() -> None:
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
 @click.option("--yes", is_flag=True, help="Run a grid of more than sweep.max_cells cells (refused without it).")
+@click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder written by `sddkit prepare`: every cell trains on exactly its files (as `sddkit run "
+                   "--prepared`).")
+@click.option("--run-files", "run_files", default=None, type=click.Path(file_okay=False),
+              help="Write only DIR/<name>/run.json per cell, naming its run (DVC's trajectories stage; `sddkit "
+                   "compare --trajectory-files` draws the rest, and the sweep's figure is left to it).")
 @format_option("the closing table of landmarks")
 def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir, yes,
-          table_format) -> None:
+          prepared_dir, run_files, table_format) -> None:
     """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
     identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
     a sweep continues it. Ends with every cell's landmarks averaged over seeds, and the sweep's figure.
@@ -224,8 +231,10 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
     folder = Path(results_dir) if results_dir else None
     try:
         stop_like_ctrl_c()
-        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder)
-        sweeps.report(done, cfg, settings, folder, table_format)
+        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder,
+                                prepared=Path(prepared_dir) if prepared_dir else None,
+                                run_files=Path(run_files) if run_files else None)
+        sweeps.report(done, cfg, settings, folder, table_format, draw=run_files is None)
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
     except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:

@@ -47,6 +47,8 @@ class Task:
     force: bool = False
     results_dir: str | None = None
     log: str | None = None      # the cell's output goes here (the driver's screen belongs to its view)
+    prepared: str | None = None  # a `sddkit prepare` folder: the data the cell trains on (DVC's stage)
+    run_file: str | None = None  # write only run.json, naming the cell's run, here (DVC's stage)
 
 
 @dataclasses.dataclass
@@ -67,12 +69,15 @@ class EventReporter(trajectory.Reporter):
     def round_started(self, round_index, rounds, sparsity, epochs):
         post(self.events, Event(self.key, "round", round_index, rounds))
 
+    def waiting(self, round_index, text):
+        post(self.events, Event(self.key, "waiting", round_index))
+
     def round_done(self, round_index, metrics):
         post(self.events, Event(self.key, "round_done", round_index, 0, metrics.get("test_acc"),
                                 metrics.get("round_seconds")))
 
-    def waiting(self, owner):
-        post(self.events, Event(self.key, "waiting", note=owner))
+    def waiting_for_owner(self, owner):
+        post(self.events, Event(self.key, "owner_waiting", note=owner))
 
 
 def run_cell(task: Task, events=None) -> Outcome:
@@ -87,7 +92,9 @@ def run_cell(task: Task, events=None) -> Outcome:
     results_dir = Path(task.results_dir) if task.results_dir else None
     with output_to(task.log):
         store, rows = runner.run_trajectory(task.cfg, root, force=task.force, results_dir=results_dir, quiet=True,
-                                            reporter=EventReporter(task.key, events), wait=True)
+                                            reporter=EventReporter(task.key, events), wait=True,
+                                            prepared=Path(task.prepared) if task.prepared else None,
+                                            run_file=Path(task.run_file) if task.run_file else None)
     return Outcome(task.key, store.run_id, rows, host, pid)
 
 
@@ -228,6 +235,10 @@ class LocalExecutor:
         self.queue: list[Call] = []
         self.calls: dict[int, Call] = {}
         self.events: list[Event] = []
+        # Start every worker now: a cell submitted later (a reinit, once its twin trains) finds its interpreter
+        # started and sddkit imported.
+        for slot in range(jobs):
+            self.workers[slot] = self.start_worker(slot)
 
     def describe(self) -> str:
         return f"{self.jobs} local worker process{'es' if self.jobs > 1 else ''}"

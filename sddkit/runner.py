@@ -43,6 +43,9 @@ class RichReporter(trajectory.Reporter):
                              description=f"round {round_index}/{rounds}", info=f"sparsity {100 * sparsity:.2f}%")
         self.progress.reset(self.epochs, total=epochs, description="epoch", info="")
 
+    def waiting(self, round_index, text):
+        self.progress.update(self.rounds, description=f"round {round_index}", info=text)
+
     def epoch_done(self, round_index, row):
         test = f"  test {row['test_acc']:.1f}%" if "test_acc" in row else ""  # not every epoch (train.eval_every)
         self.progress.update(self.epochs, advance=1, info=f"train {row['train_acc_running']:.1f}%{test}")
@@ -70,6 +73,9 @@ class LineReporter(trajectory.Reporter):
 
     def round_started(self, round_index, rounds, sparsity, epochs):
         self.rounds, self.epochs, self.epochs_done, self.started = rounds, epochs, 0, time.perf_counter()
+
+    def waiting(self, round_index, text):
+        self.say(f"round {round_index}: {text}")
 
     def epoch_done(self, round_index, row):
         self.epochs_done += 1
@@ -142,7 +148,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
     """Load and check everything, take the trajectory's lease, then continue or start it and finish it.
     Returns the run and the closing files it stored (None when another owner had finished it meanwhile)."""
     # Resolve reinit's mask source and load the data before writing anything: bad input leaves no run behind.
-    external = tracker_masks(tracker, cfg, code)
+    external = tracker_masks(tracker, cfg, code, follow=wait)
     data_files, labelled = prepare.load_pinned(prepared, cfg) if prepared else ((), None)
     inputs = trajectory.load_inputs(cfg, root, labelled)
     tracker.check_writable()  # a read-only or full store fails here, before anything is written
@@ -156,7 +162,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
         console.print(f"waiting for {holder.describe()}", highlight=False)
         if reporter is not None and holder.token not in told:  # once an owner (a sweep's view shows it)
             told.add(holder.token)
-            reporter.waiting(holder.describe())
+            reporter.waiting_for_owner(holder.describe())
     with Lease(tracker.uri, experiment_id, identity, on_wait).acquire(wait) as lease:
         # Looked up again under the lease: the owner we waited for may have finished it meanwhile.
         existing = None if force else tracker.find_trajectory(cfg, code)
@@ -280,11 +286,13 @@ def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
         store.client.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
 
 
-def tracker_masks(tracker: Tracker, cfg: Config, code: str):
+def tracker_masks(tracker: Tracker, cfg: Config, code: str, follow: bool = False):
+    """reinit's masks: its lottery twin's, round by round; ``follow`` (--wait): a twin still training is
+    followed, each round starting once the twin has pruned for it."""
     if cfg.retrain.mode != "reinit":
         return None
     from sddkit.tracking import LotteryMasks
-    return LotteryMasks(tracker, cfg, code)
+    return LotteryMasks(tracker, cfg, code, follow)
 
 
 def print_table(rows: list[dict], ph: analysis.Phases, table_format: str = "table") -> None:

@@ -3,8 +3,9 @@
 tasks), with one live view, then a table of every cell's landmarks averaged over seeds, and the sweep's
 figure.
 
-The sweep is a small DAG: a reinit cell takes its masks from its lottery twin (the same config in lottery
-mode), so it starts once that cell has finished; a twin the grid lacks is added. Cells finished already (this
+The sweep is a small DAG of rounds, not cells: a reinit cell takes its masks from its lottery twin (the same
+config in lottery mode) round by round, so it starts as soon as the twin runs, on its own worker, and trains its
+round k beside the twin's round k (waiting, its lease held, when it is ahead); a twin the grid lacks is added. Cells finished already (this
 config, this code) are reported, not rerun: a rerun of a sweep continues it. Every cell's parent run gets the
 tag ``sddkit.sweep`` (the sweep's id: its cells and the code); the sweep itself is a run of kind ``sweep``
 holding the grid, the landmarks table and the figure.
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from sddkit import analysis, executors, plots, results, runner, sweep_view
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
+from sddkit.files import write_atomic
 from sddkit.fingerprint import code_hash
 from sddkit.paths import sqlite_path, tracking_uri
 from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, lottery_twin, log_files, param_text
@@ -117,12 +119,16 @@ def sweep_id(cells: list[Cell], code: str) -> str:
 
 def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
               results_dir: Path | None = None, by_seed: bool = False, cells: list[Cell] | None = None,
-              kind: str = SWEEP, params: dict[str, str] | None = None) -> Sweep:
+              kind: str = SWEEP, params: dict[str, str] | None = None, prepared: Path | None = None,
+              run_files: Path | None = None) -> Sweep:
     """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
     With ``results_dir`` each cell's files go to its folder there: ``cells/<label>``, or ``seed-N``
     (``by_seed``, for replicates). ``cells`` (from ``with_twins``) replaces the grid of ``settings``: a
-    reproduction's cells, which are no grid; its own run is of ``kind`` with ``params``."""
+    reproduction's cells, which are no grid; its own run is of ``kind`` with ``params``. ``prepared``: the
+    `sddkit prepare` folder every cell trains on; ``run_files``: each cell writes only
+    ``<run_files>/<name>/run.json`` (DVC's trajectories stage)."""
     cells = expand(base, settings) if cells is None else cells
+    check_run_files(cells, run_files)
     if settings.executor == "ray":
         executors.import_ray()  # a missing extra stops the sweep before anything is written
         executors.check_address(settings.address)  # and so does a cluster address where nothing answers
@@ -141,7 +147,8 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
     logs.mkdir(parents=True, exist_ok=True)
     tasks = {c.key: executors.Task(c.key, cell_config(c.cfg, uri, settings, parallel), str(root), code, force,
                                    str(tasks_folder(results_dir, c, by_seed)) if results_dir else None,
-                                   str(logs / f"{c.label}.log")) for c in todo}
+                                   str(logs / f"{c.label}.log"), str(prepared) if prepared else None,
+                                   str(run_file(run_files, c)) if run_files else None) for c in todo}
     print_header(kind, sid, len(cells), len(stored), executor, logs)
     sweep_run = open_sweep_run(tracker, base, settings, sid, cells, kind, params)
     view = make_view(cells, stored)
@@ -162,6 +169,10 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
                 folder = tasks_folder(results_dir, cell, by_seed)
                 runner.write_results(folder, TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg,
                                      outcomes[cell.key].rows)
+            if run_files is not None:
+                target = run_file(run_files, cell)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, runner.run_pointer(TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg))
     if failures:
         tracker.client.set_terminated(sweep_run, "FAILED")
         detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
@@ -178,15 +189,37 @@ def print_header(kind: str, sid: str, cells: int, stored: int, executor, logs: P
     console.print(f"  cell logs: {logs}/", highlight=False, soft_wrap=True)
 
 
+def run_file(folder: Path, cell: Cell) -> Path:
+    return folder / cell.cfg.name / "run.json"
+
+
+def check_run_files(cells: list[Cell], folder: Path | None) -> None:
+    """--run-files names each cell's file by its trajectory name: two cells of one name would share it."""
+    names = [c.cfg.name for c in cells]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if folder is not None and twice:
+        raise ConfigError(f"--run-files writes one run.json per trajectory name, and {len(cells)} cells share "
+                          f"names ({', '.join(twice)}); drop the grid and seeds, or use --results")
+
+
 def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
     return results_dir / (f"seed-{cell.cfg.seed}" if by_seed else f"cells/{cell.label}")
 
 
 def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
           sid: str) -> None:
-    """Submit each cell once what it needs has finished; collect outcomes and events until all have ended."""
+    """Submit each cell once what it needs is under way: a reinit follows its twin round by round, so it is
+    submitted once the twin trains (it holds a worker then: the reinit never takes the worker its twin waits
+    for, and a twin that fails before its first round skips it); collect outcomes and events until all have
+    ended."""
     waiting = {c.key: c for c in todo}
     running: dict = {}  # handle -> cell
+    training: set[str] = set()  # the cells that have begun a round
+
+    def show(event) -> None:
+        if event.kind in ("round", "round_done"):
+            training.add(event.key)
+        view.event(event)
     try:
         while waiting or running:
             for cell in list(waiting.values()):
@@ -194,17 +227,17 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
                     failures[cell.label] = "its lottery twin failed"
                     view.failed(cell.key, "skipped: its lottery twin failed")
                     del waiting[cell.key]
-                elif cell.needs is None or cell.needs in outcomes:
+                elif cell.needs is None or cell.needs in outcomes or cell.needs in training:
                     running[executor.submit(tasks[cell.key])] = cell
                     view.queued(cell.key)
                     del waiting[cell.key]
             for event in executor.drain():
-                view.event(event)
+                show(event)
             for handle in executor.wait(list(running), POLL_S) if running else ():
                 cell = running.pop(handle)
                 outcome = executor.outcome(handle)
                 for event in executor.drain():
-                    view.event(event)
+                    show(event)
                 if isinstance(outcome, executors.Outcome):
                     outcomes[cell.key] = outcome
                     tracker.client.set_tag(outcome.run_id, "sddkit.sweep", sid)
@@ -377,17 +410,19 @@ def sweep_figure(sweep: Sweep, grid_keys: list[str], experiment: str) -> bytes |
 
 
 def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path | None,
-           table_format: str = "table") -> None:
-    """The closing table, the sweep run's files, the results folder and where to look."""
+           table_format: str = "table", draw: bool = True) -> None:
+    """The closing table, the sweep run's files, the results folder and where to look. ``draw``: False leaves
+    the figure and the replicate groups' files to ``sddkit compare`` (DVC's compare stage draws them)."""
     grid_keys = list(settings.grid)
     rows = landmark_rows(sweep)
     columns = landmark_columns(grid_keys)
     files = {"landmarks.csv": landmarks_csv(rows, columns), "landmarks.json": landmarks_json(rows)}
-    figure = sweep_figure(sweep, grid_keys, base.tracking.experiment)
+    figure = sweep_figure(sweep, grid_keys, base.tracking.experiment) if draw else None
     if figure is not None:
         files["sweep.png"] = figure
     close_sweep_run(sweep, files)
-    log_groups(sweep)
+    if draw:
+        log_groups(sweep)
     if results_dir is not None:
         results.write_folder(results_dir, files)
     title = f"sweep {sweep.sweep_id}: landmarks (test accuracy %), averaged over seeds"
@@ -396,7 +431,7 @@ def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path 
     names = list(dict.fromkeys(c.cfg.name for c in sweep.cells))
     by = f" --by {grid_keys[0]}" if grid_keys else ""
     where = (f"figure:  runs:/{sweep.run_id}/sweep.png" + (f" and {results_dir / 'sweep.png'}" if results_dir else "")
-             if figure is not None else "figure:  not drawn (see the note above)")
+             if figure is not None else "figure:  not drawn " + ("(see the note above)" if draw else "(sddkit compare draws it)"))
     lines = runner.where_lines(sweep.tracker, base, f"sweep run sweep·{sweep.sweep_id[:8]} ({sweep.run_id})",
                                names[0])
     lines[-1] = (f"  compare: sddkit compare --runs {' '.join(names)}{by} --where sddkit.sweep={sweep.sweep_id}"

@@ -1,5 +1,5 @@
-"""What a sweep shows while it runs: each cell pending / waiting / queued / running round k of R / done / failed,
-with its elapsed time and ETA. In a terminal one live rich table; elsewhere (a file, a pipe, CI) one plain
+"""What a sweep shows while it runs: each cell pending / waiting (for its twin, or its twin's round k) / queued /
+running round k of R / done / failed, with its elapsed time and ETA. In a terminal one live rich table; elsewhere (a file, a pipe, CI) one plain
 timestamped line per event. Fed by the driver (``sweep.drive``) with the cells' ``cell_events.Event``s, which it
 reads duck-typed: this module knows nothing else of sddkit.
 """
@@ -74,7 +74,7 @@ class View:
             cell.state, cell.started, cell.where = "running", cell.started or event.at, f"{event.host} pid {event.pid}"
             cell.round_seconds.clear()  # a retry measures its own rounds
             self.changed(event.key, f"started on {cell.where}")
-        elif event.kind == "waiting":
+        elif event.kind == "owner_waiting":
             cell.state = "waiting for another process"
             self.changed(event.key, f"waiting: its trajectory is being trained by {event.note}")
         elif event.kind == "retry":
@@ -82,6 +82,9 @@ class View:
             self.changed(event.key, event.note)
         elif event.kind == "round":
             cell.state, cell.round_index = "running", event.round_index
+        elif event.kind == "waiting":  # a reinit ahead of its twin, its worker held
+            cell.state = f"waiting for lottery round {event.round_index}"
+            self.changed(event.key, cell.state)
         elif event.kind == "round_done":
             cell.round_index, cell.test_acc = event.round_index, event.test_acc
             cell.round_seconds.append(event.seconds or 0.0)

@@ -374,6 +374,7 @@ class TrajectoryRun:
         self._rounds = self.tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
         self.completed = [round_row(r) for r in contiguous([r for r in self._rounds if r.info.status == "FINISHED"])]
         self._started: tuple[int, str] | None = None  # (round, run ID) of the round run under way
+        self._published: tuple[int, str] | None = None  # (round, run ID) whose mask publish_mask stored
 
     def close_interrupted_rounds(self) -> None:
         """Mark the rounds left RUNNING by a dead owner KILLED (they are redone, never counted)."""
@@ -432,6 +433,7 @@ class TrajectoryRun:
         """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
         self.client.update_run(self.run_id, status="RUNNING")
         self.finished = False
+        self.set_state(None)  # a wait the last owner was stopped in is over
 
     def check_owner(self) -> None:
         if self.lease is not None:
@@ -479,7 +481,26 @@ class TrajectoryRun:
                          for row in history for k, v in row.items() if k != "epoch"]
         files = {"mask.npz": pack_mask(masks), WEIGHTS: sparse_weights(weights, masks),
                  "metrics.json": json.dumps(metrics, indent=1).encode()}
+        if self._published == (round_index, self._started and self._started[1]):
+            del files["mask.npz"]  # stored when the round started (publish_mask)
         self.store_round(round_index, metrics, epoch_metrics, files, {})
+
+    def publish_mask(self, round_index: int, masks: dict[str, torch.Tensor]) -> None:
+        """Store round ``round_index``'s mask in its run under way, as soon as it is pruned: a reinit twin
+        (``LotteryMasks``) trains its own round k beside this one from it. Written atomically, like every file."""
+        self.check_owner()
+        if self._started is None or self._started[0] != round_index:
+            self.start_round(round_index)
+        log_files(self.client, self._started[1], {"mask.npz": pack_mask(masks)})
+        self._published = (round_index, self._started[1])
+
+    def set_state(self, text: str | None) -> None:
+        """What the trajectory is doing when it is not training (``waiting for lottery round 3 …``), as the
+        parent's tag ``sddkit.state`` (shown in the MLflow UI); None removes it."""
+        if text is not None:
+            self.client.set_tag(self.run_id, "sddkit.state", text)
+        elif "sddkit.state" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "sddkit.state")
 
     def adopt_round(self, round_index: int, source) -> dict:
         """Round ``round_index`` as a copy of ``source``, an identical round run of another trajectory (reinit's
@@ -936,57 +957,173 @@ def finished_only(runs: list, what: str) -> list:
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
+# A reinit follows its lottery twin round by round (``LotteryMasks.wait_for``): how often it looks, and how long a
+# twin with no live owner (failed, killed) is given to be resumed before the reinit stops.
+TWIN_POLL_S = 1.0
+TWIN_GRACE_S = 90.0
+
+
 class LotteryMasks:
     """reinit's mask source (``trajectory.MaskSource``): round r -> the mask of round r of its lottery trajectory.
 
-    That is the exact twin (this config in lottery mode, run by the same code, finished), or the run whose
-    ID ``retrain.masks_from`` gives. A name in ``masks_from`` narrows the twins to runs of that name; no other
-    run is ever taken, so a failed run or one of another noise level or schedule cannot slip in. Every mask is
-    read and checked here, before any training: a damaged one must not stop the run rounds in. The packed
-    bytes are kept (a bit a weight) and unpacked when their round comes."""
+    That is the exact twin (this config in lottery mode, run by the same code), or the run whose ID
+    ``retrain.masks_from`` gives. A name in ``masks_from`` narrows the twins to runs of that name; no other run is
+    ever taken, so a run of another noise level or schedule cannot slip in. The twin need not have finished: it
+    stores each round's mask as that round starts (right after pruning), so the reinit trains round k beside the
+    twin's round k. ``follow`` (``--wait``, every sweep cell): wait for a twin still training, round by round;
+    else every round must be there now, and the error names the first one missing. The masks there already are
+    read and checked here, before any training: a damaged one must not stop the run rounds in."""
 
-    def __init__(self, tracker: Tracker, cfg: Config, code: str):
+    def __init__(self, tracker: Tracker, cfg: Config, code: str, follow: bool = False):
+        from sddkit import lease
         chosen = cfg.retrain.masks_from
-        self.tracker, self.code = tracker, code
+        self.tracker, self.code, self.follow, self.rounds_total = tracker, code, follow, cfg.prune.rounds
         self.twin_hash = lottery_twin(cfg).identity_hash()
+        self.heading = f"retrain.masks_from = {chosen!r}" if chosen else "reinit's lottery twin"
+        self.lease_key = lease.key_for(lease.identity(self.twin_hash, code))
         self.source = (explicit_source(tracker, cfg) if chosen and RUN_ID.fullmatch(chosen)
-                       else lottery_twin_run(tracker, cfg, code))
-        heading = f"retrain.masks_from = {chosen!r}" if chosen else "reinit's lottery twin"
-        self.rounds = {int(r.data.tags["sddkit.round"]): r for r in tracker.round_runs(self.source.info.run_id)}
-        missing = [r for r in range(1, cfg.prune.rounds + 1) if r not in self.rounds]
-        if missing:
-            raise TrackingError(f"{heading}: run {self.source.info.run_id} has no finished round {missing[0]}; "
-                                f"finish that trajectory or lower prune.rounds")
-        self.packed = {r: tracker.read_bytes(self.rounds[r].info.run_id, "mask.npz")
-                       for r in range(1, cfg.prune.rounds + 1)}
-        for r, content in self.packed.items():
-            read_mask(tracker, self.rounds[r].info.run_id, content)
+                       else self.twin_run(cfg))
+        self.packed: dict[int, bytes] = {}
+        self.rounds: dict[int, object] = {}
+        for r in range(1, cfg.prune.rounds + 1):  # those there now are checked before training
+            run = self.round_run(r)
+            if run is None:
+                if not follow:
+                    raise TrackingError(self.missing(r))
+                break
+            self.keep(r, run)
 
+    # ---- trajectory.MaskSource
     def masks(self, round_index: int) -> dict[str, torch.Tensor]:
+        if round_index not in self.packed:
+            self.wait_for(round_index, lambda text: None)
         return read_mask(self.tracker, self.rounds[round_index].info.run_id, self.packed[round_index])
+
+    def wait_for(self, round_index: int, waiting) -> bool:
+        """Block until the source has round ``round_index``'s mask (round 0: its finished round 0, which
+        ``same_round_zero`` may copy), the caller's lease beating meanwhile; ``waiting(text)`` is told once
+        when it has to wait. True if it waited. A source with no live owner for ``TWIN_GRACE_S`` (failed,
+        killed and not resumed) stops it with a TrackingError saying what to resume."""
+        if round_index in self.packed or (round_index == 0 and not self.exact()):
+            return False
+        told, orphaned_since = False, None
+        while True:
+            run = self.round_run(round_index)
+            if run is not None:
+                if round_index > 0:
+                    self.keep(round_index, run)
+                else:
+                    self.rounds[0] = run
+                return told
+            if not self.follow:
+                raise TrackingError(self.missing(round_index))
+            if self.owner_alive():
+                orphaned_since = None
+            else:
+                orphaned_since = orphaned_since or time.monotonic()
+                if time.monotonic() - orphaned_since > TWIN_GRACE_S:
+                    raise TrackingError(self.missing(round_index, waited=True))
+            if not told:
+                waiting(f"waiting for lottery round {round_index} (run {self.source.info.run_id})")
+                told = True
+            time.sleep(TWIN_POLL_S)
 
     def same_round_zero(self, init_digest: str):
         """The source's round 0 run when it is the exact twin's (its config in lottery mode, this code, this
         init): then that round is this trajectory's round 0, bit for bit. Else None."""
+        if not self.exact():
+            return None
+        if 0 not in self.rounds:
+            self.wait_for(0, lambda text: None)
+        tags = self.tracker.client.get_run(self.source.info.run_id).data.tags  # the digest comes after the run
+        return self.rounds.get(0) if tags.get(INIT_DIGEST) in (init_digest, None) else None
+
+    # ---- the source's rounds
+    def exact(self) -> bool:
         tags = self.source.data.tags
-        exact = (tags.get("sddkit.config_hash") == self.twin_hash and tags.get("sddkit.code_hash") == self.code
-                 and tags.get(INIT_DIGEST) in (init_digest, None))
-        return self.rounds.get(0) if exact else None
+        return tags.get("sddkit.config_hash") == self.twin_hash and tags.get("sddkit.code_hash") == self.code
+
+    def round_run(self, round_index: int):
+        """The source's round run holding round ``round_index``'s mask: the finished one, else the one under way
+        once it has stored its mask (round 0: finished only). None when there is none yet."""
+        runs = [r for r in self.tracker.round_runs(self.source.info.run_id, finished_only=False,
+                                                   experiment_id=self.source.info.experiment_id)
+                if int(r.data.tags["sddkit.round"]) == round_index and "sddkit.replaced" not in r.data.tags]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if finished or round_index == 0:
+            return finished[-1] if finished else None
+        for run in (r for r in runs if r.info.status == "RUNNING"):
+            if "mask.npz" in {f.path for f in self.tracker.client.list_artifacts(run.info.run_id)}:
+                return run
+        return None
+
+    def keep(self, round_index: int, run) -> None:
+        """Read round ``round_index``'s mask now and check it (a damaged one stops the run here)."""
+        content = self.tracker.read_bytes(run.info.run_id, "mask.npz")
+        read_mask(self.tracker, run.info.run_id, content)
+        self.rounds[round_index], self.packed[round_index] = run, content
+
+    def owner_alive(self) -> bool:
+        """Whether the source is being trained now: RUNNING, with a live lease holder."""
+        from sddkit import lease
+        run = self.tracker.client.get_run(self.source.info.run_id)
+        if run.info.status != "RUNNING":
+            return False
+        holder = lease.read(self.tracker.client, run.info.experiment_id, self.lease_key)
+        return holder is not None and not holder.is_stale()
+
+    def missing(self, round_index: int, waited: bool = False) -> str:
+        """The one line for a source without round ``round_index``'s mask: which round, and what to do."""
+        run = self.tracker.client.get_run(self.source.info.run_id)
+        run_id, status = run.info.run_id, run.info.status
+        what = f"finished round {round_index}" if round_index == 0 else f"round-{round_index} mask"
+        if status == "FINISHED":
+            return (f"{self.heading}: run {run_id} has no {what}; finish that trajectory (its `sddkit run`, "
+                    f"--redo-from {round_index}) or lower prune.rounds")
+        if self.owner_alive():
+            return (f"{self.heading}: run {run_id} has no {what} yet (it is still training); rerun with --wait to "
+                    f"follow it round by round, or once it has finished")
+        stopped = f"waited {TWIN_GRACE_S:.0f} s for it to be resumed; " if waited else ""
+        return (f"{self.heading}: run {run_id} stopped ({status}, no live process) before its {what}; {stopped}"
+                f"resume it (its `sddkit run`, same settings), then rerun this command: it continues after its "
+                f"last finished round")
+
+    def twin_run(self, cfg: Config):
+        """The exact twin's run; while following, one that is about to start (its owner holds its lease, or
+        the grace has not passed) is waited for."""
+        from sddkit import lease
+        waited_since = time.monotonic()
+        while True:
+            try:
+                return lottery_twin_run(self.tracker, cfg, self.code, unfinished=True)
+            except TrackingError:
+                if not self.follow:
+                    raise
+                exp = self.tracker.experiment_id(cfg.tracking.experiment)
+                holder = lease.read(self.tracker.client, exp, self.lease_key)
+                if holder is not None and not holder.is_stale():
+                    waited_since = time.monotonic()
+                elif time.monotonic() - waited_since > TWIN_GRACE_S:
+                    raise
+                time.sleep(TWIN_POLL_S)
 
 
-def lottery_twin_run(tracker: Tracker, cfg: Config, code: str):
-    """The newest finished run of this config in lottery mode by this code (named ``masks_from``, if set)."""
+def lottery_twin_run(tracker: Tracker, cfg: Config, code: str, unfinished: bool = False):
+    """The newest finished run of this config in lottery mode by this code (named ``masks_from``, if set);
+    ``unfinished``: when none has finished, the newest one under way (or stopped: it may be resumed)."""
     twin = lottery_twin(cfg).identity_hash()
     query = f"tags.`sddkit.config_hash` = {literal(twin)} and tags.`sddkit.code_hash` = {literal(code)}"
-    runs = [r for r in tracker.trajectories(cfg.tracking.experiment, query) if r.info.status == "FINISHED"]
     name = cfg.retrain.masks_from
-    named = [r for r in runs if name in (None, r.info.run_name, r.data.tags.get("sddkit.name"))]
+    runs = [r for r in tracker.trajectories(cfg.tracking.experiment, query)
+            if name in (None, r.info.run_name, r.data.tags.get("sddkit.name"))]
+    named = [r for r in runs if r.info.status == "FINISHED"] or (runs[:1] if unfinished else [])
     if not named:
         which = f"named {name!r} " if name else ""
-        raise TrackingError(f"reinit: no finished lottery twin {which}in experiment {cfg.tracking.experiment!r} "
-                            f"(this config in lottery mode: config {twin}, code {code}); run it first (`sddkit run "
-                            f"--set retrain.mode=lottery` with the same settings), or set retrain.masks_from to a "
-                            f"lottery run ID")
+        raise TrackingError(f"reinit: no {'' if unfinished else 'finished '}lottery twin {which}in experiment "
+                            f"{cfg.tracking.experiment!r} (this config in lottery mode: config {twin}, code {code}); "
+                            f"run it first or beside it (`sddkit run --set retrain.mode=lottery` with the same "
+                            f"settings; then this with --wait follows it round by round), or set "
+                            f"retrain.masks_from to a lottery run ID")
     return named[0]
 
 

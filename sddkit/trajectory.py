@@ -38,6 +38,8 @@ class Store(Protocol):
     def record_init_digest(self, digest: str) -> None: ...
     def load_round(self, round_index: int) -> tuple[pruning.Masks, State]: ...
     def start_round(self, round_index: int, sparsity_target: float) -> None: ...  # before the round's work
+    def publish_mask(self, round_index: int, masks: pruning.Masks) -> None: ...  # once pruned, before training
+    def set_state(self, text: str | None) -> None: ...  # what it waits for (None: training again)
     def log_round(self, round_index: int, metrics: dict, history: list[dict], masks: pruning.Masks,
                   weights: State) -> None: ...
     def adopt_round(self, round_index: int, source: object) -> dict: ...  # a copy of an identical round; metrics
@@ -47,6 +49,9 @@ class MaskSource(Protocol):
     """Where a mode whose masks are "external" (reinit) takes them; ``tracking.LotteryMasks`` is the real one."""
 
     def masks(self, round_index: int) -> pruning.Masks: ...
+    def wait_for(self, round_index: int, waiting: Callable[[str], None]) -> bool: ...
+    """Block until round ``round_index``'s mask is there (round 0: the source's finished round 0), telling
+    ``waiting`` once if it must wait: a twin still training is followed round by round. True if it waited."""
     def same_round_zero(self, init_digest: str) -> object | None: ...
     """The source's round 0 when it is this trajectory's round 0 (same config but the mode, same code, same
     init): a handle for ``Store.adopt_round``. Else None, and round 0 is trained."""
@@ -60,9 +65,10 @@ class Reporter:
     """Progress hooks; the CLI draws them with rich. The base class stays silent."""
 
     def round_started(self, round_index: int, rounds: int, sparsity: float, epochs: int) -> None: ...
+    def waiting(self, round_index: int, text: str) -> None: ...  # before the round: its masks are not there yet
     def epoch_done(self, round_index: int, row: dict) -> None: ...
     def round_done(self, round_index: int, metrics: dict) -> None: ...
-    def waiting(self, owner: str) -> None: ...  # another process trains this trajectory: waiting for its lease
+    def waiting_for_owner(self, owner: str) -> None: ...  # another process trains this trajectory: its lease
 
 
 @dataclass
@@ -232,6 +238,8 @@ def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module
 
 
 def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous: State | None):
+    if ctx.external is not None:
+        wait_for_masks(ctx, store, r)
     # Told first, so the stored round spans its pruning and training (and an interrupted one shows as begun).
     store.start_round(r, 1.0 - pruning.density_after(r, ctx.cfg.prune.rate))
     if r == 0 and ctx.external is not None:
@@ -241,6 +249,7 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     cfg, model, started = ctx.cfg, ctx.model, time.perf_counter()
     if r > 0:
         masks = next_masks(ctx, r, masks, previous)
+        store.publish_mask(r, masks)  # now, not at the round's end: a reinit twin can train its round k beside
     schedule = retrain.schedule(cfg, r)
     start = start_weights(ctx, r, previous)
     model.load_state_dict(start)
@@ -266,6 +275,16 @@ def run_round(ctx: Context, store: Store, r: int, masks: pruning.Masks, previous
     store.log_round(r, metrics, history, masks, final)
     ctx.reporter.round_done(r, metrics)
     return masks, final, metrics
+
+
+def wait_for_masks(ctx: Context, store: Store, r: int) -> None:
+    """Before round r starts (its run, its clock): the external source's round-r mask, or its round 0 to copy,
+    may still be in the making (reinit beside its lottery twin). Wait, the lease held and the wait shown."""
+    def waiting(text: str) -> None:
+        ctx.reporter.waiting(r, text)
+        store.set_state(text)
+    if ctx.external.wait_for(r, waiting):
+        store.set_state(None)
 
 
 def adopt_round_zero(ctx: Context, store: Store, source: object, masks: pruning.Masks):

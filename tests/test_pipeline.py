@@ -21,7 +21,7 @@ from sddkit.tracking import Tracker
 MAIN = Path(__file__).resolve().parents[1]
 TINY_PARAMS = {"data": {"train_size": 500, "test_size": 200}, "train": {"epochs": 1, "batch_size": 100},
                "prune": {"rounds": 2}}
-STAGES = ("prepare", "lottery", "reinit", "compare")
+STAGES = ("prepare", "trajectories", "compare")
 
 
 def test_params_yaml_overrides_nothing_of_its_preset():
@@ -243,7 +243,7 @@ def check_results_and_pins(repo: Path) -> None:
         assert (repo / "results" / name / "trajectory.csv").read_text().startswith("round,sparsity,")
     assert (repo / "results" / "compare" / "compare.csv").read_text().startswith("round,lottery:sparsity")
     lottery = trajectory_run(repo, "lottery")
-    assert lottery.data.tags["sddkit.dvc_stage"] == "lottery"
+    assert lottery.data.tags["sddkit.dvc_stage"] == "trajectories"
     digests = {d.dataset.name: d.dataset.digest for d in lottery.inputs.dataset_inputs}
     current = lock(repo)
     assert digests == {p: lock_md5(current, "prepare", p)
@@ -287,7 +287,7 @@ def check_code_edit_makes_new_runs(repo: Path, env: dict) -> None:
     line = "    history, step = [], start_step\n"
     assert line in text
     train_py.write_text(text.replace(line, "    step, history = start_step, []\n"))
-    assert ran(run(["dvc", "repro"], repo, env)) == ["lottery", "reinit", "compare"]
+    assert ran(run(["dvc", "repro"], repo, env)) == ["trajectories", "compare"]
     for name, old in before.items():
         new = trajectory_run(repo, name)
         assert new.info.run_id != old.info.run_id and new.info.status == "FINISHED"

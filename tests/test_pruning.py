@@ -73,6 +73,23 @@ def test_mask_applier_zeroes_exactly_the_pruned_weights():
         assert torch.equal(w[masks[n]], before[n][masks[n]])
 
 
+def test_mask_factors_keep_the_weights_strides_under_channels_last():
+    """The fused multiply's fast path (one launch for every tensor on CUDA) needs each factor in its weight's
+    strides: a channels_last conv weight gets a channels_last factor, a linear one a contiguous one."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2)).to(memory_format=torch.channels_last)
+    params = dict(model.named_parameters())
+    names = ["0.weight", "1.weight", "3.weight"]
+    assert not params["0.weight"].is_contiguous()  # channels_last indeed
+    masks = pruning.prune(pruning.score({n: params[n].detach() for n in names}, "magnitude"),
+                          pruning.dense_masks({n: params[n] for n in names}), 0.5, "global")
+    apply = pruning.MaskApplier(params, masks)
+    assert [f.stride() for f in apply.factors] == [params[n].stride() for n in names]
+    apply()
+    assert [params[n].stride() for n in names] == [f.stride() for f in apply.factors]  # the layout stays
+    assert all(bool((params[n][~masks[n]] == 0).all()) for n in names)
+
+
 def test_pruned_weights_stay_exactly_zero_through_training():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))

@@ -166,7 +166,7 @@ def per_round_science(client, parent_id):
     for run in round_runs(client, parent_id):
         if run.info.status != "FINISHED":
             continue
-        metrics = {k: v for k, v in run.data.metrics.items() if k != "round_seconds"}
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in ("round_seconds", "copied_round_seconds")}
         epochs = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k),
                                                          key=lambda m: (m.step, m.timestamp))]
                   for k in metrics if k.startswith("epoch/")}
@@ -252,3 +252,125 @@ def test_sddkit_run_killed_mid_round_is_continued_by_the_same_command(tmp_path):
     assert sorted(whole_science) == [0, 1, 2, 3]
     for r in range(4):
         assert cut_science[r] == whole_science[r], f"round {r} differs from the uninterrupted run"
+
+
+# ---------------------------------------------------------------- reinit beside its lottery twin, round by round
+
+def test_a_reinit_beside_a_stopped_twin_waits_then_stops_in_one_line_and_both_resume_exactly(project, tmp_path,
+                                                                                            monkeypatch):
+    """The twin stops after round 1 (its round-2 mask never comes): without --wait the reinit says which round
+    it lacks; with it, it trains rounds 0 and 1, waits, then stops in one line. Once the twin is resumed and
+    finished, the reinit's rerun continues it, to exactly the numbers of the sequential order."""
+    from sddkit import tracking
+    from sddkit.tracking import TrackingError
+    monkeypatch.setattr(tracking, "TWIN_GRACE_S", 1.0)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = {**TINY_RESUME, "tracking.uri": uri}
+    config = lambda mode, exp: load_config(overrides={**base, "retrain.mode": mode, "tracking.experiment": exp})  # noqa: E731
+    runner.run_trajectory(config("lottery", "sequential"), project, quiet=True)
+    _, sequential = runner.run_trajectory(config("reinit", "sequential"), project, quiet=True)
+
+    with pytest.raises(SystemExit):
+        runner.run_trajectory(config("lottery", "side"), project, quiet=True, reporter=StopAfter(1))
+    reinit = config("reinit", "side")
+    with pytest.raises(TrackingError, match=r"has no round-2 mask|stopped \(KILLED"):
+        runner.run_trajectory(reinit, project, quiet=True)  # no --wait: every round must be there
+    told = []
+
+    class Waiting(trajectory.Reporter):
+        def waiting(self, round_index, text):
+            told.append((round_index, text))
+    with pytest.raises(TrackingError) as stopped:
+        runner.run_trajectory(reinit, project, quiet=True, wait=True, reporter=Waiting())
+    line = str(stopped.value)
+    assert "\n" not in line and "before its round-2 mask" in line and "resume it" in line, line
+    assert [r for r, _ in told] == [2] and told[0][1].startswith("waiting for lottery round 2")
+    client = MlflowClient(uri)
+    (cut,) = trajectories(client, "side", "reinit")
+    assert cut.info.status == "FAILED"
+    assert [int(r.data.tags["sddkit.round"]) for r in round_runs(client, cut.info.run_id)
+            if r.info.status == "FINISHED"] == [0, 1]
+
+    runner.run_trajectory(config("lottery", "side"), project, quiet=True)  # the twin resumed
+    store, resumed = runner.run_trajectory(reinit, project, quiet=True, wait=True)
+    assert store.run_id == cut.info.run_id and science(resumed) == science(sequential)
+
+
+def sddkit_mode(folder: Path, uri: str, log: Path, mode: str, *extra: str) -> subprocess.Popen:
+    """``sddkit run`` of KILLED_RUN in ``mode`` (its own process group), with ``extra`` arguments."""
+    sets = [arg for key, value in {**KILLED_RUN, "tracking.uri": uri, "retrain.mode": mode}.items()
+            for arg in ("--set", f"{key}={value}")]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME")}
+    env["SDDKIT_NO_DOWNLOAD"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(sddkit.__file__).resolve().parent.parent),
+                                         *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.Popen([sys.executable, "-m", "sddkit.cli", "run", *sets, *extra], cwd=folder, env=env,
+                            stdin=subprocess.DEVNULL, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_reinit_beside_its_twin_both_killed_mid_round_then_resumed_equal_the_sequential_order(tmp_path):
+    """The pipelined pair: a lottery `sddkit run` and a reinit `sddkit run --wait` side by side, the reinit
+    training round k beside the twin's round k. The twin is killed (SIGKILL) in the middle of round 2, the
+    reinit while it waits for it; both commands rerun. Both end with exactly the numbers of the sequential order
+    (lottery, then reinit, in another store), and the reinit's rounds overlapped its twin's."""
+    side, alone = tmp_path / "side", tmp_path / "alone"
+    for root in (side, alone):
+        (root / ".git").mkdir(parents=True)
+    uri = f"sqlite:///{side}/mlflow.db"
+    experiment = load_config().tracking.experiment
+    sequential = {}
+    procs = []
+    try:
+        logs = {mode: tmp_path / f"{mode}.log" for mode in ("lottery", "reinit")}
+        twin = sddkit_mode(side, uri, logs["lottery"], "lottery")
+        procs.append(twin)
+        wait_until("artifact folder", lambda: (side / "mlruns").exists(), twin, logs["lottery"], 120)
+        reinit = sddkit_mode(side, uri, logs["reinit"], "reinit", "--wait")
+        procs.append(reinit)
+        client = MlflowClient(uri)
+
+        def finished_round(mode, r):
+            (parent,) = trajectories(client, experiment, mode)
+            return next((x for x in round_runs(client, parent.info.run_id)
+                         if int(x.data.tags["sddkit.round"]) == r and x.info.status == "FINISHED"), None)
+        wait_until("the twin's round 1", lambda: finished_round("lottery", 1), twin, logs["lottery"], 180)
+        time.sleep(0.5)  # round 2 is training, its mask stored: kill it midway
+        os.killpg(twin.pid, signal.SIGKILL)
+        twin.wait(timeout=30)
+
+        def waits():
+            (parent,) = trajectories(client, experiment, "reinit")
+            return parent.data.tags.get("sddkit.state", "").startswith("waiting for lottery round")
+        wait_until("the reinit waiting for its twin", waits, reinit, logs["reinit"], 180)
+        os.killpg(reinit.pid, signal.SIGKILL)
+        reinit.wait(timeout=30)
+
+        procs += [sddkit_mode(side, uri, logs["lottery"], "lottery"),
+                  sddkit_mode(side, uri, logs["reinit"], "reinit", "--wait")]
+        # Meanwhile, the reference: lottery, then reinit, one after the other, in another store.
+        for mode in ("lottery", "reinit"):
+            cfg = load_config(overrides={**KILLED_RUN, "retrain.mode": mode,
+                                         "tracking.uri": f"sqlite:///{alone}/mlflow.db"})
+            store, _ = runner.run_trajectory(cfg, alone, quiet=True)
+            sequential[mode] = per_round_science(MlflowClient(cfg.tracking.uri), store.run_id)
+        for proc, mode in zip(procs[2:], ("lottery", "reinit")):
+            assert proc.wait(timeout=300) == 0, logs[mode].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            kill_group(proc)
+
+    for mode in ("lottery", "reinit"):
+        (parent,) = trajectories(client, experiment, mode)
+        assert parent.info.status == "FINISHED" and "sddkit.state" not in parent.data.tags
+        resumed = per_round_science(client, parent.info.run_id)
+        assert sorted(resumed) == [0, 1, 2, 3]
+        for r in range(4):
+            assert resumed[r] == sequential[mode][r], f"{mode} round {r} differs from the sequential order"
+    (lottery,), (reinit_run,) = trajectories(client, experiment, "lottery"), trajectories(client, experiment, "reinit")
+    ends = {int(x.data.tags["sddkit.round"]): x.info.end_time for x in round_runs(client, lottery.info.run_id)
+            if x.info.status == "FINISHED"}
+    starts = {int(x.data.tags["sddkit.round"]): x.info.start_time for x in round_runs(client, reinit_run.info.run_id)
+              if x.info.status == "FINISHED"}
+    assert any(starts[r] < ends[r] for r in (1, 2, 3)), "no reinit round ran beside its twin's"

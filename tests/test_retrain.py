@@ -160,7 +160,7 @@ def test_reinit_from_a_lottery_run_of_another_seed_trains_its_own_round_0(projec
 def test_reinit_without_its_lottery_names_what_exists(project, tmp_path):
     cfg = load_config(overrides={**SMALL, "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
                                  "retrain.mode": "reinit", "retrain.masks_from": "nope"})
-    with pytest.raises(tracking.TrackingError, match="reinit: no finished lottery twin named 'nope'"):
+    with pytest.raises(tracking.TrackingError, match="reinit: no lottery twin named 'nope'"):
         runner.run_trajectory(cfg, project, quiet=True)
     assert tracking.Tracker(cfg.tracking.uri, project).trajectories("sddkit") == []  # nothing written
 
@@ -197,14 +197,16 @@ def test_reinit_refuses_an_explicit_run_whose_masks_do_not_fit(project, tmp_path
 
 
 def test_reinit_takes_only_its_exact_finished_twin_or_an_explicit_run_id(project, tmp_path):
-    """Neither a lottery run of another noise level nor an unfinished twin is ever taken silently."""
+    """A lottery run of another noise level is never taken; an unfinished twin with no live owner is named,
+    with the round it lacks (with --wait it would be followed, once resumed)."""
     _, other_noise, _, other_rounds = trajectory(project, tmp_path, **{"noise.ratio": 0.4})
     uri = other_noise.tracker.uri
     cfg = load_config(overrides={**SMALL, "tracking.uri": uri})
     unfinished = tracking.Tracker(uri, project).open_trajectory(cfg)  # the twin, started and never finished
     reinit = load_config(overrides={**SMALL, "tracking.uri": uri, "retrain.mode": "reinit"})
-    with pytest.raises(tracking.TrackingError, match=f"no finished lottery twin in experiment 'sddkit' .*config "
-                                                     f"{tracking.lottery_twin(reinit).identity_hash()}"):
+    with pytest.raises(tracking.TrackingError, match=f"reinit's lottery twin: run {unfinished.run_id} stopped "
+                                                     f"\\(RUNNING, no live process\\) before its round-1 mask; "
+                                                     f".*resume it"):
         runner.run_trajectory(reinit, project, quiet=True)
     assert len(tracking.Tracker(uri, project).trajectories("sddkit")) == 2  # nothing written
 

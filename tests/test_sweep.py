@@ -393,7 +393,7 @@ def test_the_sweep_header_is_whole_lines_without_a_stray_separator(monkeypatch, 
     monkeypatch.setattr(sweep, "console", Console(file=screen, width=60))
     executor = type("E", (), {"describe": lambda self: "2 local worker processes"})()
     logs = tmp_path / ("a-rather-long-project-folder-name" * 2) / ".sddkit" / "sweep-0123456789ab"
-    sweep.print_header("0123456789ab", 4, 1, executor, logs)
+    sweep.print_header("sweep", "0123456789ab", 4, 1, executor, logs)
     lines = screen.getvalue().splitlines()
     assert lines == ["sweep 0123456789ab: 4 cells (1 finished already) on 2 local worker processes",
                      f"  cell logs: {logs}/"]
@@ -413,7 +413,7 @@ def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project
 
     def put(event):  # the owner dies once the cell has said it waits: the cell then takes the lease over
         events.append(event)
-        if event.kind == "waiting":
+        if event.kind == "owner_waiting":
             threading.Timer(1.0, owner.kill).start()
     box = type("Box", (), {"put": lambda self, e: put(e)})()
     try:
@@ -423,7 +423,7 @@ def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project
     finally:
         owner.kill()
         owner.wait()
-    assert [e.kind for e in events].count("waiting") == 1 and f"pid {owner.pid}" in events[0].note
+    assert [e.kind for e in events].count("owner_waiting") == 1 and f"pid {owner.pid}" in events[0].note
     screen = io.StringIO()
     view = sweep_view.LineView([FakeCell("k", "lottery·s0", 1)], {}, Console(file=screen))
     from sddkit.cell_events import Event
@@ -431,3 +431,55 @@ def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project
     view.event(events[0])
     assert view.cells["k"].progress() == "waiting for another process"
     assert f"lottery·s0: waiting: its trajectory is being trained by pid {owner.pid}" in screen.getvalue()
+
+
+    # The reinit moves beside its twin: started on a worker of its own, ahead of it, then training its round.
+    view.event(Event("b", "started", host="node2", pid=8))
+    view.event(Event("b", "waiting", 3))
+    shown = Console(file=io.StringIO(), width=160)
+    shown.print(view.table())
+    assert "waiting for lottery round 3" in shown.file.getvalue() and "node2 pid 8" in shown.file.getvalue()
+    view.event(Event("b", "round", 3, 4))
+    assert view.cells["b"].progress() == "round 3 of 4" and view.cells["a"].progress() == "round 3 of 4"
+
+
+def test_a_reinit_cell_runs_beside_its_lottery_twin_both_running_at_once_in_the_store(project):
+    """The sweep schedules rounds, not cells: the reinit cell starts while its twin trains (its own worker),
+    so both parent runs are RUNNING at once; the reinit equals the one trained after its twin had finished."""
+    import threading
+    # Rounds long enough (seconds) that the reinit's worker has loaded its data before its twin has finished.
+    sets = ["--set", "data.train_size=1000", "--set", "train.epochs=60", "--set", "prune.rounds=2",
+            "--set", "train.milestones=[]"]
+    client, seen, stop = MlflowClient(f"sqlite:///{project}/mlflow.db"), [], threading.Event()
+
+    def watch():  # what the store shows while the sweep runs
+        while not stop.wait(0.2):
+            try:
+                exp = client.get_experiment_by_name("sddkit")
+                runs = client.search_runs([exp.experiment_id], "tags.`sddkit.kind` = 'trajectory'") if exp else []
+            except Exception:  # noqa: BLE001 - the store being created
+                continue
+            seen.append(sorted(r.data.tags["sddkit.retrain_mode"] for r in runs if r.info.status == "RUNNING"))
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = CliRunner().invoke(cli.main, ["sweep", "--modes", "lottery", "reinit", "--jobs", "2", *sets,
+                                               "--format", "csv"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.exit_code == 0, result.output
+    assert ["lottery", "reinit"] in seen, "the reinit never ran beside its twin"
+    # The same reinit after its twin had finished (another experiment, one after the other): the same numbers.
+    tiny = {"data.train_size": 1000, "train.epochs": 60, "prune.rounds": 2, "train.milestones": [],
+            "tracking.uri": f"sqlite:///{project}/mlflow.db", "tracking.experiment": "after"}
+    from sddkit import runner
+    for mode in ("lottery", "reinit"):
+        _, rows = runner.run_trajectory(load_config(overrides={**tiny, "retrain.mode": mode}), project, quiet=True)
+    (side,) = [r for r in Tracker(f"sqlite:///{project}/mlflow.db", project).trajectories("sddkit")
+               if r.data.tags["sddkit.retrain_mode"] == "reinit"]
+    from sddkit.tracking import TrajectoryRun
+    side_rows = TrajectoryRun(Tracker(f"sqlite:///{project}/mlflow.db", project), side.info.run_id).completed
+    timing = ("round_seconds", "copied_round_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in side_rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows]
