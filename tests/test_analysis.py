@@ -289,7 +289,9 @@ def stored_once(tmp_path_factory):
     """One tiny trajectory (2 rounds of 1 epoch) in a project folder of its own, shared by the tests below."""
     project = tmp_path_factory.mktemp("analyze") / "project"
     (project / ".git").mkdir(parents=True)
-    cfg = config.load_config(overrides={**TINY, "train.epochs": 1, "prune.rounds": 2})
+    # A threshold this tiny run reaches (it never fits 95% of the noisy labels): its rounds get phases.
+    cfg = config.load_config(overrides={**TINY, "train.epochs": 1, "prune.rounds": 2,
+                                        "analysis.interpolation_threshold": 1.0})
     store, rows = runner.run_trajectory(cfg, project, quiet=True)
     return project, cfg, store.run_id, Tracker(f"sqlite:///{project}/mlflow.db", project)
 
@@ -314,7 +316,7 @@ ANALYZE = ["analyze", "lottery", "--rounds", "1", "2", "--redense-epochs", "1", 
 def test_phases_are_logged_on_the_parent_and_round_runs(stored):
     cfg, parent_id, tracker = stored
     parent = tracker.client.get_run(parent_id)
-    ph = analysis.phases([round_row(r) for r in tracker.round_runs(parent_id)])
+    ph = analysis.phases([round_row(r) for r in tracker.round_runs(parent_id)], cfg.analysis.interpolation_threshold)
     assert {k: parent.data.tags[k] for k in analysis.phase_tags(ph)} == analysis.phase_tags(ph)
     assert parent.data.metrics["phase/light_first"] == 0
     assert parent.data.tags["sddkit.group"] == cfg.group_hash()
