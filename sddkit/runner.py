@@ -299,7 +299,7 @@ def print_table(rows: list[dict], ph: analysis.Phases, table_format: str = "tabl
     keys = ("sparsity", "train_acc_noisy", "train_acc_clean", "memorized", "test_acc")
     results.print_table(results.closing_table(rows, ph, keys, table_format, "trajectory"))
     # csv, json and md: stdout holds the table alone (for a file or a pipe), the landmarks go to stderr
-    (Console() if table_format == "table" else console).print(results.landmarks_line(rows, ph), highlight=False)
+    (Console() if table_format == "table" else console).print(results.landmarks_line(rows, ph), highlight=False, soft_wrap=True)
 
 
 def print_where(tracker: Tracker, cfg: Config, store: TrajectoryRun, to_stderr: bool = False) -> None:

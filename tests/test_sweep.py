@@ -384,6 +384,14 @@ def test_the_live_view_shows_each_cells_round_of_r_elapsed_and_eta():
     assert "round 3 of 4" in text and "72.0" in text and "waiting for its lottery twin" in text
     assert "0:00:20" in text  # ETA: 2 rounds left at 10 s each
     assert "node1 pid 7" in text
+    # The reinit moves beside its twin: started on a worker of its own, ahead of it, then training its round.
+    view.event(Event("b", "started", host="node2", pid=8))
+    view.event(Event("b", "waiting", 3))
+    shown = Console(file=io.StringIO(), width=160)
+    shown.print(view.table())
+    assert "waiting for lottery round 3" in shown.file.getvalue() and "node2 pid 8" in shown.file.getvalue()
+    view.event(Event("b", "round", 3, 4))
+    assert view.cells["b"].progress() == "round 3 of 4" and view.cells["a"].progress() == "round 3 of 4"
 
 
 def test_the_sweep_header_is_whole_lines_without_a_stray_separator(monkeypatch, tmp_path):
@@ -432,15 +440,6 @@ def test_a_cell_waiting_for_another_process_shows_as_waiting_not_started(project
     assert view.cells["k"].progress() == "waiting for another process"
     assert f"lottery·s0: waiting: its trajectory is being trained by pid {owner.pid}" in screen.getvalue()
 
-
-    # The reinit moves beside its twin: started on a worker of its own, ahead of it, then training its round.
-    view.event(Event("b", "started", host="node2", pid=8))
-    view.event(Event("b", "waiting", 3))
-    shown = Console(file=io.StringIO(), width=160)
-    shown.print(view.table())
-    assert "waiting for lottery round 3" in shown.file.getvalue() and "node2 pid 8" in shown.file.getvalue()
-    view.event(Event("b", "round", 3, 4))
-    assert view.cells["b"].progress() == "round 3 of 4" and view.cells["a"].progress() == "round 3 of 4"
 
 
 def test_a_reinit_cell_runs_beside_its_lottery_twin_both_running_at_once_in_the_store(project):
