@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from sddkit import config as config_mod
+from sddkit import command_settings, config as config_mod
 from sddkit.paths import project_root
 
 console = Console(stderr=True)
@@ -33,7 +33,7 @@ def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str |
         cfg = config_mod.load_config(params, preset=preset, overrides=list(sets))
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
-    note = config_mod.schedule_note(cfg)
+    note = command_settings.schedule_note(cfg)
     if note:
         from rich.markup import escape
         console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -222,8 +222,8 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
                  "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
         options.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
         if grid:
-            options["grid"] = config_mod.parse_grid_options(grid)
-        settings = config_mod.read_sweep_settings(path, options)
+            options["grid"] = command_settings.parse_grid_options(grid)
+        settings = command_settings.read_sweep_settings(path, options)
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
     check_sweep_size(settings, yes)
@@ -291,7 +291,7 @@ def reproduce_command(names, show_list, preset, sets, params_path, seeds, execut
     path = Path(params_path) if params_path else root / "params.yaml"
     try:
         given = {"seeds": list(seeds), "executor": executor, "jobs": jobs}
-        settings = config_mod.read_sweep_settings(path, {k: v for k, v in given.items() if v not in (None, [])})
+        settings = command_settings.read_sweep_settings(path, {k: v for k, v in given.items() if v not in (None, [])})
         if settings.grid or settings.modes:
             raise config_mod.ConfigError(f"{config_mod.SWEEP_KEY}.grid and .modes: the studies are the grid of a "
                                          f"reproduction; leave them out of {path.name} (or use --params)")
@@ -320,7 +320,7 @@ def reproduce_command(names, show_list, preset, sets, params_path, seeds, execut
 def check_sweep_size(settings: config_mod.SweepConfig, yes: bool) -> None:
     """Count the cells before laying them out (each costs a config and a hash): a grid past sweep.max_cells
     is refused at once unless --yes; with it, the count is said before the wait."""
-    cells, points = config_mod.count_cells(settings)
+    cells, points = command_settings.count_cells(settings)
     if cells <= settings.max_cells:
         return
     modes, seeds = len(settings.modes) or 1, len(settings.seeds) or 1
@@ -459,7 +459,7 @@ def compare_command(selectors, where, labels, formats, paper, by, experiment, ou
         fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
              f"or tracking.uri in a --params file)")
     try:
-        settings = config_mod.read_compare_settings(Path(params_path) if params_path else root / "params.yaml")
+        settings = command_settings.read_compare_settings(Path(params_path) if params_path else root / "params.yaml")
     except config_mod.ConfigError as exc:
         fail(f"config: {exc}", code=2)
     from sddkit import compare
@@ -560,7 +560,7 @@ def keys(table_format) -> None:
     """List every config key (the names used by params.yaml, --set and MLflow params): its type, default (with
     no params.yaml: the quick preset's value), allowed values and meaning."""
     from sddkit.results import render_table
-    show(render_table(config_mod.describe_keys(), config_mod.KEY_COLUMNS, table_format, "config keys"))
+    show(render_table(command_settings.describe_keys(), command_settings.KEY_COLUMNS, table_format, "config keys"))
 
 
 @main.command("adopt")

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from sddkit.config import Config, ConfigError, TrainConfig, describe_keys, leaf_fields, load_config, parse_assignment, \
-    preset_names
+from sddkit.command_settings import describe_keys, read_compare_settings
+from sddkit.config import Config, ConfigError, TrainConfig, leaf_fields, load_config, parse_assignment, preset_names
 
 
 def test_quick_is_default_and_matches_the_documented_setting():
@@ -178,7 +178,6 @@ def test_the_reported_non_finite_values_get_one_line(override, message):
 
 
 def test_the_compare_threshold_refuses_nan(tmp_path):
-    from sddkit.config import read_compare_settings
     path = tmp_path / "params.yaml"
     path.write_text("sddkit_stages:\n  compare:\n    interpolation_threshold: .nan\n")
     with pytest.raises(ConfigError, match=r"^sddkit_stages.compare.interpolation_threshold = nan: not a finite "
@@ -346,5 +345,5 @@ def test_milestones_past_the_last_epoch_are_warned_about_in_one_line(project):
     quiet = CliRunner().invoke(cli.main, ["run", "--set", "train.epochs=10", "--set", "train.milestones=[8]",
                                           "--jobs", "2"])
     assert "warning:" not in quiet.output
-    from sddkit.config import schedule_note
+    from sddkit.command_settings import schedule_note
     assert schedule_note(load_config(overrides={"train.epochs": 10, "train.schedule": "constant"})) is None

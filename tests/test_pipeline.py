@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sddkit import config, prepare
+from sddkit import command_settings, config, prepare
 from sddkit.tracking import Tracker
 
 MAIN = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ STAGES = ("prepare", "trajectories", "compare")
 def test_params_yaml_overrides_nothing_of_its_preset():
     params = config.read_params_file(MAIN / "params.yaml")
     assert config.load_config(params).flat() == config.load_config(preset=params["preset"]).flat()
-    assert config.read_compare_settings(MAIN / "params.yaml") == config.CompareConfig()
+    assert command_settings.read_compare_settings(MAIN / "params.yaml") == config.CompareConfig()
 
 
 def test_prepare_is_deterministic_and_pinned_files_check_the_config(tmp_path):

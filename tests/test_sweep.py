@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from sddkit import cli, sweep, sweep_view
-from sddkit import config as config_mod
-from sddkit.config import ConfigError, SweepConfig, load_config, read_sweep_settings
+from sddkit.command_settings import parse_grid_options, read_sweep_settings
+from sddkit.config import ConfigError, SweepConfig, load_config
 from sddkit.lease import process_alive
 from sddkit.tracking import Tracker
 
@@ -278,7 +278,7 @@ def test_a_grid_key_given_twice_keeps_all_its_values(project):
     assert result.exit_code == 2, result.output
     assert "4 cells" in result.output and "2 grid points" in result.output  # both ratios, both seeds
     assert len(result.output.strip().splitlines()) == 1
-    assert config_mod.parse_grid_options(["noise.ratio=0.2", "noise.ratio=0.4"]) == {"noise.ratio": [0.2, 0.4]}
+    assert parse_grid_options(["noise.ratio=0.2", "noise.ratio=0.4"]) == {"noise.ratio": [0.2, 0.4]}
 
 
 def test_a_huge_grid_is_counted_at_once_and_refused_without_yes(project):
