@@ -1,8 +1,7 @@
 """The one typed, validated configuration: a preset, then params.yaml, then ``--set key=value``.
 
 Every knob has one dotted name (``train.lr``) used in all three places and as the MLflow param name. pydantic
-checks the dataclasses below; a bad key or value raises ``ConfigError``, one line naming the key and what it takes.
-"""
+checks the dataclasses below; a bad key or value raises ``ConfigError``, one line naming the key and what it takes."""
 from __future__ import annotations
 
 import dataclasses
@@ -429,6 +428,7 @@ def check_image_sizes(cfg: Config) -> None:
 
 _adapter = functools.cache(TypeAdapter)  # one per checked dataclass: building one takes milliseconds
 _hints = functools.partial(typing.get_type_hints, include_extras=True)  # Annotated kept: its bounds are the ranges
+
 
 def build(cls: type, tree: Any, prefix: str):
     """Dataclass ``cls`` from a nested dict, every key, type and range checked; ``prefix`` names its section."""

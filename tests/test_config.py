@@ -347,3 +347,27 @@ def test_milestones_past_the_last_epoch_are_warned_about_in_one_line(project):
     assert "warning:" not in quiet.output
     from sddkit.command_settings import schedule_note
     assert schedule_note(load_config(overrides={"train.epochs": 10, "train.schedule": "constant"})) is None
+
+
+def test_keys_yaml_describes_exactly_the_keys():
+    from importlib import resources
+    from sddkit.config import SweepConfig, read_yaml
+    about = read_yaml((resources.files("sddkit") / "keys.yaml").read_text())
+    keys = {key for key, _, _ in leaf_fields()} | {key for key, _, _ in leaf_fields(SweepConfig, "sweep.")}
+    assert set(about["meaning"]) == keys and set(about["allowed"]) <= keys
+
+
+def test_any_bad_value_of_any_key_is_one_config_error_line_naming_the_key():
+    """pydantic checks the values; what reaches the user is always our one line, never its ValidationError."""
+    from sddkit.config import build
+    tree, refused = dataclasses.asdict(load_config()), []
+    for key, _, _ in leaf_fields():
+        section, name = key.rpartition(".")[::2]
+        for value in (None, "x", True, -1, 10 ** 400, float("nan"), [None]):
+            bad = {**tree, section: {**tree[section], name: value}} if section else {**tree, name: value}
+            try:
+                build(Config, bad, "")
+            except ConfigError as exc:
+                refused.append(key)
+                assert str(exc).startswith(key) and "\n" not in str(exc), (key, value, str(exc))
+    assert len(refused) > 5 * len(set(refused)) and len(set(refused)) == len(list(leaf_fields()))
