@@ -39,7 +39,6 @@ def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> byte
 
 # ---------------------------------------------------------------- the compare figure
 
-FIGURE_FORMATS = ("png", "pdf", "svg")
 PHASE_COLOURS = {"light": "#dbe9f6", "critical": "#f6cfc9", "sweet": "#d3edd3", "collapse": "#e3e3e3"}
 LANDMARK_MARKERS = {"dense": "s", "minimum": "v", "peak": "^", "last": "X"}
 
