@@ -1,8 +1,8 @@
-"""The ``sddkit`` command. Only click, rich and the config are imported at start-up; torch, timm and
-mlflow are imported inside the commands so ``sddkit --help`` stays instant."""
+"""The ``sddkit`` command. Only click, rich and the config are imported at start-up; torch, timm and mlflow
+are imported inside the commands, so ``sddkit --help`` stays instant."""
 from __future__ import annotations
 
-import math
+import contextlib
 import sys
 from pathlib import Path
 
@@ -10,75 +10,56 @@ import click
 from rich.console import Console
 
 from sddkit import command_settings, config as config_mod
+from sddkit.cli_options import (FiniteRange, config_errors, config_options, console, experiment_option, fail,
+                                format_option, grid_options, one_line, optional_path, params_file, params_option,
+                                resolve_config, spreading)
 from sddkit.paths import project_root
 
-console = Console(stderr=True)
 out = Console()
 
 
-def fail(message: str, code: int = 1) -> None:
-    from rich.markup import escape  # a message may quote brackets: `.[ray]`, `[80, 120]`
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    sys.exit(code)
-
-
-def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str | None,
-                   root: Path) -> config_mod.Config:
-    """params.yaml (the given path, else the project root's, if any) <- --preset <- --set; exit 2 if bad."""
-    path = Path(params_path) if params_path else root / "params.yaml"
+@contextlib.contextmanager
+def training(then: str = ""):
+    """What run, sweep and reproduce share: kill, a closed terminal or the end of `dvc` stops the work as Ctrl-C
+    does (runs marked KILLED, leases released), and an interrupt says how to continue."""
+    import signal
+    from sddkit import executors, lifeline, runner, sweep
     try:
-        if params_path and not path.is_file():
-            raise config_mod.ConfigError(f"--params {params_path}: no such file")
-        params = config_mod.read_params_file(path) if path.is_file() else {}
-        cfg = config_mod.load_config(params, preset=preset, overrides=list(sets))
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
-    note = command_settings.schedule_note(cfg)
-    if note:
-        from rich.markup import escape
-        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    return cfg
+        lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
+        lifeline.follow_dvc()
+        with config_errors(), one_line(*runner.USER_ERRORS, sweep.SweepFailed, executors.ExecutorError):
+            yield  # a config error found late: while building the model (e.g. prune.exclude)
+    except KeyboardInterrupt:
+        fail(f"interrupted: rerun the same command to continue{then}", code=130)
 
 
-class SpreadOptions(click.Command):
-    """Lets the options named in ``spread`` take several values (``--seeds 0 1 2``): they are rewritten to
-    click's repeated form (``--seeds 0 --seeds 1 --seeds 2``) before parsing. Put arguments before them."""
-    spread: tuple[str, ...] = ()
-
-    def parse_args(self, ctx, args):
-        out, option = [], None
-        for arg in args:
-            if arg.startswith("-"):
-                option = arg if arg in self.spread else None
-            elif option is not None and out[-1] != option:
-                out.append(option)
-            out.append(arg)
-        return super().parse_args(ctx, out)
+def store(params_path: str | None = None, has_params: bool = False) -> tuple[Path, config_mod.Config]:
+    """The project root and config of a command that reads or serves the store; exit 1 outside a project
+    (else MLflow would create an empty mlflow.db right here)."""
+    root = project_root()
+    cfg = resolve_config(None, (), params_path, root)
+    from sddkit.paths import missing_project
+    missing = missing_project(cfg.tracking.uri)
+    if missing:
+        fail(f"{missing}; cd into the project, or name the store (MLFLOW_TRACKING_URI"
+             + (", or tracking.uri in a --params file)" if has_params else ")"))
+    return root, cfg
 
 
-def spreading(*options: str) -> type[click.Command]:
-    return type("SpreadCommand", (SpreadOptions,), {"spread": options})
+def tracker(root: Path, cfg: config_mod.Config):
+    from sddkit.paths import tracking_uri
+    from sddkit.tracking import Tracker
+    return Tracker(tracking_uri(cfg.tracking.uri, root), root)
 
 
-# The packaged presets as a choice: a wrong name fails in one line listing them, and shell completion offers them.
-preset_option = click.option("--preset", default=None, type=click.Choice(config_mod.preset_names()),
-                             help="Preset to start from (default: params.yaml's, else quick).")
-
-
-def format_option(what: str):
-    return click.option("--format", "table_format", type=click.Choice(config_mod.TABLE_FORMATS), default="table",
-                        show_default=True, help=f"How {what} is printed: a table (full width, never cut, when "
-                                                f"piped), or csv, json, markdown text on stdout.")
-
-
-def show(rendered) -> None:
+def table(rows: list[dict], columns: dict, table_format: str, title: str, formats: dict | None = None) -> None:
     from sddkit import results  # (rich only: results imports torch where it needs it)
-    results.print_table(rendered, out)
+    results.print_table(results.render_table(rows, columns, table_format, title, formats), out)
 
 
 class Commands(click.Group):
-    """The ``sddkit`` group: a failing store (a tracking server that does not answer or asks for credentials,
-    a full disk), wherever a command meets it, ends that command in one line (``failures.explain``)."""
+    """A failing store (a tracking server that does not answer or asks for credentials, a full disk), wherever
+    a command meets it, ends that command in one line (``failures.explain``)."""
 
     def invoke(self, ctx):
         try:
@@ -98,40 +79,32 @@ def main() -> None:
 
 
 @main.command(cls=spreading("--seeds"))
-@preset_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
-@click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
+@config_options()
 @click.option("--force", is_flag=True, help="Start a new trajectory even if this config already ran.")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="Also write summary.json, trajectory.csv and curve.png into this folder (for DVC).")
 @click.option("--run-file", "run_file", default=None, type=click.Path(dir_okay=False),
-              help="Write only run.json, naming the run, at this path (DVC's trajectory stages: their other "
-                   "files come from the compare stage, so a plot edit never reruns training).")
+              help="Write only run.json, naming the run, at this path (DVC's trajectory stages).")
 @click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
               help="One trajectory per seed (replaces the config's seed), grouped by the tag sddkit.group; "
                    "then a mean ± std table and curve. Pin the noise draw with --set noise.seed=K.")
 @click.option("--jobs", default=1, type=click.IntRange(min=1), show_default=True,
               help="With --seeds: replicates run at a time, each in its own process (one torch thread).")
 @click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder written by `sddkit prepare`: checked against this config; the run trains on exactly "
-                   "its files, whose md5 it records as dataset inputs (the DVC stages pass it).")
-@click.option("--wait", is_flag=True, help="If another process is training this trajectory, wait for it (then "
-                                           "report or continue) instead of stopping; a reinit follows a lottery "
-                                           "twin still training, round by round.")
+              help="Folder written by `sddkit prepare`: train on exactly its files (checked, md5 recorded).")
+@click.option("--wait", is_flag=True, help="If another process trains this trajectory (or a reinit's lottery "
+                                           "twin), wait for it instead of stopping.")
 @click.option("--redo-from", "redo_from", default=None, type=click.IntRange(min=0), metavar="ROUND",
-              help="Repair: retrain this trajectory from round ROUND on, keeping rounds 0…ROUND−1 (for a damaged "
-                   "or deleted round artifact; the replaced round runs stay, KILLED, tagged sddkit.replaced).")
+              help="Repair: retrain from round ROUND on, keeping rounds 0…ROUND−1 (the replaced round runs stay, "
+                   "KILLED, tagged sddkit.replaced).")
 @format_option("the closing table of the rounds")
 def run(preset, sets, params_path, force, results_dir, run_file, seeds, jobs, prepared_dir, wait, redo_from,
         table_format) -> None:
     """Train, prune and retrain one trajectory, logging every round to MLflow.
 
-    A trajectory's identity is its config and the code that runs it (the sddkit source as imported).
-    Rerunning the same config with the same code continues an interrupted trajectory from its last
-    finished round; a finished one is reported, not redone (use --force for a new one); changed code
-    starts a new run. One process at a time trains a trajectory: a second one stops (or, with --wait,
-    waits) while the first is alive.
-    """
+    A trajectory is its config and code: a rerun continues it from its last finished round, a finished one
+    is reported (--force: a new one), changed code starts a new run. A second process training the same
+    trajectory stops (or, with --wait, waits)."""
     root = project_root()
     cfg = resolve_config(preset, sets, params_path, root)
     if jobs > 1 and not seeds:
@@ -143,51 +116,25 @@ def run(preset, sets, params_path, force, results_dir, run_file, seeds, jobs, pr
     if run_file and seeds:
         fail("--run-file names one trajectory's run: use --results with --seeds", code=2)
     from sddkit import runner, sweep
-    folder = Path(results_dir) if results_dir else None
-    try:
-        stop_like_ctrl_c()
+    with training(" the unfinished replicates" if seeds else ""):
         if seeds:
-            sweep.run_replicates(cfg, root, list(seeds), jobs, force, folder, table_format)
+            sweep.run_replicates(cfg, root, list(seeds), jobs, force, optional_path(results_dir), table_format)
         else:
-            prepared = Path(prepared_dir) if prepared_dir else None
-            runner.run_trajectory(cfg, root, force=force, results_dir=folder, prepared=prepared, wait=wait,
-                                  redo_from=redo_from, table_format=table_format,
-                                  run_file=Path(run_file) if run_file else None)
-    except config_mod.ConfigError as exc:  # found while building the model (e.g. prune.exclude)
-        fail(f"config: {exc}", code=2)
-    except (*runner.USER_ERRORS, sweep.SweepFailed) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: rerun the same command to continue" + (" the unfinished replicates" if seeds else ""),
-             code=130)
-
-
-def stop_like_ctrl_c() -> None:
-    """kill, a closed terminal, or the end of the `dvc` running this stage: stop as on Ctrl-C, so the runs are
-    marked KILLED and their leases released (workers, if any, are stopped the same way)."""
-    import signal
-    from sddkit import lifeline
-    lifeline.stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
-    lifeline.follow_dvc()
+            runner.run_trajectory(cfg, root, force=force, results_dir=optional_path(results_dir),
+                                  prepared=optional_path(prepared_dir), wait=wait, redo_from=redo_from,
+                                  table_format=table_format, run_file=optional_path(run_file))
 
 
 @main.command(cls=spreading("--seeds", "--modes"))
-@preset_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override one config key of every cell (or a sweep.* key); repeatable.")
-@click.option("--params", "params_path", default=None,
-              help="Config file (default: params.yaml at the project root); its `sweep:` section is the grid, "
-                   "which the options below override.")
+@config_options("Override one config key of every cell (or a sweep.* key); repeatable.",
+                "Config file (default: params.yaml at the project root); its `sweep:` section is the grid, "
+                "which the options below override.")
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
               help="A config key and its values (sweep.grid); repeatable: every combination is a grid point.")
 @click.option("--modes", multiple=True, type=click.Choice(config_mod.RETRAIN_MODES), metavar="MODE [MODE ...]",
-              help="Retrain modes at every grid point (sweep.modes); a reinit cell follows its lottery twin round by round.")
-@click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
-              help="Seeds of every grid point and mode (sweep.seeds).")
-@click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
-              help="local (processes here; the default) or ray (sweep.executor).")
-@click.option("--jobs", type=click.IntRange(min=0), default=None,
-              help="local: cells at a time (sweep.jobs; 0 = one per GPU, else one per CPU core).")
+              help="Retrain modes at every grid point (sweep.modes); a reinit cell follows its lottery twin round "
+                   "by round.")
+@grid_options("Seeds of every grid point and mode (sweep.seeds).")
 @click.option("--address", default=None, help="ray: the cluster to join, auto or HOST:PORT (sweep.address; "
                                               "default: start Ray here).")
 @click.option("--gpus-per-trajectory", "gpus", type=click.FloatRange(min=0), default=None,
@@ -198,123 +145,34 @@ def stop_like_ctrl_c() -> None:
               help="Also write landmarks.csv, landmarks.json and sweep.png into this folder (for DVC).")
 @click.option("--yes", is_flag=True, help="Run a grid of more than sweep.max_cells cells (refused without it).")
 @click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder written by `sddkit prepare`: every cell trains on exactly its files (as `sddkit run "
-                   "--prepared`).")
+              help="Folder written by `sddkit prepare`: every cell trains on exactly its files.")
 @click.option("--run-files", "run_files", default=None, type=click.Path(file_okay=False),
-              help="Write only DIR/<name>/run.json per cell, naming its run (DVC's trajectories stage; `sddkit "
-                   "compare --trajectory-files` draws the rest, and the sweep's figure is left to it).")
+              help="Write only DIR/<name>/run.json per cell, naming its run (DVC's trajectories stage).")
 @format_option("the closing table of landmarks")
 def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir, yes,
           prepared_dir, run_files, table_format) -> None:
-    """Run a grid of trajectories as one job: every grid point × mode × seed is an ordinary trajectory (same
-    identity, resume and MLflow layout as `sddkit run`). Finished cells are reported, not rerun, so rerunning
-    a sweep continues it. Ends with every cell's landmarks averaged over seeds, and the sweep's figure.
+    """Run a grid of trajectories (grid point × mode × seed, each as `sddkit run`) as one job; a rerun
+    continues it. Ends with the landmarks averaged over seeds, and the sweep's figure.
 
     Example: sddkit sweep --preset quick --grid noise.ratio=0.2,0.4 --modes lottery reinit --seeds 0 1 2
     """
     root = project_root()
     prefix = f"{config_mod.SWEEP_KEY}."  # --set sweep.executor=ray: a sweep key, by its params.yaml name
     cfg = resolve_config(preset, tuple(x for x in sets if not x.startswith(prefix)), params_path, root)
-    path = Path(params_path) if params_path else root / "params.yaml"
-    try:
-        options = dict(config_mod.parse_assignment(x[len(prefix):]) for x in sets if x.startswith(prefix))
+    with config_errors():
+        chosen = dict(config_mod.parse_assignment(x[len(prefix):]) for x in sets if x.startswith(prefix))
         given = {"modes": list(modes), "seeds": list(seeds), "executor": executor, "jobs": jobs,
                  "address": address, "gpus_per_trajectory": gpus, "cpus_per_trajectory": cpus}
-        options.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
+        chosen.update({k: v for k, v in given.items() if v not in (None, [])})  # an option given beats --set
         if grid:
-            options["grid"] = command_settings.parse_grid_options(grid)
-        settings = command_settings.read_sweep_settings(path, options)
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
+            chosen["grid"] = command_settings.parse_grid_options(grid)
+        settings = command_settings.read_sweep_settings(params_file(params_path, root), chosen)
     check_sweep_size(settings, yes)
-    from sddkit import executors, runner, sweep as sweeps
-    folder = Path(results_dir) if results_dir else None
-    try:
-        stop_like_ctrl_c()
-        done = sweeps.run_sweep(cfg, settings, root, results_dir=folder,
-                                prepared=Path(prepared_dir) if prepared_dir else None,
-                                run_files=Path(run_files) if run_files else None)
-        sweeps.report(done, cfg, settings, folder, table_format, draw=run_files is None)
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
-    except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: rerun the same command to continue the sweep (finished cells are kept)", code=130)
-
-
-@main.command("reproduce", cls=spreading("--seeds"))
-@click.argument("names", nargs=-1, metavar="[STUDY ...]")
-@click.option("--list", "show_list", is_flag=True, help="List the studies, with the paper's figure each mirrors.")
-@preset_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override one config key of every cell (a study's own curve values win); repeatable.")
-@click.option("--params", "params_path", default=None,
-              help="Config file (default: params.yaml at the project root); its `sweep:` section may set the "
-                   "seeds, executor and jobs (the studies are the grid).")
-@click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]",
-              help="Seeds of every curve (default: sweep.seeds, else 0 1 2); the checks judge their mean.")
-@click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
-              help="local (processes here; the default) or ray, as for `sddkit sweep`.")
-@click.option("--jobs", type=click.IntRange(min=0), default=None,
-              help="local: cells at a time (0 = one per GPU, else one per CPU core).")
-@click.option("--output", "output_dir", default="reproduction", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for report.html, report.md, figures/ and verdicts.json.")
-@format_option("the table of statements")
-def reproduce_command(names, show_list, preset, sets, params_path, seeds, executor, jobs, output_dir,
-                      table_format) -> None:
-    """Reproduce the paper: run every study's grid (STUDY: a name `--list` shows, or a study file; default all)
-    as one sweep, judge each of the paper's statements (holds / does not hold / cannot tell) and write the
-    report. Cells already in the store are reused; a cell two studies share runs once; a rerun continues.
-    A statement that does not hold is a finding: the exit status is non-zero only when a cell failed to run.
-
-    Example (tiny): sddkit reproduce noise reinit --set prune.rounds=3 --set train.epochs=3 --set train.milestones=[2]
-    """
-    from sddkit import studies
-    if show_list:
-        from sddkit.reproduce import list_studies
-        from sddkit.results import render_table
-        columns = {"name": "study", "figure": "mirrors", "curves": "curves", "statements": "statements"}
-        show(render_table(list_studies(), columns, table_format, "studies (sddkit/studies/*.yaml)"))
-        return
-    root = project_root()
-    try:
-        chosen = [studies.load(n) for n in dict.fromkeys(names or studies.names())]
-    except config_mod.ConfigError as exc:
-        fail(str(exc), code=2)
-    cfg = resolve_config(preset, sets, params_path, root)
-    for key in dict.fromkeys(k for k, _, _ in map(lambda x: x.partition("="), sets)):
-        setting = [s.name for s in chosen if any(key in values for values in s.curves.values())]
-        if setting:  # the study's curves are what it compares: they win over --set
-            console.print(f"[yellow]note:[/] --set {key}: the curves of {', '.join(setting)} set it themselves; "
-                          f"there it keeps the study's values", highlight=False)
-    path = Path(params_path) if params_path else root / "params.yaml"
-    try:
-        given = {"seeds": list(seeds), "executor": executor, "jobs": jobs}
-        settings = command_settings.read_sweep_settings(path, {k: v for k, v in given.items() if v not in (None, [])})
-        if settings.grid or settings.modes:
-            raise config_mod.ConfigError(f"{config_mod.SWEEP_KEY}.grid and .modes: the studies are the grid of a "
-                                         f"reproduction; leave them out of {path.name} (or use --params)")
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
-    import shlex
-    from sddkit import executors, runner, sweep as sweeps
-    from sddkit.reproduce import print_summary, reproduce
-    words = [*names, *(["--preset", preset] if preset else []), *(w for x in sets for w in ("--set", x)),
-             *(["--params", params_path] if params_path else []), *(["--seeds", *map(str, seeds)] if seeds else []),
-             *(["--executor", executor] if executor else []), *(["--jobs", str(jobs)] if jobs is not None else []),
-             "--output", output_dir]
-    command = " ".join(["sddkit reproduce", *map(shlex.quote, words)])
-    try:
-        stop_like_ctrl_c()
-        report = reproduce(cfg, chosen, settings, root, Path(output_dir), command)
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
-    except (*runner.USER_ERRORS, sweeps.SweepFailed, executors.ExecutorError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: rerun the same command to continue (finished cells are kept)", code=130)
-    print_summary(report, Path(output_dir), table_format)
+    from sddkit import sweep as sweeps
+    with training(" the sweep (finished cells are kept)"):
+        done = sweeps.run_sweep(cfg, settings, root, results_dir=optional_path(results_dir),
+                                prepared=optional_path(prepared_dir), run_files=optional_path(run_files))
+        sweeps.report(done, cfg, settings, optional_path(results_dir), table_format, draw=run_files is None)
 
 
 def check_sweep_size(settings: config_mod.SweepConfig, yes: bool) -> None:
@@ -331,14 +189,52 @@ def check_sweep_size(settings: config_mod.SweepConfig, yes: bool) -> None:
     click.echo(f"sweep: {cells:,} cells ({shape}); laying them out...", err=True)
 
 
-class FiniteRange(click.FloatRange):
-    """A float range that also refuses nan and inf (click.FloatRange lets nan through every bound)."""
+@main.command("reproduce", cls=spreading("--seeds"))
+@click.argument("names", nargs=-1, metavar="[STUDY ...]")
+@click.option("--list", "show_list", is_flag=True, help="List the studies, with the paper's figure each mirrors.")
+@config_options("Override one config key of every cell (a study's own curve values win); repeatable.",
+                "Config file (default: params.yaml at the project root); its `sweep:` section may set the "
+                "seeds, executor and jobs (the studies are the grid).")
+@grid_options("Seeds of every curve (default: sweep.seeds, else 0 1 2); the checks judge their mean.")
+@click.option("--output", "output_dir", default="reproduction", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for report.html, report.md, figures/ and verdicts.json.")
+@format_option("the table of statements")
+def reproduce_command(names, show_list, preset, sets, params_path, seeds, executor, jobs, output_dir,
+                      table_format) -> None:
+    """Reproduce the paper: run the studies' grids (STUDY: a name `--list` shows, or a study file; default all)
+    as one sweep, judge each statement of the paper and write the report. Stored cells are reused. The exit
+    status is non-zero only when a cell failed to run (a statement that does not hold is a finding).
 
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
+    Example (tiny): sddkit reproduce noise reinit --set prune.rounds=3 --set train.epochs=3 --set train.milestones=[2]
+    """
+    from sddkit import reproduce, studies
+    if show_list:
+        return reproduce.print_studies(table_format)
+    root = project_root()
+    with one_line(config_mod.ConfigError, code=2):
+        chosen = [studies.load(n) for n in dict.fromkeys(names or studies.names())]
+    cfg = resolve_config(preset, sets, params_path, root)
+    for key in dict.fromkeys(x.partition("=")[0] for x in sets):
+        setting = [s.name for s in chosen if any(key in values for values in s.curves.values())]
+        if setting:  # the study's curves are what it compares: they win over --set
+            console.print(f"[yellow]note:[/] --set {key}: the curves of {', '.join(setting)} set it themselves; "
+                          f"there it keeps the study's values", highlight=False)
+    path = params_file(params_path, root)
+    with config_errors():
+        given = {"seeds": list(seeds), "executor": executor, "jobs": jobs}
+        settings = command_settings.read_sweep_settings(path, {k: v for k, v in given.items() if v not in (None, [])})
+        if settings.grid or settings.modes:
+            raise config_mod.ConfigError(f"{config_mod.SWEEP_KEY}.grid and .modes: the studies are the grid of a "
+                                         f"reproduction; leave them out of {path.name} (or use --params)")
+    import shlex
+    words = [*names, *(["--preset", preset] if preset else []), *(w for x in sets for w in ("--set", x)),
+             *(["--params", params_path] if params_path else []), *(["--seeds", *map(str, seeds)] if seeds else []),
+             *(["--executor", executor] if executor else []), *(["--jobs", str(jobs)] if jobs is not None else []),
+             "--output", output_dir]
+    with training(" (finished cells are kept)"):
+        report = reproduce.reproduce(cfg, chosen, settings, root, Path(output_dir),
+                                     " ".join(["sddkit reproduce", *map(shlex.quote, words)]))
+    reproduce.print_summary(report, Path(output_dir), table_format)
 
 
 @main.command(cls=spreading("--rounds"))
@@ -355,55 +251,42 @@ class FiniteRange(click.FloatRange):
               help="Points of the 1-D loss landscape over t in [-1, 1] (0 and ±radius are added).")
 @click.option("--sharpness-radius", type=FiniteRange(0, 1, min_open=True), default=0.1, show_default=True,
               help="Sharpness = the largest rise of the train loss within |t| ≤ radius.")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@experiment_option
 @click.option("--force", is_flag=True, help="Redo analyses already stored with the same settings.")
 @format_option("the table of analysed rounds")
 def analyze(selector, rounds, redense_epochs, redense_lr, interpolation_step, landscape_points,
             sharpness_radius, experiment, force, table_format) -> None:
     """Re-dense, interpolation and 1-D loss landscape for rounds of stored trajectories (RUN: run name or
     ID); results are logged as runs nested under each round run."""
-    root = project_root()
-    cfg = resolve_config(None, (), None, root)
-    from sddkit.paths import missing_project, tracking_uri
-    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
+    root, cfg = store()
     from sddkit import analyze as analyses
     from sddkit.runner import USER_ERRORS
-    from sddkit.tracking import Tracker
     settings = analyses.Settings(tuple(rounds), redense_epochs, redense_lr, interpolation_step, landscape_points,
                                  sharpness_radius, force)
-    try:
-        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-        rows = analyses.analyze(tracker, root, selector, experiment or cfg.tracking.experiment, settings)
-    except (*USER_ERRORS, config_mod.ConfigError) as exc:
-        fail(str(exc))
-    columns = {"name": "trajectory", "trajectory": "run", "round": "round", "sparsity": "sparsity %", "test_acc": "test %",
-               "redense_test_acc": "re-dense test %", "interpolation_max_train_loss": "max train loss along α",
-               "sharpness": "sharpness"}
+    with one_line(*USER_ERRORS, config_mod.ConfigError):
+        rows = analyses.analyze(tracker(root, cfg), root, selector, experiment or cfg.tracking.experiment, settings)
+    columns = {"name": "trajectory", "trajectory": "run", "round": "round", "sparsity": "sparsity %",
+               "test_acc": "test %", "redense_test_acc": "re-dense test %",
+               "interpolation_max_train_loss": "max train loss along α", "sharpness": "sharpness"}
     percent, accuracy = (lambda v: f"{100 * v:.2f}"), (lambda v: f"{v:.1f}")  # noqa: E731
     formats = {"trajectory": lambda v: v[:8], "sparsity": percent, "test_acc": accuracy, "redense_test_acc": accuracy,
                "interpolation_max_train_loss": lambda v: f"{v:.3f}"}
-    from sddkit.results import render_table
-    show(render_table(rows, columns, table_format, f"analysis of {selector}", formats))
+    table(rows, columns, table_format, f"analysis of {selector}", formats)
     console.print("plots and curves: the redense / interpolation / landscape runs nested under each round run")
 
 
 @main.command("prepare")
 @click.option("--out", "out_dir", default="data/prepared", show_default=True, type=click.Path(file_okay=False),
               help="Folder for splits.npz, noisy_labels.npy and prepared.json.")
-@preset_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one config key; repeatable.")
-@click.option("--params", "params_path", default=None, help="Config file (default: params.yaml at the project root).")
+@config_options()
 def prepare_command(out_dir, preset, sets, params_path) -> None:
     """Write the dataset splits and the noisy labels of the config as files DVC pins by md5."""
     root = project_root()
     cfg = resolve_config(preset, sets, params_path, root)
     from sddkit import prepare
     from sddkit.sources import DatasetError
-    try:
+    with one_line(DatasetError):
         files = prepare.prepare(cfg, root, Path(out_dir))
-    except DatasetError as exc:
-        fail(str(exc))
     for f in files:
         out.print(f"{f.md5}  {f.path}", highlight=False)
 
@@ -428,7 +311,7 @@ COMPARE_TABLES, COMPARE_FIGURES = ("table", "csv", "json", "md"), ("png", "pdf",
 @click.option("--by", default=None, metavar="KEY",
               help="One panel per value of this param or tag (e.g. noise.ratio), one curve per --runs selector in "
                    "each; the table and compare.csv split by it.")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@experiment_option
 @click.option("--output", "output_dir", default=None, type=click.Path(file_okay=False),
               help="Write compare.csv and the figure (compare.png, or the --format ones) into this folder.")
 @click.option("--params", "params_path", default=None,
@@ -452,73 +335,48 @@ def compare_command(selectors, where, labels, formats, paper, by, experiment, ou
     if by is not None and paper:
         fail("--paper with --by: the read-offs are overlaid on the one-panel figure; compare one value at a time "
              f"(--where {by}=VALUE --paper)", code=2)
-    root = project_root()
-    cfg = resolve_config(None, (), params_path, root)
-    from sddkit.paths import missing_project, tracking_uri
-    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
-             f"or tracking.uri in a --params file)")
-    try:
-        settings = command_settings.read_compare_settings(Path(params_path) if params_path else root / "params.yaml")
-    except config_mod.ConfigError as exc:
-        fail(f"config: {exc}", code=2)
+    root, cfg = store(params_path, has_params=True)
+    with config_errors():
+        threshold = command_settings.read_compare_settings(params_file(params_path, root)).interpolation_threshold
     from sddkit import compare
-    from sddkit.tracking import Tracker, TrackingError
-    try:
-        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-        experiment, threshold = experiment or cfg.tracking.experiment, settings.interpolation_threshold
+    from sddkit.tracking import TrackingError
+    experiment, labels = experiment or cfg.tracking.experiment, list(labels) or None
+    with one_line(TrackingError, config_mod.ConfigError):
+        found_in = tracker(root, cfg)
         if trajectory_files:
-            compare.write_trajectory_files(tracker, list(selectors))
+            compare.write_trajectory_files(found_in, list(selectors))
         if by is None:
-            found = compare.compare(tracker, list(selectors), experiment, list(where), threshold, list(labels) or None)
+            found = compare.compare(found_in, list(selectors), experiment, list(where), threshold, labels)
         else:
-            found = compare.compare_by(tracker, list(selectors), experiment, by, list(where), threshold,
-                                       list(labels) or None)
-    except (TrackingError, config_mod.ConfigError) as exc:
-        fail(str(exc))
-    output = Path(output_dir) if output_dir else None
+            found = compare.compare_by(found_in, list(selectors), experiment, by, list(where), threshold, labels)
     table_format, figure_formats = tables[0] if tables else "table", figures or ("png",)
     if by is None:
-        compare.report(found, output, table_format, figure_formats, paper)
+        compare.report(found, optional_path(output_dir), table_format, figure_formats, paper)
     else:
-        compare.report_panels(found, output, table_format, figure_formats)
-
-
-def project_to_serve(params_path: str | None) -> tuple[Path, config_mod.Config]:
-    """The project root and config of a command that serves the store (ui, server); exit 1 outside a project."""
-    root = project_root()
-    cfg = resolve_config(None, (), params_path, root)
-    from sddkit.paths import missing_project
-    if missing_project(cfg.tracking.uri):  # else mlflow server would create an empty mlflow.db right here
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or name the store (MLFLOW_TRACKING_URI, "
-             f"or tracking.uri in a --params file)")
-    return root, cfg
+        compare.report_panels(found, optional_path(output_dir), table_format, figure_formats)
 
 
 @main.command("ui")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: a free one).")
-@click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
+@params_option
 @click.option("--experiment", default=None, help="MLflow experiment to link to (default: tracking.experiment).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the link in a web browser too.")
 def ui_command(port, params_path, experiment, open_browser) -> None:
     """Serve the MLflow UI of the project's store on 127.0.0.1 (one worker); Ctrl-C stops it. Prints a link
     to the experiment's trajectories in the UI's training-runs view."""
-    root, cfg = project_to_serve(params_path)
-    from sddkit.paths import tracking_uri
+    root, cfg = store(params_path, has_params=True)
     from sddkit import ui
-    try:
-        code = ui.serve(tracking_uri(cfg.tracking.uri, root), root, port,
-                        experiment=experiment or cfg.tracking.experiment, open_browser=open_browser)
-    except ui.ServeError as exc:
-        fail(str(exc))
-    sys.exit(code)
+    from sddkit.paths import tracking_uri
+    with one_line(ui.ServeError):
+        sys.exit(ui.serve(tracking_uri(cfg.tracking.uri, root), root, port,
+                          experiment=experiment or cfg.tracking.experiment, open_browser=open_browser))
 
 
 @main.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on; anything but loopback needs --auth (or the flag below).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
-@click.option("--params", "params_path", default=None, help="Params file for tracking.uri (default: params.yaml).")
+@params_option
 @click.option("--experiment", default=None, help="MLflow experiment to create before serving "
                                                  "(default: tracking.experiment).")
 @click.option("--auth", is_flag=True, help="MLflow's basic auth: user admin, the password from "
@@ -528,15 +386,12 @@ def ui_command(port, params_path, experiment, open_browser) -> None:
 def server_command(host, port, params_path, experiment, auth, insecure) -> None:
     """Serve the project's store to workers on other machines: an MLflow tracking server with proxied
     artifacts, until Ctrl-C. Prints the MLFLOW_TRACKING_URI (and credentials) that workers need."""
-    root, cfg = project_to_serve(params_path)
-    from sddkit.paths import store_uri
+    root, cfg = store(params_path, has_params=True)
     from sddkit import server
-    try:
-        code = server.serve(store_uri(cfg.tracking.uri, root), root, host, port,
-                            experiment or cfg.tracking.experiment, auth=auth, insecure=insecure)
-    except server.ServeError as exc:
-        fail(str(exc))
-    sys.exit(code)
+    from sddkit.paths import store_uri
+    with one_line(server.ServeError):
+        sys.exit(server.serve(store_uri(cfg.tracking.uri, root), root, host, port,
+                              experiment or cfg.tracking.experiment, auth=auth, insecure=insecure))
 
 
 @main.command()
@@ -544,14 +399,12 @@ def server_command(host, port, params_path, experiment, auth, insecure) -> None:
 def presets(table_format) -> None:
     """List the presets with a one-line description and, for the paper's, where each still departs from the
     paper's code."""
-    from sddkit.results import render_table
     rows = [{"name": name, "description": config_mod.preset_description(name),
              "deviations": config_mod.preset_deviations(name)} for name in config_mod.preset_names()]
     if table_format == "csv":  # one cell of text; json keeps the list
         rows = [{**row, "deviations": " | ".join(row["deviations"])} for row in rows]
     columns = {"name": "name", "description": "description", "deviations": "deviations from the paper's code"}
-    formats = {"deviations": lambda lines: "\n".join(f"- {line}" for line in lines)}
-    show(render_table(rows, columns, table_format, "presets", formats))
+    table(rows, columns, table_format, "presets", {"deviations": lambda lines: "\n".join(f"- {x}" for x in lines)})
 
 
 @main.command()
@@ -559,33 +412,26 @@ def presets(table_format) -> None:
 def keys(table_format) -> None:
     """List every config key (the names used by params.yaml, --set and MLflow params): its type, default (with
     no params.yaml: the quick preset's value), allowed values and meaning."""
-    from sddkit.results import render_table
-    show(render_table(command_settings.describe_keys(), command_settings.KEY_COLUMNS, table_format, "config keys"))
+    table(command_settings.describe_keys(), command_settings.KEY_COLUMNS, table_format, "config keys")
 
 
 @main.command("adopt")
 @click.argument("selector", metavar="RUN")
 @click.option("--no-verify", is_flag=True, help="Adopt without replaying the run's first epoch (tagged unverified).")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@experiment_option
 def adopt_command(selector, no_verify, experiment) -> None:
     """Keep a finished trajectory made by other code (run ID or name) as this code's run of its config.
 
     By default it replays the run's round 0 for one epoch with this code and adopts the run only if every
     per-epoch metric it logged for that epoch is equal; its tags then record what it was, verified or not, and
     `sddkit run` of its config reports it instead of retraining."""
-    root = project_root()
-    cfg = resolve_config(None, (), None, root)
-    from sddkit.paths import missing_project, tracking_uri
-    if missing_project(cfg.tracking.uri):
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
+    root, cfg = store()
     from sddkit import adopt
-    from sddkit.tracking import Tracker, TrackingError
-    try:
-        tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
-        run = adopt.resolve(tracker, selector, experiment or cfg.tracking.experiment)
-        done = adopt.adopt(tracker, run, root, verify=not no_verify)
-    except (TrackingError, config_mod.ConfigError) as exc:
-        fail(str(exc))
+    from sddkit.tracking import TrackingError
+    with one_line(TrackingError, config_mod.ConfigError):
+        found_in = tracker(root, cfg)
+        run = adopt.resolve(found_in, selector, experiment or cfg.tracking.experiment)
+        done = adopt.adopt(found_in, run, root, verify=not no_verify)
     check = (f"replayed round 0 epoch 0 in {done.replay_seconds:.1f} s: {len(done.compared)} metrics equal"
              if done.verified else "not verified (--no-verify)")
     console.print(f"adopted run {done.run_id} (was config {done.former['sddkit.config_hash']}, code "
@@ -603,33 +449,27 @@ def fingerprint_command() -> None:
 
 
 @main.command("ls")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the config's tracking.experiment).")
+@experiment_option
 @format_option("the list")
 def ls_command(experiment, table_format) -> None:
     """List the trajectories in the store, newest first: name, the params that differ between them, seed,
     status, rounds done (dense round included) of the total, and a finished one's landmark test accuracies."""
-    root = project_root()
-    cfg = resolve_config(None, (), None, root)
-    from sddkit.paths import missing_project, sqlite_path, tracking_uri
-    if missing_project(cfg.tracking.uri):  # else MLflow would create an empty mlflow.db right here
-        fail(f"{missing_project(cfg.tracking.uri)}; cd into the project, or set MLFLOW_TRACKING_URI")
+    root, cfg = store()
     from sddkit import api
-    from sddkit.results import render_table
+    from sddkit.paths import sqlite_path, tracking_uri
     from sddkit.tracking import TrackingError
     experiment = experiment or cfg.tracking.experiment
     db = sqlite_path(tracking_uri(cfg.tracking.uri, root))
-    try:  # a store not created yet holds no trajectories (and reading it must not create it)
+    with one_line(TrackingError):  # a store not created yet holds no trajectories (and reading must not create it)
         rows, differ = ([], []) if db is not None and not db.exists() else api.list_trajectories(experiment=experiment)
-    except TrackingError as exc:
-        fail(str(exc))
     if not rows and table_format == "table":
         console.print(f"no trajectories in experiment {experiment!r} yet: `sddkit run` (or `dvc repro`) makes them")
         return
-    columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status", "code": "code",
-               "rounds_done": "rounds done", "rounds_total": "of",
+    columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status",
+               "code": "code", "rounds_done": "rounds done", "rounds_total": "of",
                **{f"{n}_test_acc": f"{n} test %" for n in api.LANDMARKS}}
     formats = {"run_id": lambda v: v[:8], **{f"{n}_test_acc": (lambda v: f"{v:.1f}") for n in api.LANDMARKS}}
-    show(render_table(rows, columns, table_format, f"trajectories in experiment {experiment}", formats))
+    table(rows, columns, table_format, f"trajectories in experiment {experiment}", formats)
 
 
 if __name__ == "__main__":

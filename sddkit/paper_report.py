@@ -1,11 +1,7 @@
-"""The reproduction's report as text: one self-contained HTML page (figures inlined as base64 PNG) and its
-Markdown twin (figures as files beside it). Plain data in, text out: it knows nothing of MLflow or the runs.
-
-The report is a dict: ``title``; ``meta`` (label, value) pairs; ``statements`` (study, figure, statement,
-criterion, numbers, verdict); ``studies`` (name, figure, about, readoffs (a line), images [(file name,
-caption, PNG bytes)], landmarks (rows of ``LANDMARK_COLUMNS``), curves {curve: config values}); ``config`` (key, value) pairs;
-``deviations`` (texts).
-"""
+"""The reproduction's report as one self-contained HTML page (figures inlined) and its Markdown twin (figures
+beside it). The report is a dict: ``title``; ``meta`` (label, value) pairs; ``statements`` (study, figure,
+statement, criterion, numbers, verdict); ``studies`` (name, figure, about, readoffs, images [(file, caption,
+PNG)], landmarks (rows of ``LANDMARK_COLUMNS``), curves); ``config`` (key, value) pairs; ``deviations``."""
 from __future__ import annotations
 
 import base64

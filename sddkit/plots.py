@@ -39,7 +39,6 @@ def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> byte
 
 # ---------------------------------------------------------------- the compare figure
 
-FIGURE_FORMATS = ("png", "pdf", "svg")
 PHASE_COLOURS = {"light": "#dbe9f6", "critical": "#f6cfc9", "sweet": "#d3edd3", "collapse": "#e3e3e3"}
 LANDMARK_MARKERS = {"dense": "s", "minimum": "v", "peak": "^", "last": "X"}
 
@@ -202,23 +201,23 @@ def draw_phase_strip(ax, series: list[Series | None], names: list[str] | None = 
 def remaining_axis(ax, percents: list[float]) -> None:
     """Remaining weights (%) on a log x axis, dense on the left, ticked 100%, 10%, 1%... (never 10²)."""
     ax.set_xscale("log")
-    lo, hi = min(percents), max(percents)
-    ax.set_xlim(hi * 1.15, lo / 1.15)  # inverted: sparsity grows to the right
-    ax.xaxis.set_major_locator(FixedLocator(percent_ticks(lo / 1.15, hi * 1.15)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: percent_text(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)  # inverted: sparsity grows to the right
+    percent_ticks_on(ax.xaxis, percents, lambda v: v)
     ax.set_xlabel("remaining weights (log scale) — sparsity grows to the right")
 
 
 def sparsity_axis(ax, percents: list[float]) -> None:
     """The same positions on top, labelled with the sparsity (100% − remaining), the paper's x axis."""
     top = ax.secondary_xaxis("top")
-    lo, hi = min(percents), max(percents)
-    top.xaxis.set_major_locator(FixedLocator(percent_ticks(lo / 1.15, hi * 1.15)))
-    top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: percent_text(100 - v)))
-    top.xaxis.set_minor_formatter(NullFormatter())
+    percent_ticks_on(top.xaxis, percents, lambda v: 100 - v)
     top.set_xlabel("sparsity", fontsize=8)
     top.tick_params(labelsize=8)
+
+
+def percent_ticks_on(axis, percents: list[float], shown) -> None:
+    axis.set_major_locator(FixedLocator(percent_ticks(min(percents) / 1.15, max(percents) * 1.15)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: percent_text(shown(v))))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def percent_ticks(lo: float, hi: float) -> list[float]:

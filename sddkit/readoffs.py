@@ -1,8 +1,5 @@
-"""The paper's figure read-offs (package data ``readoffs.yaml``, from PAPER.md), and which one a run matches.
-
-A read-off is three landmarks of one curve of the paper: dense, minimum and peak, each a sparsity (%) and a
-test accuracy (%). A trajectory matches one when every ``match`` param of the entry has the run's value.
-"""
+"""The paper's figure read-offs (``readoffs.yaml``, from PAPER.md): dense, minimum and peak of one curve, each a
+sparsity and a test accuracy (%). A run matches one when every ``match`` param of the entry has its value."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,12 +1,6 @@
-"""What ``sddkit reproduce`` does: run the grids of the paper's figures (the studies, ``sddkit.studies``) as one
-sweep, judge each of the paper's statements on the stored trajectories, and write the report.
-
-Every cell is an ordinary trajectory run by the sweep engine, so identity, resume and reuse are the sweep's: a
-cell already in the store (from ``dvc repro``, ``sddkit run`` or an earlier reproduction) is reported, not
-retrained, and a cell two studies share (the noise study's ε = 0.2 lottery curve is the criteria study's
-magnitude curve and the reinit study's lottery curve) is one trajectory. The reproduction is a run of kind
-``reproduction`` holding the report (report.html, report.md, the figures, verdicts.json).
-"""
+"""``sddkit reproduce``: the studies' grids (``sddkit.studies``) as one sweep, each of the paper's statements
+judged on the stored trajectories, and the report. Cells are ordinary trajectories, so a stored one is reused
+and one two studies share runs once; the reproduction is a run of kind ``reproduction`` holding the report."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +59,7 @@ def plan(base: Config, chosen: list[Study], seeds: list[int]) -> Plan:
 
 def reproduce(base: Config, chosen: list[Study], settings: SweepConfig, root: Path, output: Path,
               command: str) -> dict:
-    """Run the ``chosen`` studies, write the report into ``output`` and the reproduction's run; the report (a
-    dict, see ``paper_report``)."""
+    """Run the ``chosen`` studies; write the report (a dict, see ``paper_report``) into ``output`` and the run."""
     seeds = settings.seeds or DEFAULT_SEEDS
     p = plan(base, chosen, seeds)
     started = time.monotonic()
@@ -97,7 +90,7 @@ class Judged:
 
 
 def judge_study(tracker: Tracker, root: Path, study: Study, p: Plan, outcomes: dict) -> Judged:
-    """Every curve's seeds read back from the store (with their sharpness for a landscape study), judged."""
+    """Every curve's seeds read back from the store (with their sharpness in a landscape study), judged."""
     runs, data = {}, {}
     for curve, keys in p.members[study.name].items():
         runs[curve] = [tracker.client.get_run(outcomes[k].run_id) for k in keys]
@@ -126,8 +119,7 @@ def mean_curve(reps: list[Replicate]) -> tuple[list[dict], analysis.Phases]:
 
 
 def study_images(study: Study, judged: Judged, base: Config) -> list[tuple[str, str, bytes]]:
-    """The accuracy figure (the study's panels, mean ± std over seeds, the paper's read-offs where they exist)
-    and, for a study with a ``metric``, the metric against sparsity."""
+    """The accuracy figure (the study's panels, the paper's read-offs) and the ``metric`` against sparsity."""
     order = list(study.curves)
     series = {}
     for curve in order:
@@ -213,15 +205,8 @@ def build_report(base: Config, chosen: list[Study], judged: list[Judged], seeds:
             ("written", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]
     flat = {k: v for k, v in base.flat().items() if not k.startswith("tracking.") and k != "seed"}
     return {"title": TITLE, "meta": meta, "statements": statements, "studies": parts,
-            "config": [(k, config.yaml_text(v)) for k, v in flat.items()], "deviations": deviations(base.preset)}
-
-
-def deviations(preset: str) -> list[str]:
-    """Where the preset departs from the paper's code: ``config.preset_deviations`` where it exists, else the
-    preset file's ``deviations:`` list."""
-    listed = getattr(config, "preset_deviations", None)
-    found = listed(preset) if listed else config.preset_tree(preset).get("deviations")
-    return [str(d) for d in found or []]
+            "config": [(k, config.yaml_text(v)) for k, v in flat.items()],
+            "deviations": config.preset_deviations(base.preset)}
 
 
 def verdicts_json(report: dict, seeds: list[int]) -> bytes:
@@ -246,6 +231,8 @@ def print_summary(report: dict, output: Path, table_format: str = "table") -> No
                   f"report.md); {dict(report['meta'])['store']}", highlight=False, soft_wrap=True)
 
 
-def list_studies() -> list[dict]:
-    return [{"name": s.name, "figure": s.figure, "curves": ", ".join(s.curves), "statements": len(s.checks)}
+def print_studies(table_format: str) -> None:
+    rows = [{"name": s.name, "figure": s.figure, "curves": ", ".join(s.curves), "statements": len(s.checks)}
             for s in map(studies.load, studies.names())]
+    columns = {"name": "study", "figure": "mirrors", "curves": "curves", "statements": "statements"}
+    results.print_table(results.render_table(rows, columns, table_format, "studies (sddkit/studies/*.yaml)"))

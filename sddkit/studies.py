@@ -1,12 +1,7 @@
-"""The paper's figures as studies: package data ``sddkit/studies/<name>.yaml``, one file a figure, so a new study
-needs no Python. A study names its curves (each a few config values over the preset and ``--set``), how its
-figure lays them out, and the paper's statements about them, each a *check*: one of the few functions below,
-parametrised in the file, with its criterion in words and numbers beside it.
-
-A check reads every curve's replicates (one per seed, each its per-round rows and ``analysis.phases``) and
-judges on the mean over seeds, reporting the spread: **holds**, **does not hold**, or **cannot tell** (a landmark
-the grid does not reach, a metric not measured), always with the numbers that decided it.
-"""
+"""The paper's figures as studies (``sddkit/studies/<name>.yaml``, one file a figure): curves (config values over
+the preset), their panels, and the paper's statements, each a *check* below parametrised in the file. A check
+judges the mean over seeds: holds, does not hold, or cannot tell (a landmark not reached, a metric not measured),
+with the numbers that decided it."""
 from __future__ import annotations
 
 import inspect
@@ -254,41 +249,46 @@ def double_descent(data: dict[str, list[Replicate]], curves: list | None = None,
                    min_rise: float = 3.0) -> Verdict:
     """Each curve dips (dense − minimum test accuracy ≥ ``min_dip`` points) and rises again (peak − minimum ≥
     ``min_rise``), on the mean over seeds."""
-    parts, verdicts, values = [], [], {}
-    for name in curves or list(data):
-        reps = data[str(name)]
+    def one(name: str, reps: list[Replicate]):
         margins = [analysis.double_descent_margins(r.rows, r.phases) for r in reps]
         if any(m["dip"] != m["dip"] for m in margins):  # NaN: no minimum or no peak
-            lacking = "minimum" if None in landmark_rounds(reps, "minimum") else "peak"
-            verdicts.append(UNCLEAR)
-            parts.append(absent(str(name), reps, lacking))
-            continue
+            return UNCLEAR, absent(name, reps, "minimum" if None in landmark_rounds(reps, "minimum") else "peak"), {}
         dip, rise = [m["dip"] for m in margins], [m["rise"] for m in margins]
-        verdicts.append(HOLDS if mean(dip) >= min_dip and mean(rise) >= min_rise else FAILS)
-        parts.append(f"{name}: dip {spread(dip)}, rise {spread(rise)}")
-        values[str(name)] = {"dip": mean(dip), "dip_std": std(dip), "rise": mean(rise), "rise_std": std(rise)}
-    return Verdict(combine(verdicts), "; ".join(parts), values)
+        return (HOLDS if mean(dip) >= min_dip and mean(rise) >= min_rise else FAILS,
+                f"{name}: dip {spread(dip)}, rise {spread(rise)}", dip_rise(dip, rise))
+    return each_curve(data, curves, one)
 
 
 def small_dip(data: dict[str, list[Replicate]], curves: list | None = None, max_dip: float = 2.0,
               min_rise: float = 3.0) -> Verdict:
     """No clear double descent: the dip (dense − minimum) stays within ``max_dip`` points, or it is not
     followed by a rise of ``min_rise`` (a descent that never recovers is no double descent)."""
-    parts, verdicts, values = [], [], {}
-    for name in curves or list(data):
-        reps = data[str(name)]
+    def one(name: str, reps: list[Replicate]):
         if None in landmark_rounds(reps, "minimum"):
-            verdicts.append(UNCLEAR)
-            parts.append(absent(str(name), reps, "minimum"))
-            continue
+            return UNCLEAR, absent(name, reps, "minimum"), {}
         acc = [[row["test_acc"] for row in r.rows] for r in reps]
         dip = [a[0] - a[r.phases.minimum] for a, r in zip(acc, reps)]
         rise = [(a[r.phases.peak] - a[r.phases.minimum]) if r.phases.peak is not None else 0.0
                 for a, r in zip(acc, reps)]
-        verdicts.append(HOLDS if mean(dip) <= max_dip or mean(rise) < min_rise else FAILS)
-        parts.append(f"{name}: dip {spread(dip)}, rise after it {spread(rise)}")
-        values[str(name)] = {"dip": mean(dip), "dip_std": std(dip), "rise": mean(rise), "rise_std": std(rise)}
+        return (HOLDS if mean(dip) <= max_dip or mean(rise) < min_rise else FAILS,
+                f"{name}: dip {spread(dip)}, rise after it {spread(rise)}", dip_rise(dip, rise))
+    return each_curve(data, curves, one)
+
+
+def each_curve(data: dict[str, list[Replicate]], curves: list | None, one) -> Verdict:
+    """``one(name, reps)`` -> (verdict, numbers, values) for each curve (default: all), combined."""
+    parts, verdicts, values = [], [], {}
+    for name in map(str, curves or list(data)):
+        verdict, numbers, found = one(name, data[name])
+        verdicts.append(verdict)
+        parts.append(numbers)
+        if found:
+            values[name] = found
     return Verdict(combine(verdicts), "; ".join(parts), values)
+
+
+def dip_rise(dip: list[float], rise: list[float]) -> dict:
+    return {"dip": mean(dip), "dip_std": std(dip), "rise": mean(rise), "rise_std": std(rise)}
 
 
 def earlier_than(data: dict[str, list[Replicate]], curves: list, landmarks: list, min_rounds: float = 1.0,

@@ -1,8 +1,6 @@
-"""What a sweep shows while it runs: each cell pending / waiting (for its twin, or its twin's round k) / queued /
-running round k of R / done / failed, with its elapsed time and ETA. In a terminal one live rich table; elsewhere (a file, a pipe, CI) one plain
-timestamped line per event. Fed by the driver (``sweep.drive``) with the cells' ``cell_events.Event``s, which it
-reads duck-typed: this module knows nothing else of sddkit.
-"""
+"""What a sweep shows while it runs: each cell's state (pending, waiting, queued, running round k of R, done,
+failed), elapsed time and ETA; a live table in a terminal, else one timestamped line per event. Fed by
+``sweep.drive`` with ``cell_events.Event``s, read duck-typed: it knows nothing else of sddkit."""
 from __future__ import annotations
 
 import dataclasses

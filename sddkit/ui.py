@@ -1,8 +1,5 @@
-"""``sddkit ui``: the MLflow UI on the project's one store, kept light and local.
-
-``mlflow server`` on 127.0.0.1, one worker, started and stopped by ``sddkit.serving``: Ctrl-C, SIGTERM,
-SIGHUP (a closed terminal), any error in here, or a kill -9 of this command ends it. No server outlives it.
-"""
+"""``sddkit ui``: ``mlflow server`` on the project's store at 127.0.0.1, one worker, run by ``sddkit.serving``
+(Ctrl-C, SIGTERM, SIGHUP, an error or a kill -9 of this command ends it: no server outlives it)."""
 from __future__ import annotations
 
 import json
@@ -23,8 +20,7 @@ console = Console(stderr=True)
 
 def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 180.0, experiment: str = "sddkit",
           open_browser: bool = False) -> int:
-    """Run the server until Ctrl-C (exit code 0) or until it exits on its own (its exit code). Prints the
-    link to ``experiment``'s trajectories (``trajectories_link``), and opens it in a browser if asked."""
+    """Run the server until Ctrl-C (0) or its own exit (its code); print (and open) ``trajectories_link``."""
     port = checked_port(port)
     serving.check_store_writable(uri, root, "sddkit ui")
     serving.follow_moved_project(uri, root)
