@@ -1,7 +1,7 @@
-"""Label noise on the train split (the test split stays clean), by ``noise.kind``: ``random`` (a fraction ε gets a
-label drawn from all K classes, maybe the true one: the paper's law), ``symmetric`` (from the K − 1 others), ``asymmetric`` (to a
-similar class, per ``ASYMMETRIC_MAPS``; CIFAR-100: the next fine class of its super-class), ``pairflip`` (i → i + 1),
-``open_lth`` (the paper's own draw, bit for bit).
+"""Label noise on the train split (the test split stays clean), by ``noise.kind``: ``random`` (a fraction ε gets
+a label drawn from all K classes, maybe the true one: the paper's law), ``symmetric`` (from the K − 1 others),
+``asymmetric`` (to a similar class, ``ASYMMETRIC_MAPS``; CIFAR-100: the next fine class of its super-class),
+``pairflip`` (i → i + 1), ``open_lth`` (the paper's own draw, bit for bit).
 """
 from __future__ import annotations
 
