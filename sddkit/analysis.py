@@ -1,7 +1,5 @@
-"""What the curve means: learning distance and the phases of sparse double descent.
-
-``phases`` is the one definition used by the closing summary, ``compare`` and the tests.
-"""
+"""What the curve means: learning distance, and the phases of sparse double descent (``phases``, the one
+definition the summary, ``compare`` and the tests use; docs/analysis.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,10 +13,7 @@ if TYPE_CHECKING:  # torch only where weights are measured: compare's table read
 
 def learning_distance(reference: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
                       masks: dict[str, torch.Tensor]) -> float:
-    """‖w_ref − w‖₂ over the masked (prunable) weights, pruned entries of ``w`` counted as 0.
-
-    With ``reference`` the dense initialisation this is the paper's learning distance.
-    """
+    """‖w_ref − w‖₂ over the masked weights, pruned entries of ``w`` as 0 (from the init: the paper's distance)."""
     import torch
     total = torch.zeros((), dtype=torch.float64)
     for name, mask in masks.items():
@@ -38,12 +33,9 @@ class Phases:
     fit_level: float = AnalysisConfig.interpolation_threshold  # train_acc_noisy (%) that counts as a fit
 
     def label(self, round_index: int) -> str:
-        """light (from round 0 while test accuracy stays within the tolerance of dense), critical (from the
-        first round more than the tolerance below dense while the net still interpolates), sweet (from the
-        interpolation threshold up to the peak), collapse (after the peak). Without a ``critical`` round the
-        light phase runs on to the sweet one; phases are contiguous, so a critical round that recovers stays
-        critical. A trajectory none of whose rounds fits the noisy labels has no phases (''): they are
-        defined from that fit, and calling its rounds light would hide any fall of test accuracy."""
+        """light, critical (from the first round more than the tolerance below dense), sweet (from the
+        interpolation threshold to the peak), collapse (after it); contiguous. '' when no round fits the noisy
+        labels: phases are defined from that fit, and "light" would hide any fall of test accuracy."""
         if self.minimum is None:
             return ""
         sweet_from = max(self.minimum + 1, self.interpolation_threshold or 0)
@@ -56,8 +48,8 @@ class Phases:
 
 def phases(rows: list[dict], threshold: float = AnalysisConfig.interpolation_threshold,
            light_tolerance: float = AnalysisConfig.light_tolerance) -> Phases:
-    """Landmarks of a trajectory from its per-round rows (``test_acc``, ``train_acc_noisy``): ``threshold`` in %
-    of the noisy labels fitted, ``light_tolerance`` in test accuracy points (docs/analysis.md, "Phases")."""
+    """Landmarks of per-round rows (``test_acc``, ``train_acc_noisy``): ``threshold`` in % of the noisy labels
+    fitted, ``light_tolerance`` in test accuracy points."""
     if not rows:
         raise ValueError("a trajectory with no rounds has no phases")
     if light_tolerance <= 0:
@@ -72,16 +64,14 @@ def phases(rows: list[dict], threshold: float = AnalysisConfig.interpolation_thr
 
 
 def first_drop(rows: list[dict], until: int, tolerance: float) -> int | None:
-    """The first round up to ``until`` whose test accuracy is more than ``tolerance`` points below dense.
-
-    The drop is compared at 0.0001 points: accuracies are float32 percentages (80.3 is stored as 80.29999733),
-    so a drop of exactly the tolerance, 83.3 to 80.3 say, must not count as more than it."""
+    """The first round up to ``until`` whose test accuracy is more than ``tolerance`` points below dense."""
     dense = rows[0]["test_acc"]
+    # Rounded: float32 percentages (80.3 is 80.29999733) must not turn a drop of exactly the tolerance into more.
     return next((i for i in range(until + 1) if round(dense - rows[i]["test_acc"], 4) > tolerance), None)
 
 
 def double_descent_margins(rows: list[dict], ph: Phases) -> dict[str, float]:
-    """dip = dense − minimum, rise = peak − minimum, drop = peak − last (test accuracy points)."""
+    """dip = dense − minimum, rise = peak − minimum, drop = peak − last, in test accuracy points."""
     acc = [r["test_acc"] for r in rows]
     if ph.minimum is None or ph.peak is None:
         return {"dip": float("nan"), "rise": float("nan"), "drop": float("nan")}
@@ -102,7 +92,7 @@ PHASE_NAMES = ("light", "critical", "sweet", "collapse")
 
 
 def phase_spans(ph: Phases) -> dict[str, tuple[int, int]]:
-    """First and last round of each phase that occurs (phases are contiguous and in order)."""
+    """First and last round of each phase that occurs."""
     spans: dict[str, tuple[int, int]] = {}
     for r in range(ph.last + 1):
         label = ph.label(r)
@@ -113,7 +103,7 @@ def phase_spans(ph: Phases) -> dict[str, tuple[int, int]]:
 
 
 def phase_metrics(ph: Phases) -> dict[str, int]:
-    """Parent-run metrics: ``phase_<name>_first``/``_last`` round of each phase that occurs."""
+    """``phase_<name>_first``/``_last`` of each phase that occurs."""
     out = {}
     for name, (first, last) in phase_spans(ph).items():
         out[f"phase_{name}_first"], out[f"phase_{name}_last"] = first, last
@@ -121,7 +111,7 @@ def phase_metrics(ph: Phases) -> dict[str, int]:
 
 
 def phase_tags(ph: Phases) -> dict[str, str]:
-    """Parent-run tags: ``sddkit.phase.<name>`` = "first-last" (or "none") and the interpolation threshold."""
+    """``sddkit.phase.<name>`` = "first-last" (or "none") and the interpolation threshold."""
     spans = phase_spans(ph)
     tags = {f"sddkit.phase.{name}": (f"{spans[name][0]}-{spans[name][1]}" if name in spans else "none")
             for name in PHASE_NAMES}

@@ -1,8 +1,5 @@
-"""Splits on the training device and batched preprocessing.
-
-Small datasets live whole on the device (uint8 where the source is uint8); normalisation and augmentation
-run per batch there, with a seeded generator: no DataLoader, no worker processes, no per-image PIL.
-"""
+"""Splits on the training device, and batched preprocessing there with seeded generators (no DataLoader,
+no workers, no per-image PIL)."""
 from __future__ import annotations
 
 import math
@@ -42,11 +39,10 @@ class Splits:
         return (channels, self.crop_size or height, self.crop_size or width)
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw images as evaluation sees them: resized and centre-cropped (when set), then normalised."""
         return self.normalise(self.eval_view(x))
 
     def eval_view(self, x: torch.Tensor) -> torch.Tensor:
-        """torchvision's Resize(test_resize) then CenterCrop(crop_size), batched; the identity when unset."""
+        """torchvision's Resize(test_resize) then CenterCrop(crop_size), each when set."""
         if self.test_resize:
             x = resize(x, self.test_resize)
         return centre_crop(x, self.crop_size) if self.crop_size else x
@@ -58,12 +54,8 @@ class Splits:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def train_batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Augmented (when enabled), then normalised train images at ``idx``.
-
-        Cropping the raw images pads them with black, as torchvision's RandomCrop(padding=4) does in the
-        paper's pipeline, and moves uint8 bytes rather than floats."""
         x = self.x_train[idx]
-        if gen is not None and self.augment == "crop_flip":
+        if gen is not None and self.augment == "crop_flip":  # raw bytes padded black: RandomCrop(padding=4)
             return self.normalise(crop_flip(x, gen))
         if gen is not None and self.augment == "resized_crop_flip":
             return self.normalise(resized_crop_flip(x, gen, self.crop_size or x.shape[-1]))
@@ -75,7 +67,7 @@ class Splits:
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` and horizontal flip, for a whole batch at once."""
+    """Random crop with zero padding ``pad`` and horizontal flip, batched."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
@@ -91,12 +83,9 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
 
 def resized_crop_boxes(n: int, height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0),
                        ratio=(3 / 4, 4 / 3), tries: int = 10) -> tuple[torch.Tensor, ...]:
-    """torchvision's RandomResizedCrop.get_params for ``n`` images at once: (top, left, crop height, crop
-    width), each (n,) int64 on ``gen``'s device.
-
-    Each image gets ``tries`` candidate boxes (area a uniform fraction of ``scale``, log aspect ratio uniform
-    in log ``ratio``, position uniform) and keeps the first that fits; an image none fits falls back to the
-    central crop of the nearest allowed aspect ratio, as torchvision does."""
+    """torchvision's RandomResizedCrop.get_params for ``n`` images at once: (top, left, height, width), each (n,)
+    int64 on ``gen``'s device. Each image keeps the first of ``tries`` candidate boxes that fits, else the central
+    crop of the nearest allowed aspect ratio."""
     dev, area = gen.device, float(height * width)
     target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=gen, device=dev))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -125,7 +114,7 @@ def _central_fallback(height: int, width: int, ratio: tuple[float, float]) -> tu
 
 
 def resized_crop_flip(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
-    """RandomResizedCrop(size) then RandomHorizontalFlip, for a whole batch at once (see ``resample``)."""
+    """RandomResizedCrop(size) then RandomHorizontalFlip, batched."""
     n, _, height, width = x.shape
     top, left, h, w = resized_crop_boxes(n, height, width, gen)
     flip = torch.rand(n, generator=gen, device=gen.device).to(x.device) < 0.5
@@ -134,7 +123,7 @@ def resized_crop_flip(x: torch.Tensor, gen: torch.Generator, size: int) -> torch
 
 
 def resize(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Square images resized to ``side`` x ``side`` (torchvision's Resize on square images, see ``resample``)."""
+    """Square images resized to ``side`` x ``side``, as torchvision's Resize."""
     if x.shape[-1] == side and x.shape[-2] == side:
         return x
     n, dev = len(x), x.device
@@ -144,10 +133,8 @@ def resize(x: torch.Tensor, side: int) -> torch.Tensor:
 
 def resample(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
              size: int) -> torch.Tensor:
-    """Box (top, left, h, w) of each image resized to ``size`` x ``size`` as PIL's bilinear resize does it
-    (the paper's torchvision transforms on PIL images): a triangle filter widened by the shrink factor
-    (antialiasing), applied along the width then the height, a uint8 image rounded after each pass. Batched as
-    two weight matrices per image; uint8 in, uint8 out; float images stay floats (unrounded)."""
+    """Box (top, left, h, w) of each image resized to ``size`` x ``size`` as PIL's antialiased bilinear resize
+    (the paper's transforms): along the width, then the height, uint8 images rounded after each pass."""
     rows, cols = filter_weights(top, h, x.shape[-2], size), filter_weights(left, w, x.shape[-1], size)
     is_bytes = x.dtype == torch.uint8
     out = torch.einsum("nchw,nxw->nchx", x.float(), cols)
@@ -157,9 +144,8 @@ def resample(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Te
 
 
 def filter_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size: int) -> torch.Tensor:
-    """(n, size, extent) weights of PIL's bilinear resampling of pixels start..start+length-1 to ``size``:
-    output pixel i is centred at start + (i + 0.5)·scale, input pixel p weighs max(0, 1 - |p + 0.5 - centre| /
-    max(scale, 1)), pixels outside the box weigh 0, and each row sums to 1."""
+    """(n, size, extent) weights of PIL's bilinear resampling of pixels start..start+length-1 to ``size``: a
+    triangle filter widened by the shrink factor, zero outside the box, each row summing to 1."""
     scale = (length.double() / size)[:, None, None]
     centre = start[:, None, None] + (torch.arange(size, device=start.device)[None, :, None] + 0.5) * scale
     pixel = torch.arange(extent, device=start.device)[None, None, :]
@@ -170,15 +156,14 @@ def filter_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size:
 
 
 def centre_crop(x: torch.Tensor, side: int) -> torch.Tensor:
-    """torchvision's CenterCrop(side): the top-left corner at round((H - side) / 2), Python's rounding."""
+    """torchvision's CenterCrop(side), with Python's rounding."""
     height, width = x.shape[-2:]
     top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
     return x[..., top:top + side, left:left + side]
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str) -> torch.Tensor:
-    """A fixed, class-balanced subset of ``size`` indices (the whole range when size is 0 or too big);
-    ``key`` is the config key that asked for it, named if the size does not split evenly over the classes."""
+    """A fixed, class-balanced subset of ``size`` indices (all when 0 or too big); ``key`` names it in errors."""
     n = len(labels)
     if size == 0 or size >= n:
         return torch.arange(n)
@@ -190,7 +175,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str) -> t
 
 
 def prepare(cfg: DataConfig, root: Path) -> Splits:
-    """Load ``cfg.name``, subset, downsample and compute normalisation statistics (on the CPU)."""
+    """``cfg.name`` loaded, subset, downsampled and with its normalisation statistics, on the CPU."""
     src = sources.load(cfg.name, root / cfg.root, cfg.test_size, cfg.split_seed)
     keep = stratified_subset(src.y_train, cfg.train_size, cfg.split_seed, "data.train_size")
     x_train, x_test = src.x_train[keep], src.x_test
@@ -204,7 +189,6 @@ def prepare(cfg: DataConfig, root: Path) -> Splits:
 
 
 def normalisation(cfg: DataConfig, x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel (mean, std): none, the train split's own, or fixed ones (data.norm_stats)."""
     if not cfg.standardize:
         return torch.zeros(1), torch.ones(1)
     if cfg.norm_stats in NORM_STATS:
@@ -214,20 +198,15 @@ def normalisation(cfg: DataConfig, x_train: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def transforms(cfg: DataConfig, x_train: torch.Tensor) -> dict:
-    """The Splits' image transform settings of ``cfg`` for these train images."""
-    return {"augment": augments(cfg, x_train.shape[1]), "crop_size": cfg.crop_size, "test_resize": cfg.test_resize}
-
-
-def augments(cfg: DataConfig, channels: int) -> str:
-    """The augmentation asked for; auto: crop+flip for colour images (the paper's CIFAR pipeline), else none."""
-    if cfg.augment == "auto":
-        return "crop_flip" if channels == 3 else "none"
-    return cfg.augment
+    """The Splits' transform settings; augment auto: crop+flip for colour images (the paper's CIFAR), else none."""
+    augment = cfg.augment
+    if augment == "auto":
+        augment = "crop_flip" if x_train.shape[1] == 3 else "none"
+    return {"augment": augment, "crop_size": cfg.crop_size, "test_resize": cfg.test_resize}
 
 
 def load_labelled(cfg: Config, root: Path) -> tuple[Splits, torch.Tensor]:
-    """The splits (on the CPU) and the noisy train labels of ``cfg``, built from the raw sources: what
-    ``sddkit prepare`` pins, and what a trajectory trains on when no pinned folder is given."""
+    """The splits (on the CPU) and noisy train labels of ``cfg`` from the raw sources: what ``prepare`` pins."""
     splits = prepare(cfg.data, root)
     noisy = noise.corrupt(splits.y_train_clean, cfg.noise.kind, cfg.noise.ratio, cfg.noise_seed,
                           splits.num_classes, cfg.data.name, splits.coarse_train)
@@ -235,8 +214,7 @@ def load_labelled(cfg: Config, root: Path) -> tuple[Splits, torch.Tensor]:
 
 
 def downsample(x: torch.Tensor, factor: int, chunk: int = 8192) -> torch.Tensor:
-    """Average-pool uint8 images by ``factor`` into floats on the 0..1 scale, a chunk at a time so that
-    Tiny ImageNet (100,000 x 3 x 64 x 64) never exists whole as float32."""
+    """Average-pooled floats on the 0..1 scale, a chunk at a time: Tiny ImageNet never exists whole as float32."""
     return torch.cat([F.avg_pool2d(part.float() / 255.0, factor) for part in x.split(chunk)])
 
 

@@ -1,6 +1,5 @@
-"""Files sddkit shares with others, at the bottom of the package (it imports nothing of sddkit), so that the
-modules reading datasets and writing results can all use it: ``write_atomic``, the one way sddkit writes a file
-others read (DVC, later runs), and ``DatasetError``, raised for input data that is missing, damaged or unusable."""
+"""Files shared with others, at the bottom of the package (it imports nothing of sddkit): ``write_atomic``, the
+one way sddkit writes a file others read, probes and locks, and ``DatasetError`` for unusable input data."""
 from __future__ import annotations
 
 import contextlib
@@ -12,13 +11,12 @@ from typing import BinaryIO, Callable
 
 
 class DatasetError(RuntimeError):
-    """A dataset that cannot be loaded or used; the message says what to download and where to put it."""
+    """A dataset that cannot be loaded or used; the message says what to download and where."""
 
 
 def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object]) -> None:
-    """Write ``content`` (bytes, or a function writing into a binary file: no copy of large arrays) to ``path``
-    through a temporary file beside it and a rename: readers (DVC, a concurrent run) see the old file or the
-    whole new one; a failed write leaves the old file and no temporary one."""
+    """Write ``content`` (bytes, or a function writing into a binary file) to ``path`` through a temporary file
+    and a rename: readers see the old file or the whole new one; a failed write leaves the old one."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: concurrent writers never share one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # like mkstemp, but honours the umask
     try:
@@ -33,11 +31,8 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object]) -> N
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why nothing can be written into ``folder`` (or, while it does not exist, where it would be created):
-    read-only, full, not permitted; None when a write works.
-
-    Probes by creating and removing a file: permission bits say nothing to root, and a read-only mount or a
-    full disk only shows on a real write."""
+    """Why nothing can be written into ``folder`` (or where it would be created), or None. Probes with a real
+    write: permission bits say nothing to root, and a read-only mount or a full disk only shows on one."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # not there yet: probe where it would be created, and create nothing
     probe = folder / f".sddkit-probe-{uuid.uuid4().hex[:12]}"
@@ -67,9 +62,8 @@ def unwritable_file(path: Path) -> str | None:
 
 @contextlib.contextmanager
 def locked(path: Path, required: bool = True):
-    """An exclusive advisory lock (``flock``) on ``path``, created if need be, held for the ``with`` block:
-    processes on this machine that take it run the block one at a time. ``required=False``: where the lock
-    file cannot be created (a read-only folder), run the block without it."""
+    """An exclusive ``flock`` on ``path`` (created if need be) for the ``with`` block. ``required=False``: where
+    the lock file cannot be created (a read-only folder), run the block without it."""
     try:
         handle = open(path, "a+b")
     except OSError:

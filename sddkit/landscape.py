@@ -1,8 +1,5 @@
-"""Lines through weight space: the linear interpolation between two solutions, the 1-D loss landscape
-along a filter-normalised random direction (Li et al., 2018), and the sharpness read off it.
-
-Knows nothing of data or MLflow: it builds states and reads curves; the caller evaluates them.
-"""
+"""Lines through weight space: linear interpolation between two solutions, the 1-D loss landscape along a
+filter-normalised random direction (Li et al., 2018) and its sharpness. Builds states; the caller evaluates them."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +11,7 @@ State = dict[str, torch.Tensor]
 # ---------------------------------------------------------------- interpolation
 
 def alphas(step: float) -> list[float]:
-    """0, step, 2·step, …, 1 (the last step may be shorter when 1/step is not a whole number)."""
+    """0, step, 2·step, …, 1 (the last step may be shorter)."""
     if not 0.0 < step <= 1.0:
         raise ValueError(f"interpolation step {step}: use 0 < step ≤ 1, e.g. 0.05 (the paper used 0.01)")
     count = int(np.floor(1.0 / step + 1e-9))
@@ -23,8 +20,7 @@ def alphas(step: float) -> list[float]:
 
 
 def blend(a: State, b: State, alpha: float) -> State:
-    """(1 − α)·a + α·b for every floating entry, buffers (batch-norm statistics) included; integer entries
-    (batch-norm step counters) come from the nearer end."""
+    """(1 − α)·a + α·b for every floating entry, buffers included; integer entries from the nearer end."""
     out = {}
     for key, value in a.items():
         if value.is_floating_point():
@@ -38,10 +34,8 @@ def blend(a: State, b: State, alpha: float) -> State:
 
 def filter_normalised_direction(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                                 gen: torch.Generator) -> State:
-    """A Gaussian direction for each conv/linear weight: pruned entries 0, then each filter (the output
-    row of the weight, ``w[i]``) rescaled to the norm of the matching filter of ``weights``.
-
-    Drawn on the CPU in the order of ``weights``, so a seed gives the same direction on every device."""
+    """A Gaussian direction per weight, pruned entries 0, each filter (``w[i]``) rescaled to the norm of the
+    matching one of ``weights``; drawn on the CPU, so a seed gives the same direction on every device."""
     direction = {}
     for name, w in weights.items():
         w = w.detach().float().cpu()
@@ -56,12 +50,12 @@ def filter_normalised_direction(weights: dict[str, torch.Tensor], masks: dict[st
 
 
 def shifted(state: State, direction: State, t: float) -> State:
-    """state + t·direction; entries without a direction (biases, batch norm) stay where they are."""
+    """state + t·direction; entries without a direction (biases, batch norm) stay."""
     return {k: (v + t * direction[k].to(v.device, v.dtype)) if k in direction else v for k, v in state.items()}
 
 
 def grid(points: int, radius: float) -> list[float]:
-    """``points`` evenly spaced t in [−1, 1], plus 0 and ±radius (where sharpness is read)."""
+    """``points`` evenly spaced t in [−1, 1], plus 0 and ±radius."""
     if points < 2:
         raise ValueError(f"landscape points {points}: use at least 2 (e.g. 41)")
     values = {round(float(t), 10) for t in np.linspace(-1.0, 1.0, points)} | {0.0, -radius, radius}
@@ -69,7 +63,7 @@ def grid(points: int, radius: float) -> list[float]:
 
 
 def sharpness(ts: list[float], losses: list[float], radius: float) -> float:
-    """The largest rise of the loss above its value at t = 0 within |t| ≤ radius (≥ 0; 0 for a flat loss)."""
+    """The largest rise of the loss above its value at t = 0 within |t| ≤ radius (≥ 0)."""
     if 0.0 not in ts:
         raise ValueError("sharpness needs the loss at t = 0")
     centre = losses[ts.index(0.0)]

@@ -1,32 +1,6 @@
-"""Backbones by name: the paper's LeNet-300-100 and timm models adapted to 32x32 input, in this one place.
-
-``build(arch, num_classes, input_shape, init)`` returns an ``nn.Module``; ``prunable(model, exclude)`` names
-the weights a mask covers (conv and linear ``.weight``, never biases or norm layers); ``default_exclude(arch)``
-is the paper's choice of layers kept dense. ``timm`` is imported inside the builders: importing this module
-stays cheap.
-
-Adaptations of timm's ImageNet models (see docs/models.md):
-
-- ResNet (``resnet18/34/101``): the 7x7 stride-2 stem conv becomes 3x3 stride 1 padding 1 without bias, and
-  the max-pool goes, so a 32x32 image reaches the last stage at 4x4 instead of 1x1.
-- VGG (``vgg11_bn/16_bn``): timm's conv stack with batch norm, without its last max-pool, then global average
-  pooling and one linear layer (no ConvMlp / 4096-wide head). At 32x32 the pool averages the final 2x2 map.
-
-Initialisation (``model.init``):
-
-- ``default``: each framework's own scheme. LeNet: PyTorch's (weights and biases uniform in ±1/sqrt(fan_in)).
-  ResNet: timm's ``init_weights`` run on the adapted net — conv weights kaiming-normal (fan_out, ReLU gain),
-  batch norm weight 1 and bias 0 except the last batch norm of every residual block, whose weight is 0
-  (timm's ``zero_init_last``); the classifier keeps PyTorch's uniform init. VGG: timm's VGG rule — conv
-  weights kaiming-normal (fan_out), conv biases 0, batch norm weight 1 and bias 0, linear weight N(0, 0.01²),
-  linear bias 0.
-- ``kaiming_normal``: the same for every arch — conv weights kaiming-normal with fan_out, linear weights
-  kaiming-normal with fan_in (both with the ReLU gain sqrt(2)), every conv/linear bias 0, every batch norm
-  weight 1 and bias 0 (no zero-initialised residual branches).
-- ``open_lth``: the paper's code (its open_lth fork), for every arch, LeNet included — conv and linear weights
-  ``nn.init.kaiming_normal_`` at its defaults (fan_in, gain sqrt(2): std sqrt(2/fan_in)), conv/linear biases
-  PyTorch's default (uniform in ±1/sqrt(fan_in), redrawn because timm's VGG rule zeroes them), batch norm
-  weight U(0, 1) and bias 0. It runs after the arch's own init and replaces it (timm's zero_init_last too).
+"""Backbones by name: the paper's LeNet-300-100 and timm's ResNets and VGGs adapted to 32x32 input, in this one
+place, with their initialisations (``model.init``) and the weights a mask covers. docs/models.md details each
+adaptation and init; timm is imported inside the builders, so importing this module stays cheap.
 """
 from __future__ import annotations
 
@@ -43,7 +17,7 @@ Shape = tuple[int, int, int]
 
 
 def lenet300_100(num_classes: int, input_shape: Shape) -> nn.Module:
-    """784-300-100-10 on the flattened image (fewer inputs when the image is downsampled)."""
+    """784-300-100-10 on the flattened image (fewer inputs when downsampled)."""
     inputs = math.prod(input_shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(inputs, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
                          nn.Linear(100, num_classes))
@@ -114,7 +88,7 @@ def build(arch: str, num_classes: int, input_shape: Shape, init: str = "default"
 
 @torch.no_grad()
 def kaiming_normal_(model: nn.Module) -> None:
-    """Kaiming-normal weights (fan_out for conv, fan_in for linear), zero biases, batch norm weight 1 bias 0."""
+    """Kaiming-normal weights (conv fan_out, linear fan_in), zero biases, batch norm weight 1 and bias 0."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -130,8 +104,8 @@ def kaiming_normal_(model: nn.Module) -> None:
 
 @torch.no_grad()
 def open_lth_(model: nn.Module) -> None:
-    """The paper's code: kaiming-normal weights at torch's defaults (fan_in, gain sqrt(2)), PyTorch's default
-    biases, batch norm weight U(0, 1) and bias 0. Draws from torch's global generator, module by module."""
+    """The paper's code: kaiming-normal weights at torch's defaults, PyTorch's default biases, batch norm weight
+    U(0, 1) and bias 0; after the arch's own init, drawing from torch's global generator module by module."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight)

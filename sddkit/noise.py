@@ -1,18 +1,7 @@
-"""Label noise on the train split; the test split stays clean.
-
-Kinds:
-- ``random``: a seeded fraction ε of the samples gets a label drawn uniformly from all K classes (the
-  paper's main setting; a drawn label may equal the true one, so the realised rate is about ε(1 − 1/K)).
-- ``symmetric``: a fraction ε gets a label drawn uniformly from the K − 1 *other* classes.
-- ``asymmetric``: a fraction ε of each source class is flipped to a similar class (CIFAR-10:
-  truck→automobile, bird→airplane, cat↔dog, deer→horse; MNIST: 2→7, 3→8, 5↔6; CIFAR-100: the next fine
-  class within the same coarse super-class).
-- ``pairflip``: a fraction ε of the samples of every class i is flipped to class (i + 1) mod K.
-- ``open_lth``: the paper's own draw, ``randomize_labels(seed, ε)`` of its open_lth fork (what its runs'
-  ``--random_labels_fraction=ε --fix_all_random_seeds=1`` do, with seed 1): ceil(N·ε) labels drawn from all K
-  classes by ``RandomState(seed).randint``, placed on the first ceil(N·ε) indices of
-  ``RandomState(seed + 1).permutation(N)``. The same law as ``random``, but the very same noisy set as the
-  paper's for the same train set in the same order (CIFAR-10/100 and MNIST as shipped).
+"""Label noise on the train split (the test split stays clean), by ``noise.kind``: ``random`` (a fraction ε gets
+a label drawn from all K classes, maybe the true one: the paper's law), ``symmetric`` (from the K − 1 others),
+``asymmetric`` (to a similar class, ``ASYMMETRIC_MAPS``; CIFAR-100: the next fine class of its super-class),
+``pairflip`` (i → i + 1), ``open_lth`` (the paper's own draw, bit for bit).
 """
 from __future__ import annotations
 
@@ -30,7 +19,6 @@ ASYMMETRIC_MAPS = {
 
 def corrupt(labels: torch.Tensor, kind: str, ratio: float, seed: int, num_classes: int,
             dataset: str = "", coarse: torch.Tensor | None = None) -> torch.Tensor:
-    """The noisy copy of ``labels``; identical for identical (labels, kind, ratio, seed)."""
     y = labels.cpu().numpy().astype(np.int64)
     rng = np.random.default_rng(seed)
     if kind == "none" or ratio == 0.0:
@@ -50,7 +38,6 @@ def corrupt(labels: torch.Tensor, kind: str, ratio: float, seed: int, num_classe
 
 
 def realised_rate(clean: torch.Tensor, noisy: torch.Tensor) -> float:
-    """The fraction of train labels that actually differ from the truth."""
     return float((clean.cpu() != noisy.cpu()).double().mean())
 
 
@@ -65,8 +52,8 @@ def _uniform(y: np.ndarray, ratio: float, rng: np.random.Generator, k: int, excl
 
 
 def open_lth_labels(y: np.ndarray, ratio: float, seed: int, k: int) -> np.ndarray:
-    """open_lth's ``Dataset.randomize_labels(seed, fraction)``, statement for statement (its legacy
-    ``RandomState`` streams included): the paper's noisy labels, bit for bit."""
+    """open_lth's ``Dataset.randomize_labels(seed, fraction)`` statement for statement, legacy ``RandomState``
+    streams included: ceil(N·ε) labels drawn from all K, placed on the first ceil(N·ε) of a permutation."""
     noisy = y.copy()
     count = np.ceil(len(y) * ratio).astype(int)
     drawn = np.random.RandomState(seed=seed).randint(k, size=count)
@@ -76,7 +63,7 @@ def open_lth_labels(y: np.ndarray, ratio: float, seed: int, k: int) -> np.ndarra
 
 
 def _flip_classes(y: np.ndarray, ratio: float, rng: np.random.Generator, mapping: dict[int, int]) -> np.ndarray:
-    """Flip a fraction ``ratio`` of the samples of each source class to its target class."""
+    """A fraction ``ratio`` of each source class flipped to its target class."""
     noisy = y.copy()
     for source, target in sorted(mapping.items()):
         members = np.flatnonzero(y == source)
@@ -100,7 +87,7 @@ def asymmetric_map(dataset: str, num_classes: int, coarse: torch.Tensor | None,
 
 
 def cifar100_superclass_map(fine: np.ndarray, coarse: np.ndarray) -> dict[int, int]:
-    """Each fine class -> the next fine class (cyclically, in index order) of its own coarse super-class."""
+    """Each fine class -> the next fine class (cyclically) of its own coarse super-class."""
     pairs = np.unique(np.stack([fine, coarse]), axis=1)  # the distinct (fine, coarse) pairs
     split = np.flatnonzero(np.bincount(pairs[0]) > 1)
     if len(split):

@@ -1,12 +1,6 @@
-"""``sddkit prepare``: the exact data a trajectory trains on, as plain files DVC pins by md5.
-
-The output folder holds
-- ``splits.npz``: train and test images and clean labels after subsetting and downsampling (``data.*``);
-- ``noisy_labels.npy``: the train labels after label noise (``noise.*``; ``noise.seed`` null follows ``seed``);
-- ``prepared.json``: the settings that made them.
-The files are byte-for-byte deterministic, so the same settings always give the same md5. ``sddkit run
---prepared DIR`` checks that the folder matches the run's config and records the two data files' md5 in the
-MLflow run as dataset inputs: the same md5 that ``dvc.lock`` lists, so a run leads back to its exact data.
+"""``sddkit prepare``: the exact data a trajectory trains on, as byte-for-byte deterministic files DVC pins by md5
+(``splits.npz``, ``noisy_labels.npy``, and ``prepared.json`` naming their settings). ``sddkit run --prepared DIR``
+checks them against its config and records their md5 as the run's dataset inputs, as ``dvc.lock`` lists them.
 """
 from __future__ import annotations
 
@@ -28,13 +22,12 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp inside the npz, so its md
 
 
 class DataFile(NamedTuple):
-    """One pinned data file: its path as the caller named it and the md5 of its bytes."""
-    path: str
+    path: str  # as the caller named it
     md5: str
 
 
 def settings(cfg: Config) -> dict:
-    """The config keys that determine the prepared files (``noise.seed`` resolved)."""
+    """The config keys that make the prepared files (``noise.seed`` resolved)."""
     keys = {k: v for k, v in cfg.flat().items()
             if k.startswith(("data.", "noise.")) and k not in NOT_IDENTITY}
     keys["noise.seed"] = cfg.noise_seed
@@ -42,7 +35,6 @@ def settings(cfg: Config) -> dict:
 
 
 def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
-    """Build the splits and noisy labels of ``cfg`` and write them (atomically) into ``out``."""
     from sddkit import data, noise
 
     splits, noisy = data.load_labelled(cfg, root)
@@ -58,16 +50,13 @@ def prepare(cfg: Config, root: Path, out: Path) -> list[DataFile]:
 
 
 def pinned(folder: Path, cfg: Config) -> list[DataFile]:
-    """The data files of ``folder`` after checking they were prepared with ``cfg``'s settings."""
     check_settings(folder, cfg)
     return data_files(folder)
 
 
 def load_pinned(folder: Path, cfg: Config):
-    """The data files of ``folder`` (checked against ``cfg``) and the (splits, noisy labels) in them.
-
-    Each file's md5 and its arrays come from the same bytes, read once: the md5 that ``dvc.lock`` lists and
-    the run records as a dataset input is provably the data the net trains on."""
+    """The data files of ``folder`` (checked against ``cfg``) and their (splits, noisy labels), md5 and arrays
+    from the same bytes read once: the md5 a run records is provably the data it trains on."""
     import torch
 
     from sddkit.data import Splits, transforms
@@ -95,7 +84,6 @@ def load_pinned(folder: Path, cfg: Config):
 
 
 def check_settings(folder: Path, cfg: Config) -> None:
-    """Raise DatasetError unless ``folder`` was prepared with ``cfg``'s data and noise settings."""
     # A key the manifest lacks did not exist when it was written: the data was made as its neutral default.
     made_with = {**Config().flat(), **read_settings(folder)}
     wanted = settings(cfg)
@@ -108,7 +96,6 @@ def check_settings(folder: Path, cfg: Config) -> None:
 
 
 def read_settings(folder: Path) -> dict:
-    """The settings ``folder``'s manifest says its files were made with."""
     path = folder / MANIFEST
     if not path.is_file():
         raise DatasetError(f"--prepared {folder}: no {MANIFEST} there; run `sddkit prepare --out {folder}` "
@@ -151,8 +138,5 @@ def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
 
 
 def md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()

@@ -1,8 +1,5 @@
-"""Masks: scoring, pruning to a target density, and applying them.
-
-Knows nothing of data: the gradient criterion receives gradients already accumulated by ``train``.
-A mask is a bool tensor per prunable weight; True keeps the weight.
-"""
+"""Masks (a bool tensor per prunable weight, True keeps it): scoring, pruning to a density, applying them.
+Knows nothing of data: the gradient criterion gets gradients ``train`` accumulated."""
 from __future__ import annotations
 
 import sys
@@ -17,14 +14,12 @@ def dense_masks(weights: dict[str, torch.Tensor]) -> Masks:
 
 
 def density_after(rounds: int, rate: float) -> float:
-    """Fraction of prunable weights left after ``rounds`` rounds removing ``rate`` of the remaining."""
     return (1.0 - rate) ** rounds
 
 
 def max_rounds(sizes: dict[str, int], rate: float) -> tuple[int, str]:
-    """The most rounds after which every tensor (name -> numel) still keeps round(density · numel) ≥ 1
-    weights, and the tensor that runs out first. That is ``prune``'s count for scope=layer; for scope=global
-    it is the tensor's proportional share of round(density · total), which a ranking may of course skew."""
+    """The most rounds after which every tensor (name -> numel) keeps round(density · numel) ≥ 1 weights (with
+    scope=global: its proportional share), and the tensor that runs out first."""
     name = min(sizes, key=sizes.get)
     keeps = lambda r: round(density_after(r, rate) * sizes[name]) >= 1  # noqa: E731
     if density_after(1, rate) == 1.0:
@@ -55,11 +50,8 @@ def score(weights: dict[str, torch.Tensor], criterion: str, gradients: dict[str,
 
 
 def prune(scores: dict[str, torch.Tensor], masks: Masks, density: float, scope: str) -> Masks:
-    """Keep the highest-scoring live weights so that ``density`` of the prunable weights remain.
-
-    ``global``: one ranking over all tensors, round(density · total) kept. ``layer``: each tensor keeps
-    round(density · numel) of its own. Pruned weights never come back (their score is −inf).
-    """
+    """The highest-scoring live weights, round(density · count) of all tensors (global) or of each (layer);
+    pruned weights never come back."""
     live = {n: torch.where(masks[n], scores[n].float(), torch.tensor(float("-inf"), device=scores[n].device))
             for n in scores}
     if scope == "layer":
@@ -92,7 +84,7 @@ def layer_sparsity(masks: Masks) -> dict[str, float]:
 
 
 class MaskApplier:
-    """Zeroes pruned weights with one fused multiply, called once after each optimizer step."""
+    """Zeroes pruned weights with one fused multiply, called after each optimizer step."""
 
     def __init__(self, weights: dict[str, torch.Tensor], masks: Masks):
         self.weights = [weights[n] for n in masks]

@@ -1,9 +1,5 @@
-"""Re-dense (the paper's App. A.4): from a round's sparse solution, whose pruned weights are 0, train *all*
-weights again, with no mask, for a number of epochs at a constant lr.
-
-Works on the trajectory engine's ``Context`` (data, noisy labels, model), so a stored trajectory is
-rebuilt by the same code that trained it. Knows nothing of MLflow.
-"""
+"""Re-dense (the paper's App. A.4): train *all* weights of a round's sparse solution again, unmasked, at a
+constant lr, on the engine's ``Context``: a stored trajectory is rebuilt by the code that trained it."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +9,11 @@ from sddkit.trajectory import Context, State
 
 
 def default_epochs(ctx: Context, round_index: int) -> int:
-    """The round's own epoch count."""
     return retrain.schedule(ctx.cfg, round_index).epochs
 
 
 def default_lr(ctx: Context, round_index: int) -> float:
-    """The lr of the round's last optimizer step (the paper re-trains "at the final lr")."""
+    """The lr of the round's last step (the paper re-trains "at the final lr")."""
     schedule = retrain.schedule(ctx.cfg, round_index)
     per_epoch = train.steps_per_epoch(len(ctx.noisy), schedule.batch_size)
     last_step = max(0, schedule.epochs * per_epoch - 1)
@@ -27,9 +22,8 @@ def default_lr(ctx: Context, round_index: int) -> float:
 
 def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int, epochs: int,
             lr: float) -> tuple[State, list[dict]]:
-    """Train every weight of ``sparse`` (pruned entries restored at 0) for ``epochs`` at constant ``lr``.
-
-    The optimizer settings, batch size and data-order/augmentation generators are the round's own."""
+    """Train every weight of ``sparse`` (pruned ones from 0) for ``epochs`` at constant ``lr``, otherwise as the
+    round trained: its optimizer, batch size and generators."""
     schedule = dataclasses.replace(retrain.schedule(ctx.cfg, round_index), lr=lr, epochs=epochs,
                                    schedule="constant", milestones=[], warmup_epochs=0)
     ctx.model.load_state_dict(sparse)
@@ -41,8 +35,7 @@ def redense(ctx: Context, sparse: State, masks: pruning.Masks, round_index: int,
 
 
 def evaluate(ctx: Context, state: State) -> dict[str, float]:
-    """The round metrics of ``state`` (train loss/accuracy on the noisy labels, test loss/accuracy, …), in fp32:
-    interpolation and the landscape (hence sharpness) read small differences between nearby states."""
+    """The round metrics of ``state`` in fp32: interpolation and the landscape read small differences."""
     ctx.model.load_state_dict(state)
     return train.evaluate_round(ctx.model, ctx.splits, ctx.noisy, ctx.cfg.train, ctx.train_idx,
                                 mixed_precision=False)

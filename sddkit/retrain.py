@@ -1,6 +1,5 @@
-"""The retraining modes as one table: where a round's weights start, which schedule it runs, and where
-its mask comes from. The trajectory engine reads the row; there is no runner per mode.
-"""
+"""The retraining modes as one table (where a round's weights start, which schedule it runs, where its mask
+comes from): the engine reads the row; there is no runner per mode."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,15 +39,12 @@ def schedule(cfg: Config, round_index: int) -> TrainConfig:
 
 
 def rewind_iteration(cfg: Config, steps_per_epoch: int) -> int:
-    """The rewind point in optimizer steps."""
     unit = steps_per_epoch if cfg.retrain.rewind_unit == "epochs" else 1
     return cfg.retrain.rewind_step * unit
 
 
 def start_step(cfg: Config, round_index: int, rewind_at: int) -> int:
-    """The optimizer step round ``round_index`` starts at (``rewind_at``: the rewind point in steps).
-
-    Round 0 trains 0…T (restarting its optimizer at the rewind point, see ``fresh_optimizer_at``)."""
+    """The step a round starts at (round 0: 0, its optimizer restarting at ``rewind_at``, the rewind step)."""
     if round_index == 0 or MODES[cfg.retrain.mode].start_step == "zero":
         return 0
     return rewind_at

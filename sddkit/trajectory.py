@@ -1,10 +1,7 @@
 """The one trajectory engine: dense training, then R rounds of prune → restart → retrain → evaluate.
 
-The retraining mode is a row of ``retrain.MODES``; persistence goes through a ``Store`` (the MLflow
-implementation lives in ``tracking``), so this module never imports MLflow. Every round's randomness is
-drawn from generators derived from (seed, round), so a trajectory resumed after any round ends with
-exactly the metrics of an uninterrupted one on the same CPU machine (CUDA kernels are not bitwise
-deterministic unless ``train.deterministic``, and floats differ across machines).
+The mode is a row of ``retrain.MODES``; rounds persist through a ``Store`` (never MLflow here). Each round draws
+from generators derived from (seed, round), so a resumed trajectory ends bit-identical on the same CPU machine.
 """
 from __future__ import annotations
 
@@ -62,7 +59,7 @@ class InitMismatch(RuntimeError):
 
 
 class Reporter:
-    """Progress hooks; the CLI draws them with rich. The base class stays silent."""
+    """Progress hooks (the CLI draws them); the base class stays silent."""
 
     def round_started(self, round_index: int, rounds: int, sparsity: float, epochs: int) -> None: ...
     def waiting(self, round_index: int, text: str) -> None: ...  # before the round: its masks are not there yet
@@ -72,15 +69,20 @@ class Reporter:
 
 
 @dataclass
-class Context:
-    """Everything a round needs that does not change between rounds."""
-    cfg: Config
+class Inputs:
+    """What a trajectory is built from, loaded before its run exists (a bad dataset or layer name fails here)."""
     splits: data.Splits
     noisy: torch.Tensor
     model: nn.Module
-    names: list[str]
+    names: list[str]  # the prunable weights
+    train_idx: torch.Tensor  # the fixed subset train accuracy is measured on
+
+
+@dataclass
+class Context(Inputs):
+    """The inputs and everything else a round needs that does not change between rounds."""
+    cfg: Config
     init: State
-    train_idx: torch.Tensor
     rewind: State | None = None
     dense_final: State | None = None
     external: MaskSource | None = None
@@ -89,11 +91,9 @@ class Context:
 
 
 def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
-        external: MaskSource | None = None, inputs: "Inputs | None" = None) -> list[dict]:
-    """Run (or continue) the trajectory of ``cfg``; returns the per-round metric rows.
-
-    ``external``: the masks of an "external" mode (reinit); ``inputs`` (from ``load_inputs``) lets a caller
-    load and check the data before it creates the store."""
+        external: MaskSource | None = None, inputs: Inputs | None = None) -> list[dict]:
+    """The per-round metric rows of ``cfg``'s trajectory, run or continued. ``external``: reinit's masks;
+    ``inputs`` (``load_inputs``): data a caller loaded and checked before it created the store."""
     ctx = setup(cfg, root, store, reporter or Reporter(), external, inputs)
     rows = list(store.completed)
     masks, previous = pruning.dense_masks(weights_of(ctx.model, ctx.names)), None
@@ -105,25 +105,12 @@ def run(cfg: Config, root: Path, store: Store, reporter: Reporter | None = None,
     return rows
 
 
-@dataclass
-class Inputs:
-    """What a trajectory is built from, loaded before anything is written: a missing dataset or a bad
-    layer name fails here, not after the MLflow run exists."""
-    splits: data.Splits
-    noisy: torch.Tensor
-    model: nn.Module
-    names: list[str]
-    train_idx: torch.Tensor  # the fixed subset train accuracy is measured on
-
-
 def round_generators(cfg: Config, r: int, device: torch.device) -> train.Generators:
-    """Round r's data order and augmentation draws (re-dense reuses the round's own)."""
     return train.Generators(seeds.generator(cfg.seed, "order", r), seeds.generator(cfg.seed, "augment", r, device))
 
 
 def load_inputs(cfg: Config, root: Path, labelled: tuple[data.Splits, torch.Tensor] | None = None) -> Inputs:
-    """``labelled``: the splits and noisy labels to train on (``prepare.load_pinned``), else built from the
-    raw sources."""
+    """``labelled``: the (splits, noisy labels) of ``prepare.load_pinned``; else built from the raw sources."""
     configure_torch(cfg)
     device = train.resolve_device(cfg.train.device)
     splits, noisy = labelled or data.load_labelled(cfg, root)
@@ -142,8 +129,7 @@ def load_inputs(cfg: Config, root: Path, labelled: tuple[data.Splits, torch.Tens
 
 
 def check_rounds(cfg: Config, sizes: dict[str, int]) -> None:
-    """A tensor pruned to nothing cuts the net in two (every later round at chance, "dip nan"): refuse the
-    rounds past that point before any run exists. ``sizes``: the prunable tensors' weight counts."""
+    """Refuse rounds that prune a tensor (``sizes``: name -> weights) to nothing: it cuts the net in two."""
     if not sizes:
         return
     most, name = pruning.max_rounds(sizes, cfg.prune.rate)
@@ -154,7 +140,7 @@ def check_rounds(cfg: Config, sizes: dict[str, int]) -> None:
 
 
 def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]:
-    """The state after round ``last`` (stored on the CPU), moved to the training device."""
+    """The state after round ``last`` (stored on the CPU), on the training device."""
     device = ctx.init[ctx.names[0]].device
     on_device = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
     masks, previous = store.load_round(last)
@@ -166,7 +152,6 @@ def resume(ctx: Context, store: Store, last: int) -> tuple[pruning.Masks, State]
 
 
 def needs_rewind(cfg: Config) -> bool:
-    """Whether the mode's rounds start from the rewind state (lottery, oneshot)."""
     return retrain.MODES[cfg.retrain.mode].start == "rewind"
 
 
@@ -175,8 +160,7 @@ def rewind_at_step(ctx: Context) -> int:
 
 
 def stored_rewind(ctx: Context, store: Store) -> State:
-    """The rewind state of a trajectory under way: the init at step 0 (never stored), else the stored one, or
-    one re-derived when it is deleted or damaged, rather than lose the finished rounds."""
+    """The init at step 0 (never stored), else the stored rewind state, re-derived if it is lost or damaged."""
     if rewind_at_step(ctx) == 0:
         return ctx.init
     rewind = store.load_state("rewind")
@@ -189,20 +173,17 @@ def stored_rewind(ctx: Context, store: Store) -> State:
 def setup(cfg: Config, root: Path, store: Store, reporter: Reporter, external: MaskSource | None,
           inputs: Inputs | None = None) -> Context:
     inputs = inputs or load_inputs(cfg, root)
-    splits, noisy, model, names = inputs.splits, inputs.noisy, inputs.model, inputs.names
     if not store.completed:
-        store.log_labels(noisy, noise.realised_rate(splits.y_train_clean, noisy))
-    device = next(model.parameters()).device
-    init, digest = trajectory_init(store, model)
+        store.log_labels(inputs.noisy, noise.realised_rate(inputs.splits.y_train_clean, inputs.noisy))
+    device = next(inputs.model.parameters()).device
+    init, digest = trajectory_init(store, inputs.model)
     init = {k: v.to(device) for k, v in init.items()}  # a stored init is on the CPU
-    return Context(cfg, splits, noisy, model, names, init, inputs.train_idx, external=external, reporter=reporter,
-                   init_digest=digest)
+    return Context(**vars(inputs), cfg=cfg, init=init, external=external, reporter=reporter, init_digest=digest)
 
 
 def trajectory_init(store: Store, model: nn.Module) -> tuple[State, str]:
-    """The init and its digest: ``model`` as ``load_inputs`` built it from the init seed, checked against the
-    digest the trajectory recorded when it started. Runs stored by older sddkit kept the init itself: that one
-    is used."""
+    """The init (``model`` as built from the seed, or the init older sddkit stored) and its digest, checked
+    against the one recorded when the trajectory started."""
     stored = store.load_state("init")
     if stored is not None:
         return stored, checkpoint.digest(stored)
@@ -229,7 +210,6 @@ def configure_torch(cfg: Config) -> None:
 
 
 def fresh_model(cfg: Config, splits: data.Splits, round_index: int) -> nn.Module:
-    """A newly initialised model from the init generator of ``round_index`` (round 0: the dense init)."""
     # The model is built on the CPU: seed only the CPU generator, which fork_rng restores. torch.manual_seed
     # would also reseed every CUDA generator, and fork_rng(devices=[]) would leave that change behind.
     with torch.random.fork_rng(devices=[]):
@@ -326,37 +306,40 @@ def start_weights(ctx: Context, r: int, previous: State | None) -> State:
     return fresh_model(ctx.cfg, ctx.splits, r).to(ctx.init[ctx.names[0]].device).state_dict()
 
 
-class _RewindReached(Exception):
-    """Stops a replay of round 0 at the rewind step."""
+class _Stop(Exception):
+    """Ends a replay of round 0."""
+
+
+def replay_round_zero(ctx: Context, **hooks) -> None:
+    """Round 0 trained again from ``ctx.model``'s weights with its own generators, until a hook raises _Stop."""
+    apply_masks = pruning.MaskApplier(dict(ctx.model.named_parameters()),
+                                      pruning.dense_masks(weights_of(ctx.model, ctx.names)))
+    try:
+        train.fit(ctx.model, ctx.splits, ctx.noisy, retrain.schedule(ctx.cfg, 0),
+                  round_generators(ctx.cfg, 0, ctx.splits.x_train.device), apply_masks,
+                  fresh_optimizer_at=retrain.fresh_optimizer_at(0, rewind_at_step(ctx)), **hooks)
+    except _Stop:
+        pass
 
 
 def replay_to_rewind(ctx: Context) -> State:
-    """Round 0's weights at the rewind step, re-derived: round 0 replayed from the init with its own
-    generators up to that step (the same weights on the same CPU machine; on CUDA only with
-    ``train.deterministic``). The init itself when the rewind step is 0."""
-    cfg, rewind_at = ctx.cfg, rewind_at_step(ctx)
+    """Round 0's weights at the rewind step, replayed from the init (on CUDA the same only if deterministic)."""
+    rewind_at = rewind_at_step(ctx)
     if rewind_at == 0:
         return {k: v.clone() for k, v in ctx.init.items()}
     ctx.model.load_state_dict(ctx.init)
-    apply_masks = pruning.MaskApplier(dict(ctx.model.named_parameters()),
-                                      pruning.dense_masks(weights_of(ctx.model, ctx.names)))
     captured: State = {}
 
     def stop_at_rewind(step: int) -> None:
         if step == rewind_at:
             captured.update(snapshot(ctx.model))
-            raise _RewindReached
-    try:
-        gens = round_generators(cfg, 0, ctx.splits.x_train.device)
-        train.fit(ctx.model, ctx.splits, ctx.noisy, retrain.schedule(cfg, 0), gens, apply_masks,
-                  fresh_optimizer_at=rewind_at, on_step=stop_at_rewind)
-    except _RewindReached:
-        pass
+            raise _Stop
+    replay_round_zero(ctx, on_step=stop_at_rewind)
     return captured
 
 
 def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None] | None:
-    """In round 0, keep the weights at the rewind step (``check_rewind`` keeps it inside the schedule)."""
+    """In round 0, a hook keeping the weights at the rewind step (``check_rewind`` keeps it inside the schedule)."""
     if r != 0:
         return None
     if rewind_at == 0:
@@ -370,7 +353,6 @@ def rewind_capture(ctx: Context, r: int, rewind_at: int) -> Callable[[int], None
 
 
 def check_rewind(cfg: Config, train_size: int) -> None:
-    """The rewind point must fall before the end of the dense schedule: rounds start there."""
     per_epoch = train.steps_per_epoch(train_size, cfg.train.batch_size)
     rewind_at, total = retrain.rewind_iteration(cfg, per_epoch), cfg.train.epochs * per_epoch
     if rewind_at > 0 and rewind_at >= total:
@@ -407,28 +389,15 @@ def snapshot(model: nn.Module) -> State:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class _EpochDone(Exception):
-    """Stops a replay after its first epoch."""
-
-
 def replay_first_epoch(cfg: Config, root: Path) -> dict:
-    """Round 0's first epoch replayed from the seed with this code: its per-epoch row, every metric that
-    ``train.fit`` and ``epoch_metrics`` log for it (``sddkit adopt`` checks a stored run against it)."""
+    """Round 0's first epoch row (every metric ``fit`` and ``epoch_metrics`` log), replayed from the seed with
+    this code: ``sddkit adopt`` checks a stored run against it."""
     inputs = load_inputs(cfg, root)
-    ctx = Context(cfg, inputs.splits, inputs.noisy, inputs.model, inputs.names, snapshot(inputs.model),
-                  inputs.train_idx)
-    apply_masks = pruning.MaskApplier(dict(ctx.model.named_parameters()),
-                                      pruning.dense_masks(weights_of(ctx.model, ctx.names)))
-    schedule, replayed = retrain.schedule(cfg, 0), {}
+    ctx, replayed = Context(**vars(inputs), cfg=cfg, init=snapshot(inputs.model)), {}
 
     def first_epoch_only(epoch: int, row: dict) -> None:
-        epoch_metrics(ctx, 0, row, schedule.epochs)
+        epoch_metrics(ctx, 0, row, cfg.train.epochs)
         replayed.update(row)
-        raise _EpochDone
-    try:
-        train.fit(ctx.model, ctx.splits, ctx.noisy, schedule, round_generators(cfg, 0, ctx.splits.x_train.device),
-                  apply_masks, fresh_optimizer_at=retrain.fresh_optimizer_at(0, rewind_at_step(ctx)),
-                  on_epoch=first_epoch_only)
-    except _EpochDone:
-        pass
+        raise _Stop
+    replay_round_zero(ctx, on_epoch=first_epoch_only)
     return replayed
