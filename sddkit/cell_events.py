@@ -1,7 +1,5 @@
-"""A sweep's cells tell its driver how they progress: ``Event``s (``started`` on host/pid, round k of R begun,
-round done), posted on a queue the driver drains: a multiprocessing queue for local workers, an ``EventBox``
-actor on Ray. Standard library only, so the box's actor process starts in Ray's own import time (it imports
-this module to unpickle the events, and nothing of torch or MLflow).
+"""How a sweep's cells tell its driver their progress: ``Event``s on a local worker's pipe or a Ray actor's box.
+Standard library only: the box's actor imports this module to unpickle events, and starts light.
 """
 from __future__ import annotations
 
@@ -11,10 +9,8 @@ import time
 
 @dataclasses.dataclass
 class Event:
-    """A cell's progress: ``started`` (on host/pid), ``round`` (round k of R begins), ``round_done``,
-    ``retry`` (its worker died; the executor runs it again), ``waiting`` (round k waits for its lottery twin's
-    mask) and ``owner_waiting`` (another process trains its trajectory: the cell waits for that owner's lease,
-    named in ``note``)."""
+    """``started`` (on host/pid), ``round`` (k of R begins), ``round_done``, ``retry`` (its worker died),
+    ``waiting`` (for its lottery twin's mask) or ``owner_waiting`` (for the lease of the process in ``note``)."""
     key: str
     kind: str
     round_index: int = -1
@@ -37,8 +33,7 @@ def post(events, event: Event) -> None:
 
 
 class EventBox:
-    """The driver's mailbox on Ray (an actor holding no CPU): cells put their events, and the driver takes all
-    of them in one call a poll (a ``ray.util.queue.Queue`` costs two or three)."""
+    """The driver's mailbox on Ray (an actor holding no CPU): the driver takes all events in one call a poll."""
 
     def __init__(self):
         self.events: list[Event] = []
@@ -52,8 +47,7 @@ class EventBox:
 
 
 class RayEvents:
-    """A Ray cell's side of the box. ``put`` waits until the box has the event, so all of a cell's events are
-    there before its outcome reaches the driver."""
+    """A Ray cell's side of the box; ``put`` waits, so a cell's events arrive before its outcome."""
 
     def __init__(self, box):
         self.box = box

@@ -1,11 +1,8 @@
 """Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks on a Ray cluster.
 
-Either way a cell is ``run_cell``: an ordinary trajectory (``runner.run_trajectory``), with the run identity,
-lease, resume and MLflow layout of ``sddkit run``. A cell reports its progress as ``Event``s on a queue the
-driver drains (``cell_events``), so the driver's view needs no store polling.
-Cells always wait for a trajectory's lease rather than stop: a Ray retry of a cell whose worker died on
-another machine must wait out the dead owner's heartbeat (``lease.STALE_AFTER_S``), then continue after its
-last finished round.
+A cell is ``run_cell``: an ordinary ``runner.run_trajectory`` that reports its progress as ``cell_events``. It
+always waits for the trajectory's lease: a retry of a cell whose worker died elsewhere waits out the dead
+owner's heartbeat, then continues after its last finished round.
 """
 from __future__ import annotations
 
@@ -19,7 +16,10 @@ import signal
 import socket
 import sys
 import time
+import types
 from pathlib import Path
+
+import psutil
 
 from sddkit import lifeline, runner, trajectory
 from sddkit.cell_events import Event, EventBox, RayEvents, post
@@ -27,6 +27,9 @@ from sddkit.config import Config
 from sddkit.fingerprint import code_hash, package_folder
 
 CANCEL_GRACE_S = 15.0  # how long cancelled cells get to mark their runs KILLED before they are killed
+INTERRUPTED = 130  # a worker's exit status after Ctrl-C or cancel: stopped on purpose, not retried
+RAY_CONNECT_S = 5.0
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class ExecutorError(RuntimeError):
@@ -39,7 +42,6 @@ class CellFailed(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What a worker needs to run one cell."""
     key: str                    # the cell's trajectory identity (config hash)
     cfg: Config                 # tracking.uri set to the sweep's store
     root: str                   # the driver's project root
@@ -100,82 +102,54 @@ def run_cell(task: Task, events=None) -> Outcome:
 
 @contextlib.contextmanager
 def output_to(log: str | None):
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``log`` for the block; where the
-    folder is missing (another node), leave them as they are."""
+    """This process's file descriptors 1 and 2 into ``log`` for the block (unless its folder is missing here)."""
     if not log or not Path(log).parent.is_dir():
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
     with open(log, "ab", buffering=0) as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
+        for fd in (1, 2):
+            os.dup2(f.fileno(), fd)
         try:
             yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
-def attempt(fn, *args):
-    """``fn(*args)``, or the exception it raised (the other cells keep running)."""
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - reported with its cell once the sweep has ended
-        return exc
+def flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------- local processes
 
-_events = None  # a local worker's channel to the driver (set by its initializer)
-
-
-def worker_started(parent: int, events, device: str | None) -> None:
-    """Each local worker's start: die with the parent (even by kill -9), take SIGTERM (the parent's death, or
-    ``cancel``) as Ctrl-C, so the trajectory being trained is marked KILLED and its lease released; on a GPU
-    machine, see one GPU alone (before anything touches CUDA)."""
-    global _events
-    _events = events
-    lifeline.stop_like_ctrl_c(signal.SIGTERM)
-    lifeline.die_with_parent(parent)
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+_events = None  # a local worker's channel to the driver (set by worker_main)
 
 
 def local_work(task: Task) -> Outcome:
-    """``run_cell`` in a local worker, which leaves once interrupted: a worker whose parent was killed would
-    otherwise wait for its next task forever."""
+    """``run_cell`` in a local worker, which leaves once interrupted (its parent may be gone)."""
     try:
         return run_cell(task, _events)
     except (KeyboardInterrupt, SystemExit):  # the trajectory is marked KILLED by now
-        sys.stdout.flush()
-        sys.stderr.flush()
+        flush()
         os._exit(INTERRUPTED)
-
-
-INTERRUPTED = 130  # a worker's exit status after Ctrl-C or cancel: stopped on purpose, not retried
-
-
-class PipeEvents:
-    """A local worker's side of its own pipe to the driver: events and outcomes in the order they happened. One
-    pipe per worker, not one queue for all: a worker killed mid-write damages its own pipe alone (a shared
-    queue's lock would die held, and the other workers' events with it)."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def put(self, event: Event) -> None:
-        self.conn.send(("event", event))
 
 
 def worker_main(parent: int, conn, device: str | None) -> None:
     """A local worker: run the calls the driver sends until it sends None."""
-    worker_started(parent, PipeEvents(conn), device)
+    global _events
+    # One pipe per worker, not one shared queue: a worker killed mid-write damages its own pipe alone (a shared
+    # queue's lock would die held, and the other workers' events with it).
+    _events = types.SimpleNamespace(put=lambda event: conn.send(("event", event)))
+    # SIGTERM (the parent's death, even by kill -9, or cancel) stops a worker as Ctrl-C: its run marked KILLED.
+    lifeline.stop_like_ctrl_c(signal.SIGTERM)
+    lifeline.die_with_parent(parent)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device  # one GPU alone, before anything touches CUDA
     while True:
         try:
             call = conn.recv()
@@ -184,12 +158,16 @@ def worker_main(parent: int, conn, device: str | None) -> None:
         if call is None:
             return
         call_id, fn, args = call
-        conn.send(("outcome", call_id, picklable(attempt(fn, *args))))
+        conn.send(("outcome", call_id, outcome_of(fn, args)))
 
 
-def picklable(value):
-    """``value``, or for an exception that cannot cross a pipe, a CellFailed with its text."""
+def outcome_of(fn, args):
+    """``fn(*args)``, or the exception it raised (the other cells keep running), as it can cross a pipe."""
     import pickle
+    try:
+        value = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported with its cell once the sweep has ended
+        value = exc
     try:
         pickle.dumps(value)
         return value
@@ -199,7 +177,7 @@ def picklable(value):
 
 @dataclasses.dataclass(eq=False)
 class Call:
-    """One call a local worker runs for the driver (a handle of ``LocalExecutor``): a cell, or any function."""
+    """A handle of ``LocalExecutor``: a call (a cell, or any function) a worker runs for the driver."""
     fn: object
     args: tuple
     key: str = ""                   # the cell's key, for the events the executor makes of a retry
@@ -216,14 +194,9 @@ class Worker:
 
 
 class LocalExecutor:
-    """``jobs`` worker processes on this machine, each with its own pipe to the driver. Where it has GPUs,
-    worker i sees GPU i mod #GPUs alone (more workers than GPUs share them); ``gpus=0`` on a GPU machine
-    hides them, so cells run on the CPU.
-
-    A worker that dies (kill -9, the OOM killer) costs only its own call: a new worker takes its place and
-    the call is run again, ``retries`` times at most (as Ray retries a task); its trajectory continues after
-    its last finished round, taking over the dead worker's lease at once (same host, pid gone). The other
-    workers go on as if nothing happened."""
+    """``jobs`` worker processes here; worker i sees GPU i mod ``gpus`` alone (``hide_gpus``: none). A worker
+    that dies (kill -9, the OOM killer) costs only its own call: a new one takes its place and runs it again,
+    ``retries`` times at most (as Ray retries a task), taking the dead one's lease over at once."""
     name = "local"
 
     def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False, retries: int = 0):
@@ -235,8 +208,7 @@ class LocalExecutor:
         self.queue: list[Call] = []
         self.calls: dict[int, Call] = {}
         self.events: list[Event] = []
-        # Start every worker now: a cell submitted later (a reinit, once its twin trains) finds its interpreter
-        # started and sddkit imported.
+        # All now: a cell submitted later (a reinit, once its twin trains) finds its interpreter started.
         for slot in range(jobs):
             self.workers[slot] = self.start_worker(slot)
 
@@ -272,11 +244,8 @@ class LocalExecutor:
         out, self.events = self.events, []
         return out
 
-    # -- the workers
-
     def pump(self, timeout: float) -> None:
-        """Read what the workers sent (waiting up to ``timeout`` for something), replace the dead ones, and
-        hand queued calls to idle workers."""
+        """Read what the workers sent (waiting up to ``timeout``), bury the dead, give idle workers calls."""
         from multiprocessing.connection import wait as wait_ready
         live = [w for w in self.workers if w is not None]
         if not live:
@@ -343,33 +312,28 @@ class LocalExecutor:
         return Worker(process, ours)
 
     def cancel(self, handles: list[Call]) -> None:
-        """Drop what has not started and stop the workers now: SIGTERM stops a worker as Ctrl-C does (it marks
-        its run KILLED and exits); one still alive after ``CANCEL_GRACE_S`` is killed."""
+        """Drop what has not started and stop the workers now (SIGTERM: as Ctrl-C, each marks its run KILLED)."""
         self.queue.clear()
-        workers = [w for w in self.workers if w is not None]
-        for worker in workers:
-            worker.process.terminate()
-        for worker in workers:
-            worker.process.join(timeout=CANCEL_GRACE_S)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-        self.workers = [None] * self.jobs
+        self.stop_workers(term=True)
 
     def close(self) -> None:
         for worker in filter(None, self.workers):
             with contextlib.suppress(OSError):
                 worker.conn.send(None)
-        for worker in filter(None, self.workers):
-            worker.process.join(timeout=CANCEL_GRACE_S)
-            if worker.process.is_alive():
-                worker.process.kill()
+        self.stop_workers(term=False)
+
+    def stop_workers(self, term: bool) -> None:
+        workers = list(filter(None, self.workers))
+        # is_alive: not reaped yet, so its pid is still its own
+        procs = lifeline.handles(w.process.pid for w in workers if w.process.is_alive())
+        lifeline.stop(procs, CANCEL_GRACE_S, term=term)
+        for worker in workers:
+            worker.process.join()
         self.workers = [None] * self.jobs
 
 
 def local_jobs(jobs: int, gpus: int, gpus_per_cell: float | None, cells: int) -> int:
-    """``jobs``, or (0) as many as the GPUs hold (one each, or 1/``gpus_per_cell`` each), else one per CPU core;
-    never more than there are cells."""
+    """``jobs``, or (0) as many as the GPUs hold, else one per CPU core; never more than there are cells."""
     per_gpu = max(1, int(1 / gpus_per_cell)) if gpus_per_cell else 1
     return max(1, min(jobs or gpus * per_gpu or os.cpu_count() or 1, cells))
 
@@ -381,15 +345,12 @@ def gpu_count() -> int:
 
 # ---------------------------------------------------------------- Ray
 
-RAY_EXTRA = "pip install -e '.[ray]'"
-
-
 def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ExecutorError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA} (or pip install "
-                            f"'sddkit[ray]'); or run the sweep with --executor local") from exc
+        raise ExecutorError("--executor ray needs Ray, which is not installed: pip install -e '.[ray]' (or pip "
+                            "install 'sddkit[ray]'); or run the sweep with --executor local") from exc
     return ray
 
 
@@ -404,9 +365,7 @@ class RayExecutor:
         env = {"MLFLOW_TRACKING_URI": uri, **{k: os.environ[k] for k in CREDENTIALS if k in os.environ}}
         self.started_here = not ray.is_initialized()
         task_env = None if self.started_here else {"env_vars": env}  # a Ray the caller started: per task
-        self.reaper = None
-        if self.started_here:
-            self.reaper = start_ray(ray, address, env)
+        self.reaper = start_ray(ray, address, env) if self.started_here else None
         self.nodes = [n for n in ray.nodes() if n.get("Alive")]
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.gpus = (1.0 if cluster_gpus else 0.0) if gpus is None else gpus
@@ -448,8 +407,7 @@ class RayExecutor:
             return []
 
     def cancel(self, handles: list) -> None:
-        """Ctrl-C: each running task gets KeyboardInterrupt (its run marked KILLED, its lease released); what
-        is still running after ``CANCEL_GRACE_S`` is killed (a rerun continues it either way)."""
+        """Each running task gets KeyboardInterrupt (its run marked KILLED); after ``CANCEL_GRACE_S``, a kill."""
         for handle in handles:
             with contextlib.suppress(Exception):
                 self.ray.cancel(handle, recursive=False)
@@ -472,30 +430,25 @@ class RayExecutor:
 
 def start_ray(ray, address: str | None, env: dict):
     """``ray.init``: a new Ray on this machine, or the cluster at ``address`` (or ``RAY_ADDRESS``). Returns the
-    reaper (``lifeline.reap``) of a Ray started here: it ends Ray's processes with this one, kill -9 included;
-    ``stop_reaper`` once Ray is shut down.
-
-    A Ray started here passes ``env`` to its workers by inheritance: its raylet starts with it, so the workers
-    it prestarts serve the cells (a per-task ``runtime_env`` would start two more, 1 s each, and leave these
-    idle beside them on a small machine). A cluster started elsewhere gets ``env`` and this sddkit (a
-    job-level py_module: Ray uploads a local folder only there) as the job's runtime env; its nodes here
-    import the installed one."""
+    reaper (``lifeline.reap``) of a Ray started here, which ends Ray's processes with this one (kill -9 too)."""
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     # Ray's own INFO and WARNING lines (coloured at a terminal) would cut through the sweep's view; what
     # matters reaches the user as the project's one line (the errors below) or the cell's failure.
     options = dict(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.ERROR)
     check_address(address)
-    reaper = None  # the reaper of a Ray started here (lifeline.reap)
+    reaper = None
     try:
-        if joining:
+        if joining:  # this sddkit as a job-level py_module: Ray uploads a local folder only there
             ray.init(**options, runtime_env={"env_vars": env, "py_modules": [str(package_folder())]})
         else:
-            before = lifeline.children(os.getpid())
+            before = set(psutil.Process().children())
+            # Inherited by the raylet, so the workers it prestarts serve the cells (a per-task runtime_env
+            # would start two more, 1 s each).
             with environment(env):
                 ray.init(**options)
             # What ray.init started (GCS, raylet, monitors; nothing else starts processes meanwhile) and
             # whatever they start end with this process.
-            reaper = lifeline.start_reaper(lifeline.children(os.getpid()) - before)
+            reaper = lifeline.start_reaper({p.pid for p in set(psutil.Process().children()) - before})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if not joining:
             raise ExecutorError(f"cannot start Ray on this machine ({exc}); or run the sweep with --executor "
@@ -506,9 +459,6 @@ def start_ray(ray, address: str | None, env: dict):
     return reaper
 
 
-RAY_CONNECT_S = 5.0
-
-
 def address_names(address: str | None) -> tuple[str, str]:
     """How an error names the cluster's address (the option or the variable), and how to do without it."""
     where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
@@ -516,9 +466,8 @@ def address_names(address: str | None) -> tuple[str, str]:
 
 
 def check_address(address: str | None) -> None:
-    """The cluster to join (``address``, else ``RAY_ADDRESS``), given as ``HOST:PORT`` (``ray://`` too), must
-    take a connection within ``RAY_CONNECT_S``: ray.init retries a closed port for minutes, printing only its
-    own warnings. ``auto`` Ray resolves itself, at once; no address: Ray starts here."""
+    """The cluster to join at ``HOST:PORT`` (``address`` or ``RAY_ADDRESS``) must take a connection within
+    ``RAY_CONNECT_S``: ray.init retries a closed port for minutes, printing only its own warnings."""
     target = address or os.environ.get("RAY_ADDRESS")
     host, _, port = (target or "").split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
@@ -540,18 +489,12 @@ def environment(env: dict):
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+        for key in env:
+            os.environ.pop(key, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
 def threads_for(cfg: Config, cpus: float, parallel: bool) -> Config:
-    """``cfg`` with the torch threads a cell may use: its CPUs (rounded up) where cells share the machine,
-    all cores for one cell alone; an explicit ``train.threads`` stays."""
+    """``cfg`` with a cell's torch threads (unless set): its CPUs where cells share the machine, else all."""
     threads = cfg.train.threads or (math.ceil(cpus) if parallel else 0)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))

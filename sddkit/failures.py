@@ -1,9 +1,5 @@
-"""A store that fails, in one line: a tracking server that stopped answering or asks for credentials, a full
-disk. ``explain`` turns such an exception (MLflow's, sqlite's, an OSError) into the line the user reads; the
-CLI's error path, the runner's end of a run and the Python API all ask it, so each failure reads the same
-wherever it surfaces. Anything else is not a store failure (``explain`` returns None) and keeps its traceback.
-
-Standard library only: the CLI imports this at start-up.
+"""A store that fails, in one line (a tracking server that does not answer or asks for credentials, a full
+disk): ``explain``, asked by the CLI, the runner and the API alike. Standard library only (CLI start-up).
 """
 from __future__ import annotations
 
@@ -24,7 +20,6 @@ _last_store: list[str] = []  # the store this process opened last (tracking.open
 
 
 def bound_http_calls() -> None:
-    """Give MLflow's HTTP client the bounds above (before its first call; MLflow reads them at each call)."""
     for key, value in HTTP_BOUNDS.items():
         os.environ.setdefault(key, value)
 
@@ -52,8 +47,7 @@ SILENT = re.compile(r"API request to (\S+?) failed with (?:timeout )?exception")
 
 
 def silent_server(exc: BaseException) -> tuple[str, str] | None:
-    """(the server's address, why) when ``exc`` says a tracking server did not answer: MLflow's HTTP client
-    gave up (connection refused, timed out, reset) after its retries. None otherwise."""
+    """(the server's address, why) when MLflow's HTTP client gave up on a tracking server, else None."""
     for e in chain(exc):
         found = SILENT.search(str(e))
         if found:
@@ -72,7 +66,7 @@ def server_of(url: str) -> str:
 
 
 def http_status(exc: BaseException) -> int | None:
-    """401 or 403 when a tracking server refused ``exc``'s request for want of credentials or rights."""
+    """401 or 403 when a tracking server refused the request for want of credentials or rights."""
     codes = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
     for e in chain(exc):
         code = codes.get(getattr(e, "error_code", None))
@@ -82,8 +76,8 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def full_disk(exc: BaseException) -> Path | str | None:
-    """Where a write failed because its disk is full: the file an OSError names (else ``""``), or
-    ``"database"`` for sqlite's "database or disk is full". None when the disk is not the problem."""
+    """Where a write failed on a full disk: the file an OSError names (else ``""``), ``"database"`` for
+    sqlite's "database or disk is full"; None when the disk is not the problem."""
     for e in chain(exc):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return Path(e.filename) if isinstance(e.filename, (str, Path)) and e.filename else ""
@@ -96,9 +90,8 @@ def full_disk(exc: BaseException) -> Path | str | None:
 
 def explain(exc: BaseException, uri: str | None = None, folder: Path | None = None,
             needed: int | None = None) -> str | None:
-    """The one line for a store failure, or None when ``exc`` is no store failure. ``uri``: the store in use
-    (else the last one opened); ``folder``: a local store's folder, for a full disk reported by sqlite;
-    ``needed``: the bytes the work left would still write, for a full disk."""
+    """The one line for a store failure, or None (anything else keeps its traceback). ``uri``: the store in use
+    (else the last opened); ``folder``: a local store's, for sqlite's full disk; ``needed``: bytes still to write."""
     uri = uri or last_store() or "the tracking store"
     silent = silent_server(exc)
     if silent is not None:
@@ -127,7 +120,6 @@ def refused(uri: str, status: int) -> str:
 
 
 def disk_full_line(where: Path, needed: int | None) -> str:
-    """``the disk of … is full (… free, about … more needed)``; ``where``: the file or folder written."""
     folder = existing(Path(where))
     free = shutil.disk_usage(folder).free
     more = f", about {mib(needed)} more needed to finish" if needed else ""
@@ -142,7 +134,7 @@ def sqlite_folder(uri: str) -> Path | None:
 
 
 def existing(path: Path) -> Path:
-    """``path``'s nearest folder that exists (a failed write may have left no file)."""
+    """``path``'s nearest existing folder (a failed write may have left no file)."""
     path = path if path.is_dir() else path.parent
     while not path.exists() and path != path.parent:
         path = path.parent

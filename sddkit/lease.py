@@ -28,6 +28,7 @@ from typing import Callable
 from mlflow import MlflowClient
 
 from sddkit import failures
+from sddkit.lifeline import started_at
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
@@ -71,17 +72,7 @@ class Holder:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs on this host (a zombie, killed but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return started_at(pid) is not None
 
 
 def identity(config_hash: str, code_hash: str) -> str:

@@ -1,21 +1,13 @@
-"""Processes that end with what started them: nothing sddkit starts trains or serves on after a kill -9.
+"""Processes that end with what started them, and the one way sddkit stops processes (``stop``, on psutil).
 
-Linux sends a child a signal of its choosing when its parent dies (``prctl(PR_SET_PDEATHSIG)``). We choose
-SIGTERM and make SIGTERM stop a process the way Ctrl-C does (KeyboardInterrupt), so a trajectory being
-trained is marked KILLED and its lease released, exactly as after Ctrl-C. The users:
-
-- replicate workers (``sddkit run --seeds … --jobs N``) die with the parent that runs them;
-- ``sddkit run`` inside a DVC stage dies with its parent and also watches the ``dvc`` process further up,
-  since a shell between them outlives dvc's kill -9 (``follow_dvc``);
-- ``sddkit ui`` starts mlflow server under a guard, this file run as a script (``python -P lifeline.py
-  PARENT_PID COMMAND…``), which ends the server's whole process group when its parent dies (``guard``);
-- ``sddkit sweep`` starting a Ray here starts a reaper beside it (``python -P lifeline.py --reap PARENT_PID
-  PID…``), which ends every process that Ray started when the sweep ends or dies (``reap``).
-
-Elsewhere than Linux these calls do nothing. Imports nothing of sddkit: the guard runs as a plain script.
+A child gets SIGTERM when its parent dies (Linux's parent-death signal), and SIGTERM stops it as Ctrl-C does,
+so a run is marked KILLED and its lease released. This file also runs as a plain script (it imports nothing of
+sddkit): ``python -P lifeline.py PARENT COMMAND…`` guards the process group of ``sddkit ui``'s mlflow server,
+``python -P lifeline.py --reap PARENT PID…`` ends a Ray that ``sddkit sweep`` started. Off Linux these do nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -26,15 +18,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 LINUX = sys.platform.startswith("linux")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 WATCH_POLL_S = 1.0
 GRACE_S = 10.0  # how long a guarded group gets to stop on SIGTERM before SIGKILL
+REAP_POLL_S = 1.0
+REAP_GRACE_S = 5.0
 
 
 def stop_like_ctrl_c(*signals: int) -> None:
-    """Let each of ``signals`` raise KeyboardInterrupt, as SIGINT does (from the main thread only: Python
-    refuses handlers elsewhere, and signals reach only the main thread anyway)."""
+    """Let each of ``signals`` raise KeyboardInterrupt, as SIGINT does (main thread only: signals reach only it)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in signals:
@@ -50,10 +45,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
-    """Have the kernel send ``sig`` to this process when ``parent``, the process that started it, ends.
-
-    (Strictly, when the parent's thread that started it ends: every caller here is started by its parent's
-    main thread.)"""
+    """Have the kernel send ``sig`` to this process when ``parent`` (strictly: the thread that started us) ends."""
     if not LINUX:
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -63,14 +55,86 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)  # the parent ended before the line above, so the kernel never will
 
 
+# ---------------------------------------------------------------- process state and stopping
+
+def running(proc: psutil.Process) -> bool:
+    """Not ended, not a zombie, and its pid not reused (psutil compares the start time)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def started_at(pid: int) -> float | None:
+    """When the live process ``pid`` started (None once ended): with the pid, it names one process."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() if running(proc) else None
+    except psutil.Error:
+        return None
+
+
+def handles(pids) -> list[psutil.Process]:
+    """psutil's handles of those of ``pids`` that exist."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def stop(procs: list[psutil.Process], grace: float, term: bool = True) -> None:
+    """SIGTERM to ``procs`` (``term=False``: sent already), SIGKILL to those still running after ``grace`` s.
+
+    A pid reused meanwhile is never signalled (psutil checks its start time). Not psutil.wait_procs: it reaps
+    our children behind the back of their subprocess and multiprocessing handles, and waits out zombies that no
+    one reaps; here a zombie counts as ended and its parent reaps it."""
+    if term:
+        send(procs, signal.SIGTERM)
+    left = still_running(procs, grace)
+    send(left, signal.SIGKILL)
+    still_running(left, grace)
+
+
+def send(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of ``procs`` still running after waiting up to ``timeout`` s for them to end."""
+    deadline = time.monotonic() + timeout
+    while (procs := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return procs
+
+
+def group(pgid: int) -> list[psutil.Process]:
+    """The live members of process group ``pgid``."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and running(proc):
+                members.append(proc)
+    return members
+
+
+def stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM to the whole group ``pgid`` at once, SIGKILL to its members (this process aside) after ``grace`` s."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    stop([p for p in group(pgid) if p.pid != os.getpid()], grace, term=False)
+
+
 # ---------------------------------------------------------------- a DVC stage
 
 def follow_dvc() -> threading.Thread | None:
-    """Inside a DVC stage (``DVC_STAGE`` set; not ``DVC_ROOT`` alone, which a user may export, and then a
-    ``nohup sddkit run`` would die with its shell), get SIGTERM when the ``dvc`` running it ends.
-
-    The direct parent (dvc, or the shell dvc started) by the parent-death signal; a ``dvc`` further up by a
-    watcher thread (returned), because a shell in between survives dvc's kill -9 and waits on us."""
+    """Inside a DVC stage (``DVC_STAGE`` set; not ``DVC_ROOT`` alone, which a user may export), get SIGTERM when
+    the ``dvc`` running it ends: from the direct parent by the parent-death signal, from a ``dvc`` further up by
+    a watcher thread (returned), because a shell in between survives dvc's kill -9 and waits on us."""
     if not LINUX or not os.environ.get("DVC_STAGE"):
         return None
     parent = os.getppid()
@@ -83,12 +147,15 @@ def follow_dvc() -> threading.Thread | None:
 
 def dvc_ancestor(pid: int) -> int | None:
     """The nearest process running ``dvc`` among ``pid`` and its ancestors, or None."""
-    for _ in range(64):  # a bound, in case /proc changes under us
-        if pid <= 1:
-            return None
-        if is_dvc(cmdline(pid)):
-            return pid
-        pid = int((stat(pid) or ["", "0"])[1])
+    try:
+        proc = psutil.Process(pid)
+        lineage = [proc, *proc.parents()]
+    except psutil.Error:
+        return None
+    for proc in lineage:
+        with contextlib.suppress(psutil.Error):
+            if proc.pid > 1 and is_dvc(proc.cmdline()):
+                return proc.pid
     return None
 
 
@@ -100,11 +167,11 @@ def is_dvc(argv: list[str]) -> bool:
 
 
 def watch(pid: int, on_end: Callable[[], None], poll: float = WATCH_POLL_S) -> threading.Thread:
-    """A daemon thread that calls ``on_end`` once process ``pid`` has ended (polling /proc)."""
-    born = started_at(pid)
+    """A daemon thread that calls ``on_end`` once process ``pid`` has ended."""
+    procs = handles([pid])
 
     def run() -> None:
-        while born is not None and started_at(pid) == born:  # a reused pid starts at another time
+        while procs and running(procs[0]):
             time.sleep(poll)
         on_end()
 
@@ -113,46 +180,13 @@ def watch(pid: int, on_end: Callable[[], None], poll: float = WATCH_POLL_S) -> t
     return thread
 
 
-def stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, …), or None if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def started_at(pid: int) -> str | None:
-    """The start time of a live process (None once it has ended or is a zombie)."""
-    fields = stat(pid)
-    return fields[19] if fields and fields[0] != "Z" else None
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 # ---------------------------------------------------------------- the guard of a process group
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (zombies excluded; none known without /proc)."""
-    members = []
-    for entry in Path("/proc").iterdir() if LINUX else ():
-        if entry.name.isdigit():
-            fields = stat(int(entry.name))
-            if fields and fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(entry.name))
-    return members
-
-
 def guard(parent: int, command: list[str]) -> int:
-    """Run ``command``, then end our whole process group: when it exits, on SIGTERM, SIGHUP or SIGINT, or
-    when ``parent`` dies. Returns the command's exit code (128 + SIGTERM when stopped)."""
+    """Run ``command``, then end our whole process group: when it exits, on SIGTERM, SIGHUP or SIGINT, or when
+    ``parent`` dies. Returns the command's exit code (128 + SIGTERM when stopped)."""
     if os.getpgrp() != os.getpid():
-        os.setpgid(0, 0)  # lead a group of our own: end_group must never reach the parent's
+        os.setpgid(0, 0)  # lead a group of our own: ending it must never reach the parent's
     stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP)
     code = 128 + signal.SIGTERM
     try:
@@ -160,37 +194,17 @@ def guard(parent: int, command: list[str]) -> int:
         code = subprocess.Popen(command).wait()
     except KeyboardInterrupt:
         pass
-    end_group()
-    return code
-
-
-def end_group(grace: float = GRACE_S) -> None:
-    """SIGTERM to the rest of our process group (a server and the workers it started), SIGKILL to what is
-    left after ``grace`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # our own killpg reaches us too
-    me, group = os.getpid(), os.getpgrp()
-    os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (others := [p for p in group_members(group) if p != me]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in others:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_group(os.getpgrp(), GRACE_S)
+    return code
 
 
 # ---------------------------------------------------------------- the reaper of a parent's descendants
 
-REAP_POLL_S = 1.0
-REAP_GRACE_S = 5.0
-
-
 def start_reaper(roots: set[int]) -> subprocess.Popen | None:
-    """A reaper (``reap``) of the processes ``roots`` (this process's children) and theirs, this file run as a
-    script in a session of its own (a Ctrl-C in the terminal is this process's to handle, not the reaper's);
-    None elsewhere than Linux, or with no roots."""
+    """A reaper (``reap``) of ``roots`` (this process's children) and theirs, in a session of its own (a Ctrl-C
+    in the terminal is ours to handle, not its); None off Linux or with no roots."""
     if not LINUX or not roots:
         return None
     return subprocess.Popen([sys.executable, "-P", __file__, "--reap", str(os.getpid()), *map(str, sorted(roots))],
@@ -198,87 +212,41 @@ def start_reaper(roots: set[int]) -> subprocess.Popen | None:
 
 
 def stop_reaper(reaper: subprocess.Popen | None) -> None:
-    """End the reaper now: it ends what is left of its processes first (returns once it has)."""
-    if reaper is None or reaper.poll() is not None:
-        return
-    reaper.terminate()
-    try:
-        reaper.wait(timeout=REAP_GRACE_S + 5)
-    except subprocess.TimeoutExpired:
-        reaper.kill()
+    """End the reaper now; it ends what is left of its processes first (returns once it has)."""
+    if reaper is not None and reaper.poll() is None:  # not reaped yet: its pid is still its own
+        stop(handles([reaper.pid]), REAP_GRACE_S + 5)
+        reaper.wait()
 
 
 def reap(parent: int, roots: list[int], poll: float = REAP_POLL_S) -> int:
-    """Note the processes ``roots`` and their descendants every ``poll`` seconds; once ``parent`` ends (kill -9
-    included) or on SIGTERM, end those still alive: SIGTERM, SIGKILL after ``REAP_GRACE_S``.
-
-    For a Ray that ``sddkit sweep`` starts (the roots: the processes ray.init started): its raylet and GCS die
-    with the driver, but the agents the raylet started outlived a killed driver by one to two minutes. Once
-    orphaned they are nobody's descendants, so they are known from the last look taken while the driver lived."""
+    """Note ``roots`` and their descendants every ``poll`` s; once ``parent`` ends (kill -9 included) or on
+    SIGTERM, ``stop`` those still alive. (Ray's agents outlived a killed driver by minutes; orphaned, they are
+    nobody's descendants, so they are known from the last look taken while the driver lived.)"""
     # A flag, not KeyboardInterrupt: the parent's death is seen by getppid or by the signal, in either order,
     # and a signal arriving once the ending has begun must not cut it short.
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
     die_with_parent(parent)
-    known: dict[int, str] = {}
+    tracked = handles(roots)  # now: a root's pid reused later is not ours
+    known: dict[int, psutil.Process] = {}
     while True:
-        known = {pid: born for pid, born in known.items() if started_at(pid) == born}  # drop the ended
-        known.update(family(roots))
+        known = {pid: proc for pid, proc in known.items() if running(proc)}
+        known.update(family(tracked))
         if stopping or os.getppid() != parent:
             break
         time.sleep(poll)
-    end_processes(known)
+    stop(list(known.values()), REAP_GRACE_S)
     return 0
 
 
-def children(pid: int) -> set[int]:
-    """The live child processes of ``pid``."""
-    return {child for child, (ppid, _) in processes().items() if ppid == pid}
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """Every live process: pid -> (its parent's pid, its start time)."""
+def family(roots: list[psutil.Process]) -> dict[int, psutil.Process]:
+    """The live processes among ``roots`` and their descendants."""
     found = {}
-    for entry in Path("/proc").iterdir() if LINUX else ():
-        fields = stat(int(entry.name)) if entry.name.isdigit() else None
-        if fields and fields[0] != "Z":
-            found[int(entry.name)] = (int(fields[1]), fields[19])
+    for root in filter(running, roots):
+        with contextlib.suppress(psutil.Error):
+            found.update({p.pid: p for p in [root, *root.children(recursive=True)] if running(p)})
     return found
-
-
-def family(roots: list[int]) -> dict[int, str]:
-    """The live processes among ``roots`` and their descendants, each with its start time (which tells it from
-    a later process that reuses its pid)."""
-    table = processes()
-    kids: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    found: dict[int, str] = {}
-    todo = [pid for pid in roots if pid in table]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found[pid] = table[pid][1]
-            todo.extend(kids.get(pid, ()))
-    return found
-
-
-def end_processes(known: dict[int, str], grace: float = REAP_GRACE_S) -> None:
-    """SIGTERM to each process of ``known`` still alive (the same start time: never a reused pid), SIGKILL to
-    those left after ``grace`` seconds."""
-    def alive() -> list[int]:
-        return [pid for pid, born in known.items() if started_at(pid) == born]
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -79,14 +79,15 @@ def live_server(db: Path) -> dict | None:
     return server if alive else None
 
 
-def process_started(pid: int) -> str | None:
-    """When the live process ``pid`` started (clock ticks since boot, from /proc), or None: with the pid, it
-    names one process, even after the pid is reused."""
+def process_started(pid: int) -> float | None:
+    """When the live process ``pid`` started, or None (a zombie too): with the pid, it names one process, even
+    after the pid is reused. (lifeline.started_at's twin: lifeline, also a plain script, shares this layer.)"""
+    import psutil  # here: the CLI imports this module at start-up
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.Error:
         return None
-    return fields[19] if fields[0] != "Z" else None
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"

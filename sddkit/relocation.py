@@ -1,19 +1,10 @@
 """A project you can move: a sqlite store's artifact locations follow the store file.
 
-MLflow freezes absolute artifact locations into the store (``experiments.artifact_location``,
-``runs.artifact_uri``). A copied or moved project would keep reading, and writing, the original project's
-``mlruns/``. The rule here: a local sqlite store's artifacts live in ``mlruns/`` beside its file (the project
-root, by default). Before the store is opened, every location under some other ``…/mlruns`` folder is
-rewritten to the same place under this one, provided this one holds the artifacts of every run concerned (a
-``cp -a`` or ``mv`` of the project does); else the store is refused with one line that says how to fix it.
-Locations elsewhere (an artifact server, a bucket, a folder not named mlruns) are left alone.
-
-While ``sddkit server`` serves the store, its locations under mlruns/ read ``mlflow-artifacts:/<path in
-mlruns>`` (``to_server``), so that clients elsewhere write through the server instead of into a path of this
-machine; once that server is gone, its marker left behind (``paths.live_server``: stopped cleanly, it turns them back
-itself), opening the store turns them back into ``file:``. Served locations with no marker (another server's) stay.
-
-Only sqlite3 and the standard library: ``sddkit ui`` calls it before it starts a server.
+MLflow freezes absolute artifact locations into its private tables. Before the store is opened, every location
+under another ``…/mlruns`` is rewritten to this store's ``mlruns/`` (if that holds the runs' artifacts: a
+``cp -a`` or ``mv`` of the project), else the store is refused in one line. While ``sddkit server`` serves
+the store, its locations read ``mlflow-artifacts:/…`` (``to_server``), turned back once it stops or is found
+dead. Only sqlite3 and the standard library: ``sddkit ui`` calls it before it starts a server.
 """
 from __future__ import annotations
 
@@ -27,13 +18,16 @@ from sddkit.paths import live_server, server_marker
 
 HOME = "mlruns"
 # (table, key column, location column): where MLflow keeps artifact locations of what sddkit stores.
-LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"))
+RUNS = ("runs", "run_uuid", "artifact_uri")
+LOCATIONS = (("experiments", "experiment_id", "artifact_location"), RUNS)
 SERVED = "mlflow-artifacts:/"  # a location the tracking server resolves against its --artifacts-destination
+# The MLflow releases whose schema these tables and columns were checked against (pyproject pins the same).
+MLFLOW_SUPPORTED = ">=3.17,<3.18"
 
 
 class StoreElsewhere(RuntimeError):
-    """The store's artifacts are in another project's mlruns/ and this one lacks them; the message says what
-    to do."""
+    """The store cannot be opened here (its artifacts are in another project's mlruns/, or its schema is not
+    one sddkit knows); the message says what to do."""
 
 
 def artifact_home(db: Path) -> Path:
@@ -63,42 +57,56 @@ def moved_from(path: Path, home: Path) -> tuple[Path, Path] | None:
 
 
 def relocate(db: Path) -> int:
-    """Rewrite the artifact locations of the store ``db`` that point into another project's mlruns/ to this
-    one's; returns how many were rewritten (0 for a store already in place). Run it under the store's lock.
-
-    Raises StoreElsewhere when a run's artifacts are not in this project's mlruns/ (a store copied without
-    its artifacts): nothing is rewritten then."""
+    """Rewrite the locations of the store ``db`` under another project's mlruns/ into this one's; returns how
+    many. Run it under the store's lock. StoreElsewhere, with nothing rewritten, when a run's artifacts are not
+    in this project's mlruns/ (a store copied without them)."""
     if not db.is_file():
         return 0
     home = artifact_home(db)
     with sqlite3.connect(db, timeout=60) as con:
-        if not has_locations(con):
+        if not has_locations(con, db):
             return 0  # not created yet: MLflow creates it with this process's locations
         # A server killed -9 left its marker (a live one is serving: its locations must stay as they are).
         gone = server_marker(db).exists() and live_server(db) is None
         served_back = back_from_server(con, db, home) if gone else 0
-        changes = planned_changes(con, home)
-        if not changes:
-            return served_back
-        check_copied(db, home, changes)
-        for table, key, column, value, _, new in changes:
-            con.execute(f"update {table} set {column} = ? where {key} = ?", (new, value))
-    runs = [c for c in changes if c[0] == "runs"]
+        runs = moved_runs(con, home)
+        check_copied(db, home, runs)
+        count = rewrite(con, lambda location: moved_location(location, home))
     if runs:  # an experiment alone can differ without a move (MLflow's Default one, made in the caller's folder)
-        olds = ", ".join(sorted({str(old) for *_, old, _ in runs}))
+        olds = ", ".join(sorted({str(old) for _, old, _ in runs}))
         print(f"{db}: the project was moved or copied; the artifact locations of {len(runs)} runs now point "
               f"into {home} instead of {olds}", file=sys.stderr)
-    return served_back + len(changes)
+    return served_back + count
 
 
-def has_locations(con: sqlite3.Connection) -> bool:
+def has_locations(con: sqlite3.Connection, db: Path) -> bool:
+    """Whether MLflow has made its tables; StoreElsewhere, before anything is written, where one lacks a column
+    this module reads or writes (a schema of another MLflow)."""
     tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
-    return {table for table, _, _ in LOCATIONS} <= tables
+    if not {table for table, _, _ in LOCATIONS} <= tables:
+        return False
+    for table, *columns in LOCATIONS:
+        have = {row[1] for row in con.execute(f"pragma table_info({table})")}
+        for column in columns:
+            if column not in have:
+                raise StoreElsewhere(f"tracking store {db}: MLflow's table {table} has no column {column}, which "
+                                     f"sddkit rewrites when a project moves; sddkit supports mlflow"
+                                     f"{MLFLOW_SUPPORTED} (installed: {mlflow_version()}): install "
+                                     f"'mlflow{MLFLOW_SUPPORTED}' and open the store with it")
+    return True
+
+
+def mlflow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("mlflow")
+    except PackageNotFoundError:
+        return "none"
 
 
 def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:
-    """Turn the served locations of ``db`` back into ``file:`` ones in ``home`` and remove the server's marker;
-    returns how many. Done by the server as it stops, or by ``relocate`` when it finds a dead one's marker."""
+    """Turn the served locations of ``db`` back into ``file:`` ones in ``home``, remove the server's marker;
+    returns how many."""
     count = rewrite(con, lambda location: local_location(location, home))
     con.commit()  # before the marker goes: a crash in between leaves the marker, and the next open redoes it
     try:
@@ -111,26 +119,26 @@ def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:
 def from_server(db: Path) -> int:
     """``back_from_server`` on its own, for a server that stops (run it under the store's lock)."""
     with sqlite3.connect(db, timeout=60) as con:
-        return back_from_server(con, db, artifact_home(db)) if has_locations(con) else 0
+        return back_from_server(con, db, artifact_home(db)) if has_locations(con, db) else 0
 
 
 def to_server(db: Path) -> int:
-    """Rewrite the locations of the store ``db`` under its mlruns/ to ``mlflow-artifacts:/…``, for a tracking
-    server serving that folder; returns how many. Run it under the store's lock, after ``relocate``."""
+    """Rewrite the locations of ``db`` under its mlruns/ to ``mlflow-artifacts:/…``, for a server serving that
+    folder; returns how many. Run it under the store's lock, after ``relocate``."""
     if not db.is_file():
         return 0
     home = artifact_home(db)
     with sqlite3.connect(db, timeout=60) as con:
-        return rewrite(con, lambda location: served_location(location, home)) if has_locations(con) else 0
+        return rewrite(con, lambda location: served_location(location, home)) if has_locations(con, db) else 0
 
 
 def rewrite(con: sqlite3.Connection, new_location) -> int:
-    """Set every location for which ``new_location(location)`` gives a new one; returns how many."""
     count = 0
     for table, key, column in LOCATIONS:
         rows = [(new, value) for value, location in con.execute(f"select {key}, {column} from {table}")
                 if (new := new_location(location)) is not None]
-        con.executemany(f"update {table} set {column} = ? where {key} = ?", rows)
+        if rows:
+            con.executemany(f"update {table} set {column} = ? where {key} = ?", rows)
         count += len(rows)
     return count
 
@@ -153,22 +161,20 @@ def local_location(location: str | None, home: Path) -> str | None:
     return (home / inside).as_uri() if inside else home.as_uri()
 
 
-def planned_changes(con: sqlite3.Connection, home: Path) -> list[tuple[str, str, str, str, Path, str]]:
-    """(table, key column, location column, key, the other mlruns/ folder, new location) for every location
-    under another mlruns/."""
-    changes = []
-    for table, key, column in LOCATIONS:
-        for value, location in con.execute(f"select {key}, {column} from {table}"):
-            path = local_path(location)
-            moved = moved_from(path, home) if path is not None else None
-            if moved is not None:
-                changes.append((table, key, column, value, moved[0], moved_location(location, home)))
-    return changes
+def moved_runs(con: sqlite3.Connection, home: Path) -> list[tuple[str, Path, str]]:
+    """(run id, the other mlruns/ folder, new location) of each run whose location lies under another mlruns/."""
+    runs = []
+    _, key, column = RUNS
+    for run_id, location in con.execute(f"select {key}, {column} from runs"):
+        path = local_path(location)
+        moved = moved_from(path, home) if path is not None else None
+        if moved is not None:
+            runs.append((run_id, moved[0], moved_location(location, home)))
+    return runs
 
 
 def moved_location(location: str | None, home: Path) -> str | None:
-    """``location`` moved into ``home`` when it lies under another mlruns/ folder (in the same form: a
-    ``file:`` URI or a plain path), else None."""
+    """``location`` moved into ``home`` when it lies under another mlruns/ (in the same form), else None."""
     path = local_path(location)
     moved = moved_from(path, home) if path is not None else None
     if moved is None:
@@ -178,29 +184,26 @@ def moved_location(location: str | None, home: Path) -> str | None:
 
 
 def readable_view(db: Path) -> Path | None:
-    """For a store that cannot be written (a read-only copy of a moved project): the mlruns/ folder to read
-    its artifacts from, resolving each location on the fly (``moved_location``), or None when nothing moved.
-    Checked as ``relocate`` checks (StoreElsewhere when the artifacts are not here); the file is opened
-    read-only, so nothing is written, not even a journal."""
+    """For a read-only copy of a moved project: the mlruns/ folder to read its artifacts from (each location
+    moved on the fly, ``moved_location``), or None. Checked as ``relocate`` checks; opened read-only."""
     if not db.is_file():
         return None
     home = artifact_home(db)
     con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        changes = planned_changes(con, home) if has_locations(con) else []
+        runs = moved_runs(con, home) if has_locations(con, db) else []
     finally:
         con.close()
-    if not any(c[0] == "runs" for c in changes):
+    if not runs:
         return None
-    check_copied(db, home, changes)
+    check_copied(db, home, runs)
     return home
 
 
-def check_copied(db: Path, home: Path, changes: list) -> None:
-    """The runs whose locations move must have their artifacts in ``home``: refused when one's folder is
-    still only in the other mlruns/ (a store copied without its artifacts), or when none of them is in
-    ``home`` (a run that never stored a file has no folder anywhere; that alone is no reason to refuse)."""
-    runs = [(value, old, local_path(new).parent) for table, _, _, value, old, new in changes if table == "runs"]
+def check_copied(db: Path, home: Path, runs: list[tuple[str, Path, str]]) -> None:
+    """StoreElsewhere when a moved run's folder is only in the other mlruns/, or none of them is in ``home`` (a
+    run that never stored a file has no folder anywhere: that alone is no reason to refuse)."""
+    runs = [(value, old, local_path(new).parent) for value, old, new in runs]
     present = [folder.is_dir() for _, _, folder in runs]
     left_behind = [(value, old) for (value, old, folder), here in zip(runs, present)
                    if not here and (old / folder.relative_to(home)).is_dir()]
@@ -212,8 +215,7 @@ def check_copied(db: Path, home: Path, changes: list) -> None:
 
 
 def copy_command(old: Path, home: Path) -> str:
-    """The exact copy that fills ``home`` from ``old``: the folder itself where ``home`` does not exist yet,
-    else its contents into it, keeping what is there (``cp -a old home`` onto an existing home would nest
+    """The exact copy that fills ``home`` from ``old`` (``cp -a old home`` onto an existing home would nest
     ``mlruns/mlruns``)."""
     import shlex
     if not home.exists():

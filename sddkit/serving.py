@@ -1,10 +1,5 @@
-"""An ``mlflow server`` on the project's store, started and stopped the one way ``sddkit ui`` and ``sddkit
-server`` both need: no server outlives the command that started it.
-
-The server runs in a process group of its own (one worker, MLflow's job runner off), led by a guard
-(``sddkit.lifeline``). Ctrl-C, SIGTERM, SIGHUP (a closed terminal) or any error in the command terminates that
-whole group; if the command is killed -9, the guard ends it.
-
+"""An ``mlflow server`` on the project's store, as ``sddkit ui`` and ``sddkit server`` start it: in a process
+group of its own led by a guard (``lifeline``), so no server outlives the command, kill -9 included.
 No mlflow or torch here: ``sddkit ui`` only starts a server.
 """
 from __future__ import annotations
@@ -31,8 +26,7 @@ SERVABLE = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
 
 
 class ServeError(RuntimeError):
-    """The store cannot be served; the message says why and what to do. (Not tracking's TrackingError: that
-    would import mlflow and torch into a command that only starts a server.)"""
+    """The store cannot be served; the message says why and what to do."""
 
 
 def run(command: list[str], root: Path, url: str, on_ready: Callable[[str], None], env: dict[str, str] | None = None,
@@ -58,8 +52,7 @@ def run(command: list[str], root: Path, url: str, on_ready: Callable[[str], None
 
 
 def mlflow_server(uri: str, root: Path, host: str, port: int, *extra: str) -> list[str]:
-    """``mlflow server`` on ``uri``, one worker; artifacts (of experiments created through it too) land in
-    mlruns/ beside the store, never in the working directory."""
+    """``mlflow server`` on ``uri``, one worker; artifacts land in mlruns/ beside the store."""
     if not uri.startswith(SERVABLE):
         raise ServeError(f"the tracking store {uri} is not a database this command can serve; "
                          f"if it is a server already, use it directly (in a browser, or as MLFLOW_TRACKING_URI)")
@@ -70,18 +63,16 @@ def mlflow_server(uri: str, root: Path, host: str, port: int, *extra: str) -> li
 
 
 def start(command: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
-    # The guard leads the new session's process group and ends it when this process dies, kill -9 included
-    # (mlflow server starts uvicorn as a child of its own). -P: run it as a plain file, importing nothing
-    # from its folder. Its stdout goes to stderr: the command's stdout holds only what it prints for use.
+    # -P: the guard runs as a plain file, importing nothing from its folder. Its stdout goes to stderr: the
+    # command's stdout holds only what it prints for use.
     env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     guarded = [sys.executable, "-P", lifeline.__file__, str(os.getpid()), *command]
     return subprocess.Popen(guarded, cwd=root, env=env, start_new_session=True, stdout=sys.stderr.fileno())
 
 
 def check_store_writable(uri: str, root: Path, command: str) -> None:
-    """A sqlite store must be a database (else mlflow server would create a new, empty one in its place) and
-    writable even to be browsed (mlflow server checks its schema, sqlite keeps a journal next to the file):
-    say so now, instead of the server retrying for minutes in silence."""
+    """A sqlite store must be a database (else mlflow server makes an empty one) and writable even to be browsed
+    (mlflow server checks its schema, sqlite keeps a journal): say so now, not after minutes of retries."""
     problem = store_file_problem(uri)
     if problem:
         raise ServeError(problem)
@@ -104,8 +95,7 @@ def store_lock(db: Path) -> Path:
 
 
 def follow_moved_project(uri: str, root: Path) -> None:
-    """A copied or moved project's store is pointed at its own artifacts first (``relocation``), as every
-    command that opens it does: the server must not show, or write into, the original project's mlruns/."""
+    """Point a moved project's store at its own artifacts (``relocation``), as every command that opens it does."""
     db = sqlite_path(uri)
     if db is None:
         return
@@ -134,29 +124,9 @@ def wait_ready(server: subprocess.Popen, url: str, timeout: float) -> None:
 
 
 def stop(server: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds (workers included)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            break  # the whole group is gone
-        try:
-            server.wait(grace)
-            _wait_group_gone(server.pid, grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise subprocess.TimeoutExpired(f"process group {pgid}", timeout)
+    """End the server's whole process group (the guard leads it) and reap the guard."""
+    lifeline.stop_group(server.pid, grace)
+    server.wait()
 
 
 def checked_port(port: int | None, host: str = LOOPBACK) -> int:

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 from test_pipeline import repo, run, set_param, store  # noqa: F401 - repo: the fixture of a DVC project
 
@@ -71,11 +71,10 @@ def test_a_stage_stops_like_ctrl_c_when_its_dvc_is_killed(tmp_path, between):
         assert wait_for(lambda: out.is_file() and "ready" in out.read_text(), 30), out.read_text()
         dvc.kill()
         dvc.wait()
-        assert wait_for(lambda: not lifeline.group_members(dvc.pid), 5)  # a shell between left with the stage
+        assert wait_for(lambda: not lifeline.group(dvc.pid), 5)  # a shell between left with the stage
         assert out.read_text() == "ready\nstopped like Ctrl-C\n"
     finally:
-        for pid in lifeline.group_members(dvc.pid):
-            os.kill(pid, signal.SIGKILL)
+        lifeline.send(lifeline.group(dvc.pid), signal.SIGKILL)
 
 
 def test_the_guard_ends_its_whole_group_when_its_parent_is_killed():
@@ -91,10 +90,9 @@ def test_the_guard_ends_its_whole_group_when_its_parent_is_killed():
         guard = min(guarded(parent.pid))
         parent.kill()
         parent.wait()
-        assert wait_for(lambda: not lifeline.group_members(guard), 5)
+        assert wait_for(lambda: not lifeline.group(guard), 5)
     finally:
-        for pid in lifeline.group_members(guard) if guard else ():
-            os.kill(pid, signal.SIGKILL)
+        lifeline.send(lifeline.group(guard) if guard else [], signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
 
@@ -111,30 +109,34 @@ def test_the_reaper_ends_what_it_was_given_even_orphans_once_the_parent_is_kille
         "reaper = lifeline.start_reaper({ray.pid})\n"
         "print(reaper.pid, other.pid, flush=True)\n"
         "time.sleep(300)")], stdout=subprocess.PIPE, text=True)
-    everyone: dict[int, str] = {}
+    everyone: dict[int, psutil.Process] = {}
     try:
         reaper, other = map(int, parent.stdout.readline().split())
-        assert wait_for(lambda: len(lifeline.family([parent.pid])) == 5, 30)  # parent, reaper, sleep, sh, sleep
+        roots = lifeline.handles([parent.pid])
+        assert wait_for(lambda: len(lifeline.family(roots)) == 5, 30)  # parent, reaper, sleep, sh, sleep
         time.sleep(2 * lifeline.REAP_POLL_S)  # the reaper has looked at them
-        everyone = lifeline.family([parent.pid])
-        given = {p: t for p, t in everyone.items() if p not in (parent.pid, reaper, other)}
+        everyone = lifeline.family(roots)
+        given = [p for pid, p in everyone.items() if pid not in (parent.pid, reaper, other)]
         parent.kill()
         parent.wait()
-        alive = lambda: [p for p, t in given.items() if lifeline.started_at(p) == t]  # noqa: E731
-        assert wait_for(lambda: not alive() and lifeline.started_at(reaper) is None, 10), alive()
-        assert lifeline.started_at(other) == everyone[other]
+        alive = lambda: [p for p in given if lifeline.running(p)]  # noqa: E731
+        assert wait_for(lambda: not alive() and not lifeline.running(everyone[reaper]), 10), alive()
+        assert lifeline.running(everyone[other])
     finally:
-        lifeline.end_processes(everyone, grace=0)
+        lifeline.stop(list(everyone.values()), grace=0)
         if parent.poll() is None:
             parent.kill()
 
 
 def guarded(parent: int) -> list[int]:
     """The process group led by ``parent``'s child, the guard (empty until it leads one)."""
-    for entry in Path("/proc").iterdir():
-        fields = lifeline.stat(int(entry.name)) if entry.name.isdigit() else None
-        if fields and int(fields[1]) == parent and int(fields[2]) == int(entry.name):
-            return lifeline.group_members(int(entry.name))
+    try:
+        children = psutil.Process(parent).children()
+    except psutil.Error:
+        return []
+    for child in children:
+        if lifeline.group(child.pid):
+            return [p.pid for p in lifeline.group(child.pid)]
     return []
 
 
@@ -154,10 +156,9 @@ def test_killing_dvc_repro_stops_its_stage_and_the_next_repro_runs_each_round_on
         assert dvc.poll() is None, log.read_text()  # the lottery stage has opened its run and trains
         dvc.kill()
         dvc.wait()
-        assert wait_for(lambda: not lifeline.group_members(dvc.pid), 10), log.read_text()
+        assert wait_for(lambda: not lifeline.group(dvc.pid), 10), log.read_text()
     finally:
-        for pid in lifeline.group_members(dvc.pid):
-            os.kill(pid, signal.SIGKILL)
+        lifeline.send(lifeline.group(dvc.pid), signal.SIGKILL)
     (lottery,) = store(repo).trajectories("sddkit")
     assert lottery.info.status == "KILLED", log.read_text()
 

@@ -179,3 +179,28 @@ def test_locations_elsewhere_than_an_mlruns_folder_are_left_alone(tmp_path):
         con.execute("insert into runs values ('b', 'mlflow-artifacts:/1/b/artifacts', 1)")
     assert relocation.relocate(db) == 0
     assert locations(db)[:2] == ["file:///data/big-disk/artifacts/a/artifacts", "mlflow-artifacts:/1/b/artifacts"]
+
+
+def test_a_store_whose_schema_lacks_a_rewritten_column_is_refused_in_one_line_and_left_as_it_was(project):
+    """relocation writes MLflow's private tables: a schema without the column it writes (another MLflow's) is
+    named with the MLflow range sddkit supports, and nothing is written."""
+    from mlflow import MlflowClient
+    db = project / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client.create_run(client.create_experiment("sddkit"))
+    with sqlite3.connect(db) as con:
+        con.execute("alter table runs rename column artifact_uri to artifact_url")
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+
+    result = CliRunner().invoke(main, ["ls"])
+
+    assert result.exit_code == 1 and result.output.count("error:") == 1 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "table runs has no column artifact_uri" in message and f"mlflow{relocation.MLFLOW_SUPPORTED}" in message
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_pyproject_pins_mlflow_to_the_range_relocation_names():
+    import tomllib
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert f"mlflow[auth]{relocation.MLFLOW_SUPPORTED}" in pyproject["project"]["dependencies"]
