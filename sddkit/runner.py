@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, failures, prepare, results, trajectory
+from sddkit import analysis, failures, prepare, results, selection, trajectory
+from sddkit.checkpoint import bytes_needed
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config, load_config
 from sddkit.files import write_atomic
@@ -23,8 +23,7 @@ from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
 from sddkit.lease import Lease, LeaseHeld, LeaseLost, identity as lease_identity
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
-    store_problem, trajectory_name
+from sddkit.tracking import STORE_ERRORS, Tracker, TrackingError, TrajectoryRun
 
 USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost, trajectory.InitMismatch)
 console = Console(stderr=True)
@@ -177,7 +176,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
             if store.completed:  # a resume: the parent's files it kept from its start
                 store.restore_labels(inputs.noisy)
             if data_files:
-                log_data_inputs(tracker, store.run_id, data_files)
+                tracker.log_data_inputs(store.run_id, data_files)
             announce(tracker, cfg, code, store)
             if redo_from is not None:
                 console.print(f"redoing rounds {redo_from}–{cfg.prune.rounds} (the replaced round runs are kept, "
@@ -260,7 +259,7 @@ def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
     FAILED where the store can still take it."""
     full = failures.full_disk(exc) is not None
     line = failures.explain(exc, store.tracker.uri, store.tracker.artifact_home, room_left() if full else None)
-    if line is None and not isinstance(exc, (OSError, MlflowException)):
+    if line is None and not isinstance(exc, STORE_ERRORS):
         return None
     k = store.round_under_way
     what = f"round {k} could not be stored" if k <= rounds else "the trajectory's closing files could not be stored"
@@ -276,6 +275,13 @@ def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
     return TrackingError(f"{what}: {line}, then {rerun} (this run is marked FAILED)")
 
 
+def store_problem(exc: BaseException) -> str:
+    """The gist of a storage error, on one line (an OSError's message and file, MLflow's first line)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+
+
 def finished_rounds(store: TrajectoryRun) -> str:
     return f"after round {len(store.completed) - 1}" if store.completed else "before round 0 finished"
 
@@ -283,7 +289,7 @@ def finished_rounds(store: TrajectoryRun) -> str:
 def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
     """Each round run gets its phase as the tag ``sddkit.phase`` (the parent's table has a ``phase`` column)."""
     for run in store.tracker.round_runs(store.run_id):
-        store.client.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
+        store.tracker.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
 
 
 def tracker_masks(tracker: Tracker, cfg: Config, code: str, follow: bool = False):
@@ -291,7 +297,7 @@ def tracker_masks(tracker: Tracker, cfg: Config, code: str, follow: bool = False
     followed, each round starting once the twin has pruned for it."""
     if cfg.retrain.mode != "reinit":
         return None
-    from sddkit.tracking import LotteryMasks
+    from sddkit.twin import LotteryMasks
     return LotteryMasks(tracker, cfg, code, follow)
 
 
@@ -320,7 +326,8 @@ def where_lines(tracker: Tracker, cfg: Config, what: str, selector: str) -> list
     env = "" if tracker.uri == tracking_uri(None, tracker.root) else f"MLFLOW_TRACKING_URI={shlex.quote(tracker.uri)} "
     experiment = cfg.tracking.experiment
     option = "" if experiment == defaults.tracking.experiment else f" --experiment {shlex.quote(experiment)}"
-    others = [n for n in sorted({trajectory_name(r) for r in tracker.trajectories(experiment)}) if n != cfg.name]
+    others = [n for n in sorted({selection.trajectory_name(r) for r in tracker.trajectories(experiment)})
+              if n != cfg.name]
     against = shlex.quote(others[0]) if others else "OTHER"  # a name, run ID or --results folder to set beside it
     return [f"results: {what} in experiment {experiment!r} of {tracker.uri}",
             f"  browse:  {env}sddkit ui --open{option}",

@@ -89,8 +89,8 @@ def url_host(host: str) -> str:
 
 def allowed_hosts(host: str) -> str:
     """MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use."""
-    from mlflow.server.security_utils import get_default_allowed_hosts
-    return ",".join([*get_default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
+    from sddkit.store import default_allowed_hosts
+    return ",".join([*default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
 
 
 def workers_line(url: str, user: str | None, password: str | None) -> str:
@@ -123,13 +123,9 @@ def create_experiment(uri: str, root: Path, experiment: str) -> None:
     try:
         tracker = Tracker(uri, root)
         tracker.experiment_id(experiment)
-        for found in tracker.client.search_experiments():
-            for key in (k for k in found.tags if k.startswith("sddkit.lease.")):
-                holder = lease.read(tracker.client, found.experiment_id, key)
-                if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
-                    raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: "
-                                     f"let it finish, or stop it (rerun, it continues through the server), "
-                                     f"then start the server")
+        for holder in lease.local_holders(tracker):
+            raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: let it "
+                             f"finish, or stop it (rerun, it continues through the server), then start the server")
     except TrackingError as exc:
         raise ServeError(str(exc)) from exc
 
@@ -163,19 +159,9 @@ def auth_env(uri: str, root: Path) -> dict[str, str]:
                        f"admin_username = {ADMIN}\n"
                        f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n").encode())
     if users.exists():
-        set_admin_password(ini, password)
+        from sddkit.store import set_admin_password
+        set_admin_password(ini, ADMIN, password)
     # The auth app's CSRF protection signs with this key; one server, so one key for its life is enough.
     secret = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
-
-
-def set_admin_password(ini: Path, password: str) -> None:
-    """MLflow takes the configured admin password only when it creates the user: on a later start, set it."""
-    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)  # read when mlflow.server.auth is imported
-    from mlflow.server.auth import auth_config
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-    users = SqlAlchemyStore()
-    users.init_db(auth_config.database_uri)
-    if users.has_user(ADMIN, use_primary=True):
-        users.update_user(ADMIN, password=password)

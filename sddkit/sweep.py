@@ -26,7 +26,8 @@ from sddkit.config import Config, ConfigError, SweepConfig, with_values
 from sddkit.files import write_atomic
 from sddkit.fingerprint import code_hash
 from sddkit.paths import sqlite_path, tracking_uri
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, lottery_twin, log_files, param_text
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, literal, param_text
+from sddkit.twin import lottery_twin
 
 console = Console(stderr=True)
 SWEEP = "sweep"  # the sweep run's sddkit.kind
@@ -158,13 +159,13 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         if executor is not None:
             drive(executor, todo, tasks, outcomes, failures, view, tracker, sid)
     except BaseException:
-        tracker.client.set_terminated(sweep_run, "KILLED")
+        tracker.set_status(sweep_run, "KILLED")
         raise
     finally:
         view.close()
     for cell in cells:
         if cell.key in stored:  # reported here, not by a worker: tag it, and write its files
-            tracker.client.set_tag(outcomes[cell.key].run_id, "sddkit.sweep", sid)
+            tracker.set_tag(outcomes[cell.key].run_id, "sddkit.sweep", sid)
             if results_dir is not None:
                 folder = tasks_folder(results_dir, cell, by_seed)
                 runner.write_results(folder, TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg,
@@ -174,7 +175,7 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(target, runner.run_pointer(TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg))
     if failures:
-        tracker.client.set_terminated(sweep_run, "FAILED")
+        tracker.set_status(sweep_run, "FAILED")
         detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
@@ -240,7 +241,7 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
                     show(event)
                 if isinstance(outcome, executors.Outcome):
                     outcomes[cell.key] = outcome
-                    tracker.client.set_tag(outcome.run_id, "sddkit.sweep", sid)
+                    tracker.set_tag(outcome.run_id, "sddkit.sweep", sid)
                     view.done(cell.key, outcome.rows)
                 else:
                     failures[cell.label] = one_line(outcome)
@@ -265,9 +266,8 @@ def close_cancelled(tracker: Tracker, cancelled: list) -> None:
             if run is None or run.info.status != "RUNNING":
                 continue
             TrajectoryRun(tracker, run.info.run_id).close_interrupted_rounds()
-            tracker.client.set_terminated(run.info.run_id, "KILLED")
-            key = lease.key_for(lease.identity(task.cfg.identity_hash(), task.code))
-            tracker.client.delete_experiment_tag(run.info.experiment_id, key)
+            tracker.set_status(run.info.run_id, "KILLED")
+            lease.drop(tracker, run.info.experiment_id, task.cfg.identity_hash(), task.code)
         except Exception:  # noqa: BLE001 - best effort on the way out; a rerun takes a stale lease over anyway
             continue
 
@@ -327,27 +327,22 @@ def is_local_store(uri: str) -> bool:
 def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: str, cells: list[Cell],
                    kind: str = SWEEP, params: dict[str, str] | None = None) -> str:
     """The run of ``kind`` for this sweep id (reopened on a rerun), with the grid (or ``params``) as params."""
-    from sddkit.tracking import literal
     exp = tracker.experiment_id(base.tracking.experiment)
-    query = f"tags.`sddkit.kind` = {literal(kind)} and tags.`sddkit.sweep` = {literal(sid)}"
-    found = tracker.client.search_runs([exp], query, max_results=1)
-    if found:
-        tracker.client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+    found = tracker.newest([exp], f"tags.`sddkit.kind` = {literal(kind)} and tags.`sddkit.sweep` = {literal(sid)}")
+    if found is not None:
+        tracker.set_status(found.info.run_id, "RUNNING")
+        return found.info.run_id
     tags = {"sddkit.kind": kind, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
-    run = tracker.client.create_run(exp, tags=tags, run_name=f"{kind}·{sid[:8]}")
     params = params or {"sweep.grid": json.dumps(settings.grid),
                         "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
                         "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
                         "sweep.executor": settings.executor}
-    for key, value in params.items():
-        tracker.client.log_param(run.info.run_id, key, value[:6000])
-    return run.info.run_id
+    return tracker.create_run(exp, tags, f"{kind}·{sid[:8]}", {k: v[:6000] for k, v in params.items()})
 
 
 def close_sweep_run(sweep: Sweep, files: dict[str, bytes]) -> None:
-    log_files(sweep.tracker.client, sweep.run_id, files)
-    sweep.tracker.client.set_terminated(sweep.run_id, "FINISHED")
+    sweep.tracker.log_files(sweep.run_id, files)
+    sweep.tracker.set_status(sweep.run_id, "FINISHED")
 
 
 # ---------------------------------------------------------------- the landmarks table and the figure
@@ -465,8 +460,8 @@ def log_groups(sweep: Sweep) -> None:
         stored = {f"{ARTIFACT_DIR}/{name}": content for name, content in files.items()}
         for cell in cells:
             run_id = sweep.outcomes[cell.key].run_id
-            log_files(sweep.tracker.client, run_id, stored)
-            sweep.tracker.client.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
+            sweep.tracker.log_files(run_id, stored)
+            sweep.tracker.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
 
 
 def group_files(cfg: Config, replicates: list[list[dict]], seeds: list[int]) -> dict[str, bytes]:
@@ -506,7 +501,7 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{sweep.outcomes[cells[0].key].run_id}/{ARTIFACT_DIR}/"
     console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)", highlight=False)
     runs = [sweep.outcomes[c.key].run_id for c in cells]
-    names = ", ".join(sweep.tracker.client.get_run(r).info.run_name for r in runs)
+    names = ", ".join(sweep.tracker.run(r).info.run_name for r in runs)
     runner.print_lines(runner.where_lines(sweep.tracker, cfg, f"runs {names} ({', '.join(runs)})", cfg.name),
                        to_stderr=table_format != "table")
     return sweep
