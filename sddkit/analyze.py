@@ -106,12 +106,18 @@ def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settin
 
 def analyze_trajectory(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef],
                        chosen: list[int], settings: Settings) -> list[dict]:
-    completed = [round_row(rounds[r].run) for r in sorted(rounds)]
     say(f"{parent.info.run_name}: rebuilding its data, labels and init from the config")
+    ctx = rebuild(tracker, root, parent, cfg, rounds)
+    return [analyze_round(tracker, ctx, rounds[r], settings, parent.info.run_name) for r in chosen]
+
+
+def rebuild(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef]):
+    """The trajectory's data, labels (checked against the stored ones) and init, rebuilt from its config."""
+    completed = [round_row(rounds[r].run) for r in sorted(rounds)]
     ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
                            trajectory.Reporter(), None)
     check_labels(tracker, parent.info.run_id, ctx.noisy)
-    return [analyze_round(tracker, ctx, rounds[r], settings, parent.info.run_name) for r in chosen]
+    return ctx
 
 
 def check_labels(tracker: Tracker, run_id: str, noisy: torch.Tensor) -> None:
@@ -226,11 +232,7 @@ def sharpness_curve(tracker: Tracker, root: Path, parent, settings: Settings) ->
             out[index] = tracker.run(done).data.metrics["sharpness"]
         else:
             if ctx is None:
-                cfg = config.from_params(parent.data.params)
-                completed = [round_row(refs[r].run) for r in sorted(refs)]
-                ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
-                                       trajectory.Reporter(), None)
-                check_labels(tracker, parent.info.run_id, ctx.noisy)
+                ctx = rebuild(tracker, root, parent, config.from_params(parent.data.params), refs)
             masks, sparse = read_mask(tracker, ref.run_id), read_weights(tracker, ref.run_id)
             out[index] = walk_landscape(tracker, ctx, ref, masks, sparse, settings)["sharpness"]
         if ref.run.data.metrics.get("sharpness") != out[index]:

@@ -1,13 +1,7 @@
-"""The Python API, for analysis in a notebook: stored trajectories as one long pandas DataFrame (a row a round),
-and a round's mask and weights by trajectory name and round. It only reads: nothing here writes to the store.
-
-    import sddkit
-    df = sddkit.load_trajectory("lottery", where={"noise.ratio": 0.2})   # every seed of it, a row a round
-    mask, weights = sddkit.load_round("lottery", 3, where={"seed": 0})
-
-The store is the project's (found from the working directory, as the commands find it), or ``tracking_uri``.
-Outside a project, with no ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``), every function fails with
-``NoProjectError`` before anything is opened: MLflow would otherwise create an empty mlflow.db right there.
+"""The Python API, for analysis in a notebook; it only reads. ``sddkit.load_trajectory("lottery", where={"noise.ratio":
+0.2})``: every seed of it as one long DataFrame, a row a round; ``load_round("lottery", 3, where={"seed": 0})``: its
+mask and weights. The store is the project's, or ``tracking_uri``; outside a project without one, every function
+fails with ``NoProjectError`` before anything is opened (MLflow would create an empty mlflow.db right there).
 """
 from __future__ import annotations
 
@@ -36,8 +30,7 @@ class NoProjectError(TrackingError):
 
 
 def one_line(function):
-    """``function``, whose failing store (a server that does not answer or asks for credentials, a full disk)
-    raises a TrackingError of one line (``failures.explain``) instead of MLflow's chained tracebacks."""
+    """``function``, whose failing store raises a TrackingError of one line (``failures.explain``)."""
     @functools.wraps(function)
     def call(*args, **kwargs):
         try:
@@ -153,9 +146,8 @@ def status(tracker: Tracker, run) -> str:
 # ---------------------------------------------------------------- the store
 
 def open_store(tracking_uri: str | None) -> Tracker:
-    """The store to read: ``tracking_uri``, else the project's (``MLFLOW_TRACKING_URI``, params.yaml's
-    ``tracking.uri``, or mlflow.db at the project root). Fails, creating nothing, outside a project without a
-    URI and where a local store does not exist yet (opening it would create an empty one)."""
+    """The store to read: ``tracking_uri``, else the project's. Fails, creating nothing, outside a project
+    without a URI and where a local store does not exist yet (opening it would create an empty one)."""
     problem = paths.missing_project(tracking_uri)
     if problem:
         raise NoProjectError(f"{problem}; pass tracking_uri= or cd into the project")

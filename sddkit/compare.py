@@ -1,11 +1,6 @@
-"""``sddkit compare``: trajectories side by side, read only from what the tracker stored.
-
-A selector picks finished trajectories by run name, by tag or param (``key=value``), by run ID, or by a
-``--results`` folder of ``sddkit run`` (its run.json, which is how the DVC pipeline names the runs it
-made). Runs of one selector that share a config but not the seed (tag ``sddkit.group``) are replicates,
-averaged to mean ± std. When a name covers several configs (say after ``dvc exp run -S noise.ratio=0.4``)
-the newest one is compared and the others are named, with how to pick them. ``compare_by`` does all of it
-once per value of one param (``--by noise.ratio``): the paper's figure, one panel per noise level.
+"""``sddkit compare``: trajectories side by side, read only from what the tracker stored (``selection`` picks
+them). Runs of one selector that share a config but not the seed are replicates, averaged to mean ± std; of
+several configs the newest is compared and the others named. ``compare_by``: one panel per value of a param.
 """
 from __future__ import annotations
 

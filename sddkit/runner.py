@@ -58,10 +58,8 @@ EPOCH_LINE_EVERY = 10  # LineReporter: one line every this many epochs of a roun
 
 
 class LineReporter(trajectory.Reporter):
-    """Plain timestamped lines for a log file, a pipe or CI, where bars would show nothing until the end: one a
-    round (round k/R, sparsity, test and noisy-train accuracy, the round's seconds) and one every
-    ``EPOCH_LINE_EVERY`` epochs. ``who`` starts each line (the trajectory's name, or ``seed 3`` for replicates
-    running side by side)."""
+    """Timestamped lines for a log file, a pipe or CI: one a round and one every ``EPOCH_LINE_EVERY`` epochs,
+    each started by ``who`` (the trajectory's name, or ``seed 3`` for replicates side by side)."""
 
     def __init__(self, who: str, every: int = EPOCH_LINE_EVERY):
         self.who, self.every, self.started = who, every, time.perf_counter()
@@ -99,13 +97,9 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
                    quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
                    wait: bool = False, redo_from: int | None = None,
                    table_format: str = "table", run_file: Path | None = None) -> tuple[TrajectoryRun, list[dict]]:
-    """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
-
-    ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
-    no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
-    ``wait``: wait for another process that owns this trajectory instead of stopping; ``redo_from``: retrain
-    the stored trajectory from that round on (a repair that keeps the rounds before it); ``table_format``:
-    the closing table's (config.TABLE_FORMATS); ``run_file``: where to write run.json alone."""
+    """Train (or continue, or report) the trajectory of ``cfg`` run by this code. ``reporter`` replaces the bars;
+    ``quiet``: no bars, no closing table; ``prepared``: a ``sddkit prepare`` folder to train on; ``wait``: wait
+    for another owner instead of stopping; ``redo_from``: retrain from that round on; ``run_file``: run.json."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
@@ -231,8 +225,7 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
 
 @contextlib.contextmanager
 def ending(store: TrajectoryRun, rounds: int, room_left: Callable[[], int]):
-    """How a trajectory under way ends other than finished: Ctrl-C marks it KILLED, an error FAILED; a failing
-    store (a full disk, a tracking server gone or refusing) in one line (``failures``) that says what the
+    """Ctrl-C marks the run KILLED, an error FAILED; a failing store says in one line (``failures``) what the
     rerun does. ``rounds``: the last round; ``room_left``: the bytes the rounds left would still store."""
     try:
         yield
@@ -319,9 +312,8 @@ def print_lines(lines: list[str], to_stderr: bool = False) -> None:
 
 
 def where_lines(tracker: Tracker, cfg: Config, what: str, selector: str) -> list[str]:
-    """Where ``what`` (say ``run lottery·ε=0.2·s0 (<ID>)``) is stored, and the ``sddkit ui`` and ``sddkit
-    compare --runs <selector> …`` commands, with the store and experiment spelled out where they are not the
-    project's defaults."""
+    """Where ``what`` is stored, and the ``sddkit ui`` and ``sddkit compare --runs <selector>`` commands (the
+    store and experiment spelled out where they are not the project's defaults)."""
     defaults = load_config()
     env = "" if tracker.uri == tracking_uri(None, tracker.root) else f"MLFLOW_TRACKING_URI={shlex.quote(tracker.uri)} "
     experiment = cfg.tracking.experiment

@@ -22,8 +22,9 @@ def trajectory_name(run) -> str:
 
 def by_name(tracker: Tracker, selector: str, experiment: str) -> list:
     """Trajectories whose run ID, run name or ``sddkit.name`` tag is ``selector``, newest first."""
-    if not SAFE_LITERAL.fullmatch(selector):  # no run is named so (names are searched for, never spliced in)
-        return []
+    if not SAFE_LITERAL.fullmatch(selector):  # it cannot be spliced into a filter: matched here instead
+        return [r for r in tracker.trajectories(experiment)
+                if selector in (r.info.run_id, r.info.run_name, r.data.tags.get("sddkit.name"))]
     value = literal(selector)
     fields = ["tags.`sddkit.name`", "attributes.run_name"] + (["attributes.run_id"] if RUN_ID.fullmatch(selector)
                                                              else [])

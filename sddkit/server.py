@@ -1,14 +1,7 @@
-"""``sddkit server``: one tracking server on the project's store, for workers on other machines.
-
-Workers elsewhere cannot write the driver's sqlite file, nor the ``file:`` paths of this machine that its
-artifact locations hold. So the server proxies artifacts (``--serve-artifacts``, into mlruns/ beside the store)
-and, while it serves, the store's locations under mlruns/ read ``mlflow-artifacts:/…`` (``relocation``): every
-client writes through the server. A marker beside the store (``paths.live_server``) sends this machine's
-commands through the server too; once it stops (or dies: a stale marker is ignored), opening the store locally
-turns the locations back into ``file:``.
-
-Binding anything but loopback needs MLflow's basic-auth app (``--auth``) or an explicit, loudly named flag.
-The process handling is ``serving``'s, as for ``sddkit ui``: no server outlives the command.
+"""``sddkit server``: one tracking server on the project's store, for workers on other machines. It proxies
+artifacts, and while it serves the store's locations read ``mlflow-artifacts:/…`` (``relocation``) and a marker
+beside the store (``paths.live_server``) sends this machine's commands through it too. Anything but loopback
+needs basic auth (``--auth``) or a loudly named flag; ``serving`` runs the process (none outlives the command).
 """
 from __future__ import annotations
 
@@ -23,7 +16,7 @@ from pathlib import Path
 
 from sddkit import relocation, serving
 from sddkit.files import locked, write_atomic
-from sddkit.paths import live_server, process_started, server_marker, sqlite_path
+from sddkit.paths import StoreURI, live_server, process_started, server_marker, sqlite_path
 from sddkit.serving import ServeError
 
 ADMIN = "admin"
@@ -36,6 +29,7 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
           insecure: bool = False, ready_timeout: float = 180.0) -> int:
     """Serve the store ``uri`` on ``host``:``port`` until Ctrl-C, SIGTERM or SIGHUP (exit code 0), printing the
     one line of environment workers need. Refuses an open interface without ``auth`` (unless ``insecure``)."""
+    uri = StoreURI(uri)  # parsed once: every step below reads its sqlite file from it
     if not (auth or insecure or is_loopback(host)):
         raise ServeError(f"--host {host} is not a loopback address: anyone on that network could read and "
                          f"write the store; add --auth (MLflow's basic auth), or {INSECURE_FLAG} to serve it "

@@ -1,5 +1,6 @@
-"""The store's front door: one parent MLflow run per trajectory, one nested run per round, their artifacts, and the
-run operations every command uses. Only the store layer (``store``, ``tracking``, ``lease``) talks to MLflow."""
+"""The store's front door: ``Tracker``, the MLflow store of a project (experiments, paged searches, the run of a
+config and code, every run and artifact operation the commands use). Only the store layer (``store``, ``tracking``,
+``runs``, ``lease``) talks to MLflow; one parent run per trajectory, one nested run per round (``runs``)."""
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from sddkit.config import Config
 from sddkit.files import unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import code_hash, param_text, run_label, trajectory_tags
-from sddkit.paths import sqlite_path, store_file_problem
+from sddkit.paths import StoreURI, store_file_problem
 from sddkit.relocation import artifact_home
 from sddkit.runs import INIT_DIGEST, PARENT_METRICS, ROUND, TRAJECTORY, TrajectoryRun, damaged, read_mask, \
     read_weights, round_row
@@ -26,14 +27,15 @@ from sddkit.store import STORE_ERRORS, TrackingError, open_client
 if TYPE_CHECKING:  # torch only where files are packed or read: `sddkit ls` and compare never do
     import torch
 
-# Re-exported: the store's vocabulary, met here by its callers.
-__all__ = ["INIT_DIGEST", "PARENT_METRICS", "ROUND", "STORE_ERRORS", "TRAJECTORY", "TrackingError", "TrajectoryRun",
-           "param_text", "read_mask", "read_weights", "round_row"]
+# The store's vocabulary, met here by its callers (some of it defined in ``runs`` and ``store``).
+__all__ = ["INIT_DIGEST", "PARENT_METRICS", "ROUND", "RUN_ID", "SAFE_LITERAL", "STORE_ERRORS", "TRAJECTORY",
+           "Tracker", "TrackingError", "TrajectoryRun", "literal", "load_mask", "load_weights", "param_text",
+           "read_mask", "read_weights", "round_row", "stored_summary"]
 SEARCH_PAGE = 1000  # runs per page of a search (a test shrinks it to see the paging work)
 # The experiment holds model training, not GenAI traces (MLflow UIs choose their view by it).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 RESERVE_BYTES = 2**20  # Tracker.keep_reserve: room for a run's last few sqlite writes on a full disk
-SAFE_LITERAL = re.compile(r"[\w.:/@+=, -]*")
+SAFE_LITERAL = re.compile(r"[^'\"`\\\x00-\x1f]*")  # no quote, backtick, backslash or control character
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -54,7 +56,8 @@ class Tracker:
     a command that stops on bad input leaves no store behind."""
 
     def __init__(self, uri: str, root: Path):
-        self.uri, self.root, self.db = uri, root.resolve(), sqlite_path(uri)
+        self.uri, self.root = StoreURI(uri), root.resolve()
+        self.db = self.uri.db
         problem = store_file_problem(uri)  # before MLflow opens it: it would replace a damaged file by an empty store
         if problem:
             raise TrackingError(problem)
