@@ -266,7 +266,8 @@ def close_child(tracker: Tracker, run_id: str, files: dict[str, bytes]) -> None:
 def log_series(tracker: Tracker, run_id: str, prefix: str, x_name: str, xs: list[float], rows: list[dict]) -> None:
     """``<prefix>/<metric>`` and ``<prefix>/<x_name>`` with step = the point's index."""
     points = [(f"{prefix}/{x_name}", x, i) for i, x in enumerate(xs)]
-    tracker.log_metrics(run_id, points + [(f"{prefix}/{k}", v, i) for i, row in enumerate(rows) for k, v in row.items()])
+    values = [(f"{prefix}/{k}", v, i) for i, row in enumerate(rows) for k, v in row.items()]
+    tracker.log_metrics(run_id, points + values)
 
 
 def read_series(tracker: Tracker, run_id: str, prefix: str, points: int) -> list[dict]:

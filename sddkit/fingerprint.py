@@ -145,7 +145,7 @@ def param_text(value) -> str:
 
 def run_label(cfg: Config) -> str:
     """The parent run's name in the MLflow UI (only a label: runs are found by their tags): the trajectory's name
-    and, under `dvc exp run`, the DVC experiment's (``lottery·bushy-lamb``), else noise and seed (``lottery·ε=0.4·s1``)."""
+    and the DVC experiment's (``lottery·bushy-lamb``), else noise and seed (``lottery·ε=0.4·s1``)."""
     exp = os.environ.get("DVC_EXP_NAME")
     return f"{cfg.name}·{exp}" if exp else f"{cfg.name}·ε={param_text(cfg.noise.ratio)}·s{cfg.seed}"
 

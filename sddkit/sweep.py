@@ -386,7 +386,8 @@ def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path 
     grid_keys = list(settings.grid)
     rows = landmark_rows(sweep)
     columns = landmark_columns(grid_keys)
-    files = {"landmarks.csv": results.render_table(rows, columns, "csv").encode(), "landmarks.json": landmarks_json(rows)}
+    files = {"landmarks.csv": results.render_table(rows, columns, "csv").encode(),
+             "landmarks.json": landmarks_json(rows)}
     figure = sweep_figure(sweep, grid_keys, base.tracking.experiment) if draw else None
     if figure is not None:
         files["sweep.png"] = figure
