@@ -24,10 +24,8 @@ MASK_KEYS = ("model.arch", "data.name", "data.downsample", "prune.rate", "prune.
 
 
 class LotteryMasks:
-    """A name in ``masks_from`` narrows the twins to runs of that name; no other run is ever taken. The twin need
-    not have finished: it stores each round's mask as that round starts, so the reinit trains round k beside the
-    twin's. ``follow`` (``--wait``, every sweep cell) waits for a twin still training; else every round must be
-    there now. The masks there already are read and checked before any training."""
+    """The twin stores each round's mask as that round starts, so the reinit trains round k beside its round k;
+    ``follow`` (``--wait``, sweep cells) waits for a twin still training, else every round must be there now."""
 
     def __init__(self, tracker: Tracker, cfg: Config, code: str, follow: bool = False):
         chosen = cfg.retrain.masks_from
