@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sddkit import config
-from sddkit.fingerprint import IDENTITY_VERSION, code_hash
-from sddkit.tracking import IDENTITY_TAG, Tracker, TrackingError, current_identity, find_trajectories
+from sddkit import config, selection
+from sddkit.fingerprint import IDENTITY_TAG, IDENTITY_VERSION, code_hash, current_identity
+from sddkit.tracking import Tracker, TrackingError
 
 ADOPTED = "sddkit.adopted"  # verified | unverified; the run's former identity under sddkit.adopted.from_*
 
@@ -25,7 +25,7 @@ class Adoption:
 
 def resolve(tracker: Tracker, selector: str, experiment: str):
     """The one finished trajectory ``selector`` (run ID or name) names; several is an error, not a guess."""
-    found = [r for r in find_trajectories(tracker, selector, experiment) if r.info.status == "FINISHED"]
+    found = [r for r in selection.by_name(tracker, selector, experiment) if r.info.status == "FINISHED"]
     if not found:
         raise TrackingError(f"adopt {selector}: no finished trajectory with that run ID or name in experiment "
                             f"{experiment!r} (`sddkit ls` lists them)")

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param
 
-from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, trajectory
-from sddkit.tracking import INIT_DIGEST, Tracker, TrackingError, damaged, literal, log_files, log_metrics, now_ms, read_mask, \
-    read_torch, read_weights, round_row, select_trajectories, torch_bytes
-
-LABELS = "noisy_labels.npy"  # the artifact of a trajectory with the labels it trained on
+from sddkit import analysis, config, landscape, models, plots, pruning, redense, seeds, selection, trajectory
+from sddkit.checkpoint import torch_bytes
+from sddkit.runs import LABELS, damaged
+from sddkit.tracking import INIT_DIGEST, Tracker, TrackingError, literal, read_mask, read_weights, round_row
 
 
 @dataclass(frozen=True)
@@ -58,12 +56,12 @@ class StoredTrajectory:
     def load_state(self, name: str) -> dict | None:
         """A stored state (older runs kept the init; a rewind state past step 0 is kept), else None."""
         path = f"state/{name}.pt"
-        if path not in {f.path for f in self.tracker.client.list_artifacts(self.run_id, "state")}:
+        if path not in self.tracker.artifact_paths(self.run_id, "state"):
             return None
-        return read_torch(self.tracker, self.run_id, path)
+        return self.tracker.read_torch(self.run_id, path)
 
     def init_digest(self) -> str | None:
-        return self.tracker.client.get_run(self.run_id).data.tags.get(INIT_DIGEST)
+        return self.tracker.run(self.run_id).data.tags.get(INIT_DIGEST)
 
     def record_init_digest(self, digest: str) -> None:
         """Read-only: a run that recorded none (older code) is not written to."""
@@ -91,7 +89,7 @@ def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settin
     plans = []
     # Failed or unfinished trajectories of the same name are left out; everything is checked before any write.
     hint = "give a run name or ID from that list, or --experiment"
-    for parent in select_trajectories(tracker, selector, experiment, hint=hint):
+    for parent in selection.select(tracker, selector, experiment, hint=hint):
         refs = [RoundRef(parent.info.run_id, r) for r in tracker.round_runs(parent.info.run_id)]
         rounds = {ref.index: ref for ref in refs}
         if not rounds:
@@ -108,12 +106,18 @@ def analyze(tracker: Tracker, root: Path, selector: str, experiment: str, settin
 
 def analyze_trajectory(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef],
                        chosen: list[int], settings: Settings) -> list[dict]:
-    completed = [round_row(rounds[r].run) for r in sorted(rounds)]
     say(f"{parent.info.run_name}: rebuilding its data, labels and init from the config")
+    ctx = rebuild(tracker, root, parent, cfg, rounds)
+    return [analyze_round(tracker, ctx, rounds[r], settings, parent.info.run_name) for r in chosen]
+
+
+def rebuild(tracker: Tracker, root: Path, parent, cfg: config.Config, rounds: dict[int, RoundRef]):
+    """The trajectory's data, labels (checked against the stored ones) and init, rebuilt from its config."""
+    completed = [round_row(rounds[r].run) for r in sorted(rounds)]
     ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
                            trajectory.Reporter(), None)
     check_labels(tracker, parent.info.run_id, ctx.noisy)
-    return [analyze_round(tracker, ctx, rounds[r], settings, parent.info.run_name) for r in chosen]
+    return ctx
 
 
 def check_labels(tracker: Tracker, run_id: str, noisy: torch.Tensor) -> None:
@@ -145,9 +149,8 @@ def analyze_round(tracker: Tracker, ctx: trajectory.Context, ref: RoundRef, sett
                "redense_train_acc_noisy": interpolation[-1]["train_acc_noisy"],
                "interpolation_max_train_loss": max(r["train_loss_noisy"] for r in interpolation),
                "sharpness": walk["sharpness"]}
-    stamp = now_ms()
     for run_id in (ref.run_id, ref.parent_id):  # on the parent as a curve over rounds (step = round)
-        tracker.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, ref.index) for k, v in summary.items()])
+        tracker.log_metrics(run_id, [(k, v, ref.index) for k, v in summary.items()])
     row = round_row(ref.run)
     return {"name": name, "trajectory": ref.parent_id, "round": ref.index, "sparsity": row["sparsity"],
             "test_acc": row["test_acc"], **summary}
@@ -162,16 +165,14 @@ def redense_solution(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setti
     key = f"epochs={epochs} lr={lr:.6g}"
     done = None if settings.force else stored_child(tracker, ref, "redense", key)
     if done is not None:
-        return read_torch(tracker, done, "weights.pt"), done
+        return tracker.read_torch(done, "weights.pt"), done
     weights, history = redense.redense(ctx, sparse, masks, ref.index, epochs, lr)
     metrics = redense.evaluate(ctx, weights)
     dense_masks = pruning.dense_masks({n: weights[n] for n in ctx.names})
     metrics["distance_from_sparse"] = analysis.learning_distance(sparse, weights, dense_masks)
     run_id = open_child(tracker, ref, "redense", key, {"redense.epochs": epochs, "redense.lr": lr})
-    stamp = now_ms()
-    logged = [Metric(f"epoch/{k}", float(v), stamp, row["epoch"]) for row in history for k, v in row.items()
-              if k != "epoch"] + [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-    log_metrics(tracker.client, run_id, logged)
+    tracker.log_metrics(run_id, [(f"epoch/{k}", v, row["epoch"]) for row in history for k, v in row.items()
+                                 if k != "epoch"] + [(k, v, 0) for k, v in metrics.items()])
     close_child(tracker, run_id, {"weights.pt": torch_bytes(weights)})
     return weights, run_id
 
@@ -198,7 +199,7 @@ def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setting
     key = landscape_key(settings)
     done = None if settings.force else stored_child(tracker, ref, "landscape", key)
     if done is not None:
-        return {"sharpness": tracker.client.get_run(done).data.metrics["sharpness"]}
+        return {"sharpness": tracker.run(done).data.metrics["sharpness"]}
     weights = {n: sparse[n] for n in models.prunable(ctx.model, [])}
     direction = landscape.filter_normalised_direction(weights, masks, seeds.generator(ctx.cfg.seed, "landscape",
                                                                                       ref.index))
@@ -207,7 +208,7 @@ def walk_landscape(tracker, ctx, ref: RoundRef, masks, sparse, settings: Setting
     run_id = open_child(tracker, ref, "landscape", key, {"landscape.points": settings.landscape_points,
                                                          "landscape.sharpness_radius": settings.sharpness_radius})
     log_series(tracker, run_id, "landscape", "t", ts, rows)
-    log_metrics(tracker.client, run_id, [Metric("sharpness", sharp, now_ms(), 0)])
+    tracker.log_metrics(run_id, [("sharpness", sharp, 0)])
     title = f"round {ref.index}: 1-D loss landscape (filter-normalised direction), sharpness {sharp:.4g}"
     radius = settings.sharpness_radius
     close_child(tracker, run_id, {"landscape.png": plots.line_png(ts, rows, "t", title, (-radius, radius))})
@@ -228,20 +229,15 @@ def sharpness_curve(tracker: Tracker, root: Path, parent, settings: Settings) ->
         ref = refs[index]
         done = stored_child(tracker, ref, "landscape", landscape_key(settings))
         if done is not None:
-            out[index] = tracker.client.get_run(done).data.metrics["sharpness"]
+            out[index] = tracker.run(done).data.metrics["sharpness"]
         else:
             if ctx is None:
-                cfg = config.from_params(parent.data.params)
-                completed = [round_row(refs[r].run) for r in sorted(refs)]
-                ctx = trajectory.setup(cfg, root, StoredTrajectory(tracker, parent.info.run_id, completed),
-                                       trajectory.Reporter(), None)
-                check_labels(tracker, parent.info.run_id, ctx.noisy)
+                ctx = rebuild(tracker, root, parent, config.from_params(parent.data.params), refs)
             masks, sparse = read_mask(tracker, ref.run_id), read_weights(tracker, ref.run_id)
             out[index] = walk_landscape(tracker, ctx, ref, masks, sparse, settings)["sharpness"]
         if ref.run.data.metrics.get("sharpness") != out[index]:
-            stamp = now_ms()
             for run_id in (ref.run_id, ref.parent_id):
-                tracker.client.log_batch(run_id, metrics=[Metric("sharpness", float(out[index]), stamp, index)])
+                tracker.log_metrics(run_id, [("sharpness", out[index], index)])
     return out
 
 
@@ -251,38 +247,34 @@ def stored_child(tracker: Tracker, ref: RoundRef, kind: str, key: str) -> str | 
     """The newest finished analysis run of ``kind`` with settings ``key`` under the round run."""
     query = (f"tags.`mlflow.parentRunId` = {literal(ref.run_id)} and tags.`sddkit.kind` = {literal(kind)} "
              f"and tags.`sddkit.analysis_key` = {literal(key)} and attributes.status = 'FINISHED'")
-    runs = tracker.client.search_runs([ref.run.info.experiment_id], query, order_by=["attributes.start_time DESC"],
-                                      max_results=1)
-    return runs[0].info.run_id if runs else None
+    run = tracker.newest([ref.run.info.experiment_id], query)
+    return run.info.run_id if run is not None else None
 
 
 def open_child(tracker: Tracker, ref: RoundRef, kind: str, key: str, params: dict) -> str:
     tags = {"mlflow.parentRunId": ref.run_id, "sddkit.kind": kind, "sddkit.round": str(ref.index),
             "sddkit.trajectory": ref.parent_id, "sddkit.round_run": ref.run_id, "sddkit.analysis_key": key}
-    run = tracker.client.create_run(ref.run.info.experiment_id, tags=tags, run_name=f"{ref.run.info.run_name}/{kind}")
-    tracker.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return run.info.run_id
+    return tracker.create_run(ref.run.info.experiment_id, tags, f"{ref.run.info.run_name}/{kind}", params)
 
 
 def close_child(tracker: Tracker, run_id: str, files: dict[str, bytes]) -> None:
     """Store the files, then mark the run finished: only a finished run is ever reused."""
-    log_files(tracker.client, run_id, files)
-    tracker.client.set_terminated(run_id, "FINISHED")
+    tracker.log_files(run_id, files)
+    tracker.set_status(run_id, "FINISHED")
 
 
 def log_series(tracker: Tracker, run_id: str, prefix: str, x_name: str, xs: list[float], rows: list[dict]) -> None:
     """``<prefix>/<metric>`` and ``<prefix>/<x_name>`` with step = the point's index."""
-    stamp = now_ms()
-    points = [Metric(f"{prefix}/{x_name}", float(x), stamp, i) for i, x in enumerate(xs)]
-    values = [Metric(f"{prefix}/{k}", float(v), stamp, i) for i, row in enumerate(rows) for k, v in row.items()]
-    log_metrics(tracker.client, run_id, points + values)
+    points = [(f"{prefix}/{x_name}", x, i) for i, x in enumerate(xs)]
+    values = [(f"{prefix}/{k}", v, i) for i, row in enumerate(rows) for k, v in row.items()]
+    tracker.log_metrics(run_id, points + values)
 
 
 def read_series(tracker: Tracker, run_id: str, prefix: str, points: int) -> list[dict]:
     """The rows ``log_series`` stored, read back by step."""
     rows = [{} for _ in range(points)]
-    for name in tracker.client.get_run(run_id).data.metrics:
+    for name in tracker.run(run_id).data.metrics:
         if name.startswith(f"{prefix}/"):
-            for m in tracker.client.get_metric_history(run_id, name):
+            for m in tracker.metric_history(run_id, name):
                 rows[m.step][name[len(prefix) + 1:]] = m.value
     return rows

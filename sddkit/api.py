@@ -1,27 +1,19 @@
-"""The Python API, for analysis in a notebook: stored trajectories as one long pandas DataFrame (a row a round),
-and a round's mask and weights by trajectory name and round. It only reads: nothing here writes to the store.
-
-    import sddkit
-    df = sddkit.load_trajectory("lottery", where={"noise.ratio": 0.2})   # every seed of it, a row a round
-    mask, weights = sddkit.load_round("lottery", 3, where={"seed": 0})
-
-The store is the project's (found from the working directory, as the commands find it), or ``tracking_uri``.
-Outside a project, with no ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``), every function fails with
-``NoProjectError`` before anything is opened: MLflow would otherwise create an empty mlflow.db right there.
+"""The Python API, for analysis in a notebook; it only reads. ``sddkit.load_trajectory("lottery", where={"noise.ratio":
+0.2})``: every seed of it as one long DataFrame, a row a round; ``load_round("lottery", 3, where={"seed": 0})``: its
+mask and weights. The store is the project's, or ``tracking_uri``; outside a project without one, every function
+fails with ``NoProjectError`` before anything is opened (MLflow would create an empty mlflow.db right there).
 """
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sddkit import config, failures, lease, paths
-from sddkit.fingerprint import code_hash
-from sddkit.compare import check_filters, matches, without_mode_followers
-from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, current_identity, finished_only, param_text, read_mask, \
-    read_weights, round_row, select_trajectories, stored_summary, trajectory_name
-from sddkit.tracking import ROUND, literal
+from sddkit import config, failures, lease, paths, selection
+from sddkit.fingerprint import code_hash, current_identity
+from sddkit.selection import trajectory_name
+from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, param_text, read_mask, read_weights, round_row, \
+    stored_summary
 
 if TYPE_CHECKING:  # `sddkit ls` lists without either: pandas for the frame, torch for masks and weights
     import pandas as pd
@@ -38,8 +30,7 @@ class NoProjectError(TrackingError):
 
 
 def one_line(function):
-    """``function``, whose failing store (a server that does not answer or asks for credentials, a full disk)
-    raises a TrackingError of one line (``failures.explain``) instead of MLflow's chained tracebacks."""
+    """``function``, whose failing store raises a TrackingError of one line (``failures.explain``)."""
     @functools.wraps(function)
     def call(*args, **kwargs):
         try:
@@ -117,7 +108,7 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
     tracker = open_store(tracking_uri)
     runs = tracker.trajectories(experiment_name(experiment))
     differ = [k for k in differing_keys(runs) if k not in ("seed", "tracking.run_name")]
-    done = finished_rounds(tracker, runs)
+    done = selection.finished_round_counts(tracker, runs)
     rows = []
     for run in runs:
         params, summary = run.data.params, stored_summary(run)
@@ -129,18 +120,6 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
                      "rounds_total": int(rounds) + 1 if rounds is not None else None,
                      **{f"{n}_test_acc": summary.get(f"{n}_test_acc") for n in LANDMARKS}})
     return rows, differ
-
-
-def finished_rounds(tracker: Tracker, runs: list) -> Counter:
-    """Trajectory run ID -> its finished round runs (``Tracker.round_runs``' count), from one search of the
-    experiment: a search per trajectory made `ls` N+1 queries, each one scanning the experiment's runs."""
-    experiments = sorted({r.info.experiment_id for r in runs})
-    if not experiments:
-        return Counter()
-    query = f"tags.`sddkit.kind` = {literal(ROUND)} and attributes.status = {literal('FINISHED')}"
-    # Pages of 200 and only the count kept: a page of a thousand round runs alone took ~100 MB.
-    pages = tracker.pages(experiments, query, size=200)
-    return Counter(r.data.tags.get("mlflow.parentRunId") for page in pages for r in page)
 
 
 def code_state(run) -> str:
@@ -159,18 +138,16 @@ def status(tracker: Tracker, run) -> str:
     if run.info.status != "RUNNING":
         return run.info.status
     tags = run.data.tags
-    key = lease.key_for(lease.identity(tags.get("sddkit.config_hash"), tags.get("sddkit.code_hash")))
-    holder = lease.read(tracker.client, run.info.experiment_id, key)
-    live = holder is not None and not holder.is_stale() and holder.run_id in ("", run.info.run_id)
-    return "RUNNING" if live else "interrupted"
+    holder = lease.live_holder(tracker, run.info.experiment_id, tags.get("sddkit.config_hash"),
+                               tags.get("sddkit.code_hash"), run.info.run_id)
+    return "RUNNING" if holder is not None else "interrupted"
 
 
 # ---------------------------------------------------------------- the store
 
 def open_store(tracking_uri: str | None) -> Tracker:
-    """The store to read: ``tracking_uri``, else the project's (``MLFLOW_TRACKING_URI``, params.yaml's
-    ``tracking.uri``, or mlflow.db at the project root). Fails, creating nothing, outside a project without a
-    URI and where a local store does not exist yet (opening it would create an empty one)."""
+    """The store to read: ``tracking_uri``, else the project's. Fails, creating nothing, outside a project
+    without a URI and where a local store does not exist yet (opening it would create an empty one)."""
     problem = paths.missing_project(tracking_uri)
     if problem:
         raise NoProjectError(f"{problem}; pass tracking_uri= or cd into the project")
@@ -200,27 +177,9 @@ def project_config(root: Path) -> config.Config:
 # ---------------------------------------------------------------- selection
 
 def select(tracker: Tracker, selector: str, where, experiment: str, call: str) -> list:
-    """The finished trajectories ``selector`` names where every ``where`` holds, newest first. Both are matched
-    in Python, never spliced into an MLflow filter (a quote in them cannot change what is searched)."""
-    conditions = where_list(where)
-    check_filters(conditions)
-    found = select_trajectories(tracker, selector, experiment, finished=False, heading=call)
-    kept = [r for r in found if all(matches(r, w) for w in conditions)]
-    if not kept:
-        raise TrackingError(f"{call}: {len(found)} trajectories match, but none of them has "
-                            f"{' and '.join(conditions)}")
-    return finished_only(kept, f"{call}: no trajectory" + (f" with {' and '.join(conditions)}" if conditions else ""))
-
-
-def where_list(where: dict | list[str] | str | None) -> list[str]:
-    """``where`` as ``key=value`` texts (``compare --where``'s form)."""
-    if where is None:
-        return []
-    if isinstance(where, str):
-        return [where]
-    if isinstance(where, dict):
-        return [f"{k}={param_text(v)}" for k, v in where.items()]
-    return list(where)
+    """The finished trajectories ``selector`` names where every ``where`` holds, newest first."""
+    return selection.select(tracker, selector, experiment, selection.where_list(where), heading=call,
+                            names_only=True)
 
 
 def round_run_id(tracker: Tracker, run, index: int, call: str) -> str:
@@ -251,11 +210,8 @@ def config_values(run) -> dict:
 
 
 def differing_keys(runs: list, skip=()) -> list[str]:
-    """The params (but ``skip``) whose logged values differ between ``runs`` and change results, sorted: not
-    config.NOT_IDENTITY (where a run was stored, its threads...), nor what follows from the retrain mode."""
-    keys = {k for r in runs for k in r.data.params} - set(skip) - config.NOT_IDENTITY
-    differ = sorted(k for k in keys if len({r.data.params.get(k) for r in runs}) > 1)
-    return without_mode_followers(differ, [r.data.params for r in runs])
+    """The params (but ``skip``) whose values differ between ``runs`` and change results (``selection``)."""
+    return selection.differing_keys([r.data.params for r in runs], skip)
 
 
 def trajectory_labels(runs: list) -> dict[str, str]:

@@ -1,27 +1,14 @@
-"""Sparse checkpoints: a round's weights as the values its mask keeps, plus every tensor no mask covers.
-
-A pruned round's state dict is mostly zeros; storing it dense costs the full model every round (44.8 MB for
-ResNet-18, ≈1.4 GB over a 31-round trajectory). The file written here holds, for each tensor a mask covers,
-only its kept values (``masked_select``: the mask's row-major order), and every other tensor (biases,
-batch-norm parameters and buffers, excluded layers) dense. With the round's mask it becomes the dense state
-dict again, bit for bit on the kept weights and exact zeros elsewhere.
-
-The format is a ``torch.save`` file (a zip archive; ``torch.load(..., weights_only=True)`` reads it) of one
-dict::
-
-    {"format": "sddkit.sparse_weights", "version": 1,
-     "sparse": [names a mask covers],              # exactly the mask's keys
-     "tensors": {name: tensor, ...}}               # every state-dict key, in state-dict order; a sparse
-                                                   # name maps to its kept values, 1-D, in the weight's dtype
-
-A dense state dict (what sddkit stored before) has no ``format`` key: ``is_sparse`` tells the two apart.
-Knows nothing of MLflow: ``tracking`` stores and fetches the bytes.
+"""A round's files: the bit-packed mask and the sparse weights (the values its mask keeps, plus every tensor no
+mask covers: a round costs its density). The sparse file is a ``torch.save`` dict ``{"format":
+"sddkit.sparse_weights", "version": 1, "sparse": [masked names], "tensors": {name: tensor}}`` (a masked name's
+values 1-D, in mask order); a dense state dict (stored before) has no ``format``. Knows nothing of MLflow.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 
+import numpy as np
 import torch
 
 FORMAT, VERSION = "sddkit.sparse_weights", 1
@@ -127,3 +114,49 @@ def digest(state: State) -> str:
         h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         h.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return h.hexdigest()
+
+
+def pack_mask(masks: dict[str, torch.Tensor]) -> bytes:
+    """Bit-packed bool masks: 1 bit a weight, with each tensor's shape alongside."""
+    arrays = {}
+    for name, mask in masks.items():
+        arrays[f"bits:{name}"] = np.packbits(mask.cpu().numpy().astype(bool).ravel())
+        arrays[f"shape:{name}"] = np.asarray(mask.shape, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def unpack_mask(content: bytes) -> dict[str, torch.Tensor]:
+    with np.load(io.BytesIO(content)) as arrays:
+        out = {}
+        for key in arrays.files:
+            if key.startswith("shape:"):
+                name, shape = key[len("shape:"):], tuple(arrays[key])
+                bits = np.unpackbits(arrays[f"bits:{name}"], count=int(np.prod(shape)))
+                out[name] = torch.from_numpy(bits.astype(bool).reshape(shape))
+        return out
+
+
+def torch_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def bytes_needed(state: State, rounds: int, prunable: list[str] | None = None, rate: float = 0.0,
+                 first: int = 0) -> int:
+    """An upper bound on the bytes rounds ``first`` … ``rounds`` − 1 add to the store: each round's sparse
+    weights and mask, one dense state (a rewind state) and a MiB of slack. Round r keeps (1 − ``rate``)^r of the
+    ``prunable`` weights; without ``prunable`` every round counts dense (still a bound, up to 1/density loose)."""
+    weights = sum(t.numel() * t.element_size() for t in state.values())
+    mask = sum(t.numel() for t in state.values()) // 8
+    density = lambda r: (1.0 - rate) ** r if prunable else 1.0  # noqa: E731 - pruning.density_after
+    rounds_bytes = sum(size_bound(state, prunable or (), density(r)) for r in range(first, rounds))
+    return rounds_bytes + max(0, rounds - first) * mask + weights + 2**20

@@ -1,28 +1,21 @@
-"""``sddkit compare``: trajectories side by side, read only from what the tracker stored.
-
-A selector picks finished trajectories by run name, by tag or param (``key=value``), by run ID, or by a
-``--results`` folder of ``sddkit run`` (its run.json, which is how the DVC pipeline names the runs it
-made). Runs of one selector that share a config but not the seed (tag ``sddkit.group``) are replicates,
-averaged to mean ± std. When a name covers several configs (say after ``dvc exp run -S noise.ratio=0.4``)
-the newest one is compared and the others are named, with how to pick them. ``compare_by`` does all of it
-once per value of one param (``--by noise.ratio``): the paper's figure, one panel per noise level.
+"""``sddkit compare``: trajectories side by side, read only from what the tracker stored (``selection`` picks
+them). Runs of one selector that share a config but not the seed are replicates, averaged to mean ± std; of
+several configs the newest is compared and the others named. ``compare_by``: one panel per value of a param.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 
-from sddkit import analysis, config, readoffs, results
+from sddkit import analysis, config, readoffs, results, selection
+from sddkit.fingerprint import current_identity
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
-from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, current_identity, finished_only, round_row, \
-    select_trajectories, trajectory_name, unknown_trajectory
+from sddkit.selection import as_yaml, check_filters, run_from_folder, stored_value, trajectory_name
+from sddkit.tracking import Tracker, TrackingError, round_row
 
 if TYPE_CHECKING:  # matplotlib only when a figure is written: the table alone never draws
     from sddkit import plots
@@ -79,6 +72,10 @@ def write_trajectory_files(tracker: Tracker, selectors: list[str]) -> None:
         results.write_folder(folder, results.trajectory_files(rows, ph, trajectory_name(run)))
 
 
+def select(tracker: Tracker, selector: str, experiment: str, where) -> list:
+    return selection.select(tracker, selector, experiment, list(where), heading=f"--runs {selector}")
+
+
 def check_labels(selectors: list[str], labels: list[str] | None) -> None:
     if labels and len(labels) != len(selectors):
         raise TrackingError(f"--label: give one per --runs selector ({len(selectors)} selectors, "
@@ -86,60 +83,6 @@ def check_labels(selectors: list[str], labels: list[str] | None) -> None:
 
 
 # ---------------------------------------------------------------- selection
-
-def select(tracker: Tracker, selector: str, experiment: str, where: list[str]) -> list:
-    """The finished trajectories ``selector`` names (newest first), kept only where every ``where`` holds."""
-    heading = f"--runs {selector}"
-    if (Path(selector) / RUN_FILE).is_file():
-        found = [run_from_folder(tracker, Path(selector))]
-    elif "=" in selector:
-        found = [r for r in tracker.trajectories(experiment) if matches(r, selector)]
-        if not found:
-            raise unknown_trajectory(tracker, experiment, f"{heading}: no trajectory with that tag or param")
-    else:
-        found = select_trajectories(tracker, selector, experiment, finished=False, heading=heading)
-    kept = [r for r in found if all(matches(r, w) for w in where)]
-    if not kept:
-        raise TrackingError(f"{heading}: {len(found)} trajectories match, but none of them has {' and '.join(where)}")
-    return finished_only(kept, f"{heading}: no trajectory" + (f" with {' and '.join(where)}" if where else ""))
-
-
-def check_filters(where: list[str]) -> None:
-    for assignment in where:
-        key, equals, _ = assignment.partition("=")
-        if not equals or not key.strip():
-            raise TrackingError(f"--where {assignment}: give KEY=VALUE (a tag or param and its value), "
-                                f"e.g. --where noise.ratio=0.4")
-
-
-def run_from_folder(tracker: Tracker, folder: Path):
-    pointer = folder / RUN_FILE
-    try:
-        run_id = json.loads(pointer.read_text())["run_id"]
-    except (ValueError, KeyError, TypeError, OSError) as exc:  # TypeError: valid JSON, but not an object
-        raise TrackingError(f"--runs {folder}: {pointer} is damaged ({exc.__class__.__name__}: {exc}); rerun "
-                            f"the stage that wrote it (`dvc repro`)") from exc
-    try:
-        run = tracker.client.get_run(run_id)
-    except MlflowException as exc:
-        raise TrackingError(f"--runs {folder}: its {RUN_FILE} names run {run_id}, which is not in the store "
-                            f"{tracker.uri}; rerun the stage that wrote it (`dvc repro`)") from exc
-    if run.data.tags.get("sddkit.kind") != TRAJECTORY:
-        raise TrackingError(f"--runs {folder}: run {run_id} is not an sddkit trajectory")
-    return run
-
-
-def matches(run, assignment: str) -> bool:
-    """``key=value`` against the run's tags, then its params (values compared as YAML: 0.4 == 0.40)."""
-    key, _, value = assignment.partition("=")
-    stored = stored_value(run, key.strip())
-    return stored is not None and (stored == value.strip() or _as_yaml(stored) == _as_yaml(value.strip()))
-
-
-def stored_value(run, key: str) -> str | None:
-    """The run's tag ``key``, else its param ``key`` (None where it has neither)."""
-    return run.data.tags.get(key, run.data.params.get(key))
-
 
 def newest_group(selector: str, runs: list) -> list:
     """The replicates (one run per seed, the newest) of the newest config among ``runs``."""
@@ -206,22 +149,7 @@ def legend_labels(curves: list[Curve], limit: int = 3, ignored: frozenset[str] =
 
 
 def differing_keys(params: list[dict[str, str]]) -> list[str]:
-    """The identity params whose value is not the same in all of ``params``. When the retrain mode differs, the
-    other retrain.* settings follow from it (a reinit's masks_from) and are left out."""
-    ignored = config.NOT_IDENTITY | {"seed"}
-    keys = sorted(k for k in set().union(*params) if k not in ignored and len({p.get(k) for p in params}) > 1)
-    return without_mode_followers(keys, params)
-
-
-def without_mode_followers(keys: list[str], params: list[dict[str, str]]) -> list[str]:
-    """``keys`` less those that follow from the retrain mode: with the mode differing, the other retrain.*
-    settings (a reinit's masks_from against a lottery run's None); and masks_from where no run is a reinit,
-    the only mode that reads it."""
-    if "retrain.mode" in keys:
-        keys = [k for k in keys if k == "retrain.mode" or not k.startswith("retrain.")]
-    if not any(p.get("retrain.mode") == "reinit" for p in params):
-        keys = [k for k in keys if k != "retrain.masks_from"]
-    return keys
+    return selection.differing_keys(params, skip=("seed",))
 
 
 # ---------------------------------------------------------------- curves
@@ -529,7 +457,7 @@ def panels_text(panels: list[Panel], fmt: str = "table") -> str:
     for p in panels:
         paired = all(c is not None for c in p.curves[:2])  # diff: the second selector minus the first
         for row in data_rows(p.present)[1]:
-            rows.append({key: _as_yaml(p.value), **{k: v for k, v in row.items() if paired or k not in DIFF_COLUMNS}})
+            rows.append({key: as_yaml(p.value), **{k: v for k, v in row.items() if paired or k not in DIFF_COLUMNS}})
     return results.render_rows(rows, columns, fmt)
 
 
@@ -567,10 +495,3 @@ def _rounded(value: float | None) -> float | None:
 
 def _seed_order(seed: str) -> int:
     return int(seed) if str(seed).isdigit() else -1
-
-
-def _as_yaml(text: str):
-    try:
-        return config.read_yaml(text)
-    except yaml.YAMLError:  # compared as text
-        return text

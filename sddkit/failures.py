@@ -16,7 +16,7 @@ from pathlib import Path
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-_last_store: list[str] = []  # the store this process opened last (tracking.open_store): where a failure was
+_last_store: list[str] = []  # the store this process opened last (store.open_client): where a failure was
 
 
 def bound_http_calls() -> None:

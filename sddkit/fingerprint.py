@@ -1,19 +1,26 @@
-"""The fingerprint of the code that computes a trajectory's numbers: part of its identity, beside the config hash.
-
-It covers the import closure of the engine (``ENGINE``) inside sddkit, found from the code's own import
-statements, and hashes each module's syntax tree without docstrings: comments, formatting, docstrings and
-every module outside the closure (compare, plots, the CLI, the sweep, the store) are not part of it.
+"""The code half of a run's identity, and a run's provenance. The fingerprint hashes the docstring-free syntax trees
+of the engine's (``ENGINE``) import closure inside sddkit, found from its import statements: comments, docstrings
+and every module outside the closure (compare, plots, the CLI, the sweep, the store) are not part of it.
 """
 from __future__ import annotations
 
 import ast
 import functools
 import hashlib
+import json
+import os
+import subprocess
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sddkit.config import Config
 
 # The modules whose code makes the numbers: the round loop, and the pinned data files DVC's stages train on.
 ENGINE = ("trajectory", "prepare")
 IDENTITY_VERSION = "2"  # runs tagged before this scheme hashed every file and every config key
+IDENTITY_TAG = "sddkit.identity"
 
 
 def package_folder() -> Path:
@@ -99,3 +106,71 @@ def syntax_dump(source: str) -> str:
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
+
+
+# ---------------------------------------------------------------- provenance
+
+def current_identity(run) -> bool:
+    """Whether the run's hashes were made the way this sddkit makes them (else it predates the scheme)."""
+    return run.data.tags.get(IDENTITY_TAG) == IDENTITY_VERSION
+
+
+def trajectory_tags(cfg: Config, root: Path, code: str) -> dict[str, str]:
+    commit = git_commit(root)
+    return {
+        "sddkit.kind": "trajectory",
+        "sddkit.config_hash": cfg.identity_hash(),
+        "sddkit.code_hash": code,  # the run's identity is config + code (code_hash)
+        IDENTITY_TAG: IDENTITY_VERSION,  # how the two hashes were made: older runs lack it (README: upgrading)
+        "sddkit.group": cfg.group_hash(),  # replicates (same config, other seeds) share it
+        "sddkit.name": cfg.name,
+        "sddkit.preset": cfg.preset,
+        "sddkit.retrain_mode": cfg.retrain.mode,
+        "sddkit.criterion": cfg.prune.criterion,
+        "sddkit.noise_kind": cfg.noise.kind,
+        "sddkit.noise_ratio": str(cfg.noise.ratio),
+        "sddkit.seed": str(cfg.seed),
+        "sddkit.deterministic": str(cfg.train.deterministic),
+        "sddkit.git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "sddkit.versions": package_versions(),
+        **dvc_tags(),
+    }
+
+
+def param_text(value) -> str:
+    """A config value as it is logged as an MLflow param."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def run_label(cfg: Config) -> str:
+    """The parent run's name in the MLflow UI (only a label: runs are found by their tags): the trajectory's name
+    and the DVC experiment's (``lottery·bushy-lamb``), else noise and seed (``lottery·ε=0.4·s1``)."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{cfg.name}·{exp}" if exp else f"{cfg.name}·ε={param_text(cfg.noise.ratio)}·s{cfg.seed}"
+
+
+def dvc_tags() -> dict[str, str]:
+    """Inside a DVC stage: the stage and, under `dvc exp run`, the experiment's name."""
+    names = {"DVC_STAGE": "sddkit.dvc_stage", "DVC_EXP_NAME": "sddkit.dvc_exp_name"}
+    return {tag: os.environ[env] for env, tag in names.items() if os.environ.get(env)}
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> str:
+    found = []
+    for name in ("sddkit", "torch", "torchvision", "timm", "mlflow", "numpy"):
+        try:
+            found.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return " ".join(found)

@@ -1,18 +1,12 @@
-"""One owner per trajectory: a lease with a heartbeat, kept in the tracking store.
+"""One owner per trajectory: a lease with a heartbeat, kept in the tracking store, and the only module that reads
+or writes lease tags. The lease of a run identity (config + code hash) is the experiment tag
+``sddkit.lease.<config hash>.<code hash>`` (JSON: token, host, pid, run ID, start, last heartbeat): an experiment
+tag, because it must also guard the creation of the first run, and it works on a remote tracking server too.
 
-The lease of a trajectory identity (config hash + code hash) is the experiment tag
-``sddkit.lease.<config hash>.<code hash>``, holding JSON: a random token, host, pid, run ID, start time and
-the last heartbeat. An experiment tag rather than a run tag, because it must also guard the creation of
-the first run: two processes that both find no run would otherwise each create one. It lives in the store,
-so it works against a remote tracking server as well as the local sqlite file.
-
-MLflow offers no compare-and-swap, so acquiring writes our record, waits ``SETTLE_S`` and reads it back. Of
-the processes that found the lease free, the last one to write wins; every other one reads a foreign token
-and backs off. This holds as long as no process takes longer than ``SETTLE_S`` between its check and its
-write (milliseconds in practice).
-
-A lease is stale, and is taken over, when its heartbeat is older than ``STALE_AFTER_S`` or when its owner
-ran on this host and that process is gone (``kill -9``: the next run takes over at once).
+MLflow has no compare-and-swap: acquiring writes our record, waits ``SETTLE_S`` and reads it back; the last writer
+wins and every other one backs off (sound while no process takes longer than ``SETTLE_S`` between check and
+write). A lease is stale, and taken over, when its heartbeat is older than ``STALE_AFTER_S`` or its owner ran on
+this host and is gone (``kill -9``: the next run takes over at once).
 """
 from __future__ import annotations
 
@@ -80,8 +74,11 @@ def identity(config_hash: str, code_hash: str) -> str:
     return f"{config_hash}.{code_hash}"
 
 
+PREFIX = "sddkit.lease."
+
+
 def key_for(identity: str) -> str:
-    return f"sddkit.lease.{identity}"
+    return f"{PREFIX}{identity}"
 
 
 def read(client: MlflowClient, experiment_id: str, key: str) -> Holder | None:
@@ -92,6 +89,31 @@ def read(client: MlflowClient, experiment_id: str, key: str) -> Holder | None:
         return Holder(**json.loads(text))
     except (ValueError, TypeError):
         return None  # a damaged record guards nothing
+
+
+def live_holder(tracker, experiment_id: str, config_hash: str | None, code_hash: str | None,
+                run_id: str | None = None) -> Holder | None:
+    """The live holder of that identity's lease (on ``run_id``, or a run not set yet, where given), else None."""
+    holder = read(tracker.client, experiment_id, key_for(identity(config_hash, code_hash)))
+    if holder is None or holder.is_stale() or (run_id is not None and holder.run_id not in ("", run_id)):
+        return None
+    return holder
+
+
+def drop(tracker, experiment_id: str, config_hash: str, code_hash: str) -> None:
+    """Delete that identity's lease (its owner is known to be gone: a cancelled sweep cell)."""
+    tracker.client.delete_experiment_tag(experiment_id, key_for(identity(config_hash, code_hash)))
+
+
+def local_holders(tracker) -> list[Holder]:
+    """The live holders of every lease in the store whose owner runs on this host."""
+    found = []
+    for experiment in tracker.client.search_experiments():
+        for key in (k for k in experiment.tags if k.startswith(PREFIX)):
+            holder = read(tracker.client, experiment.experiment_id, key)
+            if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
+                found.append(holder)
+    return found
 
 
 class Lease:

@@ -1,4 +1,5 @@
-"""Where the project lives, resolved without heavy imports (the CLI needs it at start-up)."""
+"""Where the project and its store live, resolved without heavy imports (the CLI needs it at start-up). The
+tracking URI is resolved in one place (``tracking_uri``) and parsed once: a ``StoreURI`` carries its sqlite file."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ ROOT_MARKERS = ("params.yaml", "dvc.yaml", ".git")
 
 
 def project_root() -> Path:
-    """``DVC_ROOT`` inside DVC stages, else the nearest folder above the working directory holding
-    params.yaml, dvc.yaml or .git, else the working directory (where ``sddkit run`` then makes the project)."""
+    """``find_project_root``, else the working directory (where ``sddkit run`` then makes the project)."""
     return find_project_root() or Path.cwd().resolve()
 
 
@@ -28,36 +28,40 @@ def find_project_root() -> Path | None:
 
 
 def missing_project(uri: str | None = None) -> str | None:
-    """Why there is no store to read here ("no sddkit project here (…)"; the caller adds the remedy in its own
-    terms), or None: inside a project, or with a tracking URI given (``uri`` or ``MLFLOW_TRACKING_URI``).
-    Checked before anything opens a store: outside a project the default store would be a new, empty
-    mlflow.db in whatever folder the reader happens to be in."""
+    """Why there is no store to read here (the caller adds the remedy), or None: inside a project, or with a
+    tracking URI given. Outside a project the default store would be a new, empty mlflow.db right there."""
     if uri or os.environ.get("MLFLOW_TRACKING_URI") or find_project_root() is not None:
         return None
     markers = f"{', '.join(ROOT_MARKERS[:-1])} or {ROOT_MARKERS[-1]}"
     return f"no sddkit project here (no {markers} in {Path.cwd()} or any folder above it, and no DVC_ROOT)"
 
 
-def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> str:
+class StoreURI(str):
+    """A tracking URI, parsed once: ``db`` is its sqlite file (None for a server or another database)."""
+
+    db: Path | None
+
+    def __new__(cls, text: str) -> StoreURI:
+        if isinstance(text, StoreURI):
+            return text
+        uri = super().__new__(cls, text)
+        path = text[len("sqlite:///"):].split("?", 1)[0] if text.startswith("sqlite:///") else ""
+        uri.db = None if path in ("", ":memory:") else Path(path)  # SQLAlchemy's form: 4 slashes when absolute
+        return uri
+
+
+def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> StoreURI:
     """The store to use (``store_uri``); while ``sddkit server`` serves that store, the server's URI: this
     machine's commands then write through the server, as its workers do (``live_server``)."""
-    return served_uri(store_uri(config_uri, root))
+    uri = store_uri(config_uri, root)
+    server = live_server(uri.db) if uri.db is not None else None
+    return StoreURI(server["uri"]) if server else uri
 
 
-def store_uri(config_uri: str | None = None, root: Path | None = None) -> str:
+def store_uri(config_uri: str | None = None, root: Path | None = None) -> StoreURI:
     """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri``, else sqlite mlflow.db at the project root."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if config_uri:
-        return config_uri
-    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
-
-
-def served_uri(uri: str) -> str:
-    """The URI of the live ``sddkit server`` on the sqlite store ``uri``, else ``uri`` itself."""
-    db = sqlite_path(uri)
-    server = live_server(db) if db is not None else None
-    return server["uri"] if server else uri
+    return StoreURI(os.environ.get("MLFLOW_TRACKING_URI") or config_uri
+                    or f"sqlite:///{(root or project_root()) / 'mlflow.db'}")
 
 
 def server_marker(db: Path) -> Path:
@@ -94,16 +98,13 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///path`` URI (SQLAlchemy's form: four slashes for an absolute path)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
+    """The file of a ``sqlite:///path`` URI, or None."""
+    return StoreURI(uri).db
 
 
 def store_file_problem(uri: str) -> str | None:
     """What is wrong with a sqlite store file that is not a database, or None. Checked before MLflow opens it:
-    MLflow would silently create a new, empty store in its place and orphan every artifact the old one indexed."""
+    it would put a new, empty store in its place and orphan every artifact the old one indexed."""
     db = sqlite_path(uri)
     if db is None or not (db.exists() or db.is_symlink()):
         return None

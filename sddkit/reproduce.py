@@ -14,9 +14,9 @@ from rich.console import Console
 from sddkit import analysis, analyze, compare, config, paper_report, plots, readoffs, results, studies
 from sddkit import sweep as sweeps
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
-from sddkit.fingerprint import code_hash
+from sddkit.fingerprint import code_hash, git_commit, package_versions
 from sddkit.studies import Replicate, Study
-from sddkit.tracking import Tracker, git_commit, package_versions, round_row
+from sddkit.tracking import Tracker, round_row
 
 console = Console(stderr=True)
 KIND = "reproduction"
@@ -72,7 +72,7 @@ def reproduce(base: Config, chosen: list[Study], settings: SweepConfig, root: Pa
         files = {**paper_report.files(report), "verdicts.json": verdicts_json(report, seeds),
                  "summary.json": summary_json(report)}
     except BaseException:
-        done.tracker.client.set_terminated(done.run_id, "FAILED")
+        done.tracker.set_status(done.run_id, "FAILED")
         raise
     sweeps.close_sweep_run(done, files)
     (output / paper_report.FIGURES).mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def judge_study(tracker: Tracker, root: Path, study: Study, p: Plan, outcomes: d
     """Every curve's seeds read back from the store (with their sharpness in a landscape study), judged."""
     runs, data = {}, {}
     for curve, keys in p.members[study.name].items():
-        runs[curve] = [tracker.client.get_run(outcomes[k].run_id) for k in keys]
+        runs[curve] = [tracker.run(outcomes[k].run_id) for k in keys]
         data[curve] = [replicate(tracker, root, run, p.by_key[k].cfg, study.landscape)
                        for run, k in zip(runs[curve], keys)]
     return Judged(data, runs, [studies.judge(check, data) for check in study.checks])

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sddkit import analysis, failures, prepare, results, trajectory
+from sddkit import analysis, failures, prepare, results, selection, trajectory
+from sddkit.checkpoint import bytes_needed
 from sddkit.results import RUN_FILE, phase_tag
 from sddkit.config import Config, load_config
 from sddkit.files import write_atomic
@@ -23,8 +23,7 @@ from sddkit.sources import DatasetError
 from sddkit.paths import tracking_uri
 from sddkit.fingerprint import code_hash
 from sddkit.lease import Lease, LeaseHeld, LeaseLost, identity as lease_identity
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, bytes_needed, log_data_inputs, \
-    store_problem, trajectory_name
+from sddkit.tracking import STORE_ERRORS, Tracker, TrackingError, TrajectoryRun
 
 USER_ERRORS = (DatasetError, TrackingError, LeaseHeld, LeaseLost, trajectory.InitMismatch)
 console = Console(stderr=True)
@@ -59,10 +58,8 @@ EPOCH_LINE_EVERY = 10  # LineReporter: one line every this many epochs of a roun
 
 
 class LineReporter(trajectory.Reporter):
-    """Plain timestamped lines for a log file, a pipe or CI, where bars would show nothing until the end: one a
-    round (round k/R, sparsity, test and noisy-train accuracy, the round's seconds) and one every
-    ``EPOCH_LINE_EVERY`` epochs. ``who`` starts each line (the trajectory's name, or ``seed 3`` for replicates
-    running side by side)."""
+    """Timestamped lines for a log file, a pipe or CI: one a round and one every ``EPOCH_LINE_EVERY`` epochs,
+    each started by ``who`` (the trajectory's name, or ``seed 3`` for replicates side by side)."""
 
     def __init__(self, who: str, every: int = EPOCH_LINE_EVERY):
         self.who, self.every, self.started = who, every, time.perf_counter()
@@ -100,13 +97,9 @@ def run_trajectory(cfg: Config, root: Path, force: bool = False, results_dir: Pa
                    quiet: bool = False, reporter: trajectory.Reporter | None = None, prepared: Path | None = None,
                    wait: bool = False, redo_from: int | None = None,
                    table_format: str = "table", run_file: Path | None = None) -> tuple[TrajectoryRun, list[dict]]:
-    """Train (or continue, or report) the trajectory of ``cfg`` run by this code.
-
-    ``reporter`` replaces the rich bars (replicate workers print one line a round); ``quiet``: no bars and
-    no closing table; ``prepared``: a ``sddkit prepare`` folder whose pinned files are the data trained on;
-    ``wait``: wait for another process that owns this trajectory instead of stopping; ``redo_from``: retrain
-    the stored trajectory from that round on (a repair that keeps the rounds before it); ``table_format``:
-    the closing table's (config.TABLE_FORMATS); ``run_file``: where to write run.json alone."""
+    """Train (or continue, or report) the trajectory of ``cfg`` run by this code. ``reporter`` replaces the bars;
+    ``quiet``: no bars, no closing table; ``prepared``: a ``sddkit prepare`` folder to train on; ``wait``: wait
+    for another owner instead of stopping; ``redo_from``: retrain from that round on; ``run_file``: run.json."""
     tracker = Tracker(tracking_uri(cfg.tracking.uri, root), root)
     code = code_hash()
     existing = None if force else tracker.find_trajectory(cfg, code)
@@ -177,7 +170,7 @@ def train_under_lease(tracker: Tracker, cfg: Config, root: Path, code: str, forc
             if store.completed:  # a resume: the parent's files it kept from its start
                 store.restore_labels(inputs.noisy)
             if data_files:
-                log_data_inputs(tracker, store.run_id, data_files)
+                tracker.log_data_inputs(store.run_id, data_files)
             announce(tracker, cfg, code, store)
             if redo_from is not None:
                 console.print(f"redoing rounds {redo_from}–{cfg.prune.rounds} (the replaced round runs are kept, "
@@ -232,8 +225,7 @@ def drive(cfg: Config, root: Path, store: TrajectoryRun, external, quiet: bool,
 
 @contextlib.contextmanager
 def ending(store: TrajectoryRun, rounds: int, room_left: Callable[[], int]):
-    """How a trajectory under way ends other than finished: Ctrl-C marks it KILLED, an error FAILED; a failing
-    store (a full disk, a tracking server gone or refusing) in one line (``failures``) that says what the
+    """Ctrl-C marks the run KILLED, an error FAILED; a failing store says in one line (``failures``) what the
     rerun does. ``rounds``: the last round; ``room_left``: the bytes the rounds left would still store."""
     try:
         yield
@@ -260,7 +252,7 @@ def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
     FAILED where the store can still take it."""
     full = failures.full_disk(exc) is not None
     line = failures.explain(exc, store.tracker.uri, store.tracker.artifact_home, room_left() if full else None)
-    if line is None and not isinstance(exc, (OSError, MlflowException)):
+    if line is None and not isinstance(exc, STORE_ERRORS):
         return None
     k = store.round_under_way
     what = f"round {k} could not be stored" if k <= rounds else "the trajectory's closing files could not be stored"
@@ -276,6 +268,13 @@ def store_failed(store: TrajectoryRun, exc: Exception, rounds: int,
     return TrackingError(f"{what}: {line}, then {rerun} (this run is marked FAILED)")
 
 
+def store_problem(exc: BaseException) -> str:
+    """The gist of a storage error, on one line (an OSError's message and file, MLflow's first line)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+
+
 def finished_rounds(store: TrajectoryRun) -> str:
     return f"after round {len(store.completed) - 1}" if store.completed else "before round 0 finished"
 
@@ -283,7 +282,7 @@ def finished_rounds(store: TrajectoryRun) -> str:
 def tag_round_phases(store: TrajectoryRun, ph: analysis.Phases) -> None:
     """Each round run gets its phase as the tag ``sddkit.phase`` (the parent's table has a ``phase`` column)."""
     for run in store.tracker.round_runs(store.run_id):
-        store.client.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
+        store.tracker.set_tag(run.info.run_id, "sddkit.phase", ph.label(int(run.data.tags["sddkit.round"])))
 
 
 def tracker_masks(tracker: Tracker, cfg: Config, code: str, follow: bool = False):
@@ -291,7 +290,7 @@ def tracker_masks(tracker: Tracker, cfg: Config, code: str, follow: bool = False
     followed, each round starting once the twin has pruned for it."""
     if cfg.retrain.mode != "reinit":
         return None
-    from sddkit.tracking import LotteryMasks
+    from sddkit.twin import LotteryMasks
     return LotteryMasks(tracker, cfg, code, follow)
 
 
@@ -313,14 +312,14 @@ def print_lines(lines: list[str], to_stderr: bool = False) -> None:
 
 
 def where_lines(tracker: Tracker, cfg: Config, what: str, selector: str) -> list[str]:
-    """Where ``what`` (say ``run lottery·ε=0.2·s0 (<ID>)``) is stored, and the ``sddkit ui`` and ``sddkit
-    compare --runs <selector> …`` commands, with the store and experiment spelled out where they are not the
-    project's defaults."""
+    """Where ``what`` is stored, and the ``sddkit ui`` and ``sddkit compare --runs <selector>`` commands (the
+    store and experiment spelled out where they are not the project's defaults)."""
     defaults = load_config()
     env = "" if tracker.uri == tracking_uri(None, tracker.root) else f"MLFLOW_TRACKING_URI={shlex.quote(tracker.uri)} "
     experiment = cfg.tracking.experiment
     option = "" if experiment == defaults.tracking.experiment else f" --experiment {shlex.quote(experiment)}"
-    others = [n for n in sorted({trajectory_name(r) for r in tracker.trajectories(experiment)}) if n != cfg.name]
+    others = [n for n in sorted({selection.trajectory_name(r) for r in tracker.trajectories(experiment)})
+              if n != cfg.name]
     against = shlex.quote(others[0]) if others else "OTHER"  # a name, run ID or --results folder to set beside it
     return [f"results: {what} in experiment {experiment!r} of {tracker.uri}",
             f"  browse:  {env}sddkit ui --open{option}",

@@ -1,14 +1,7 @@
-"""``sddkit server``: one tracking server on the project's store, for workers on other machines.
-
-Workers elsewhere cannot write the driver's sqlite file, nor the ``file:`` paths of this machine that its
-artifact locations hold. So the server proxies artifacts (``--serve-artifacts``, into mlruns/ beside the store)
-and, while it serves, the store's locations under mlruns/ read ``mlflow-artifacts:/…`` (``relocation``): every
-client writes through the server. A marker beside the store (``paths.live_server``) sends this machine's
-commands through the server too; once it stops (or dies: a stale marker is ignored), opening the store locally
-turns the locations back into ``file:``.
-
-Binding anything but loopback needs MLflow's basic-auth app (``--auth``) or an explicit, loudly named flag.
-The process handling is ``serving``'s, as for ``sddkit ui``: no server outlives the command.
+"""``sddkit server``: one tracking server on the project's store, for workers on other machines. It proxies
+artifacts, and while it serves the store's locations read ``mlflow-artifacts:/…`` (``relocation``) and a marker
+beside the store (``paths.live_server``) sends this machine's commands through it too. Anything but loopback
+needs basic auth (``--auth``) or a loudly named flag; ``serving`` runs the process (none outlives the command).
 """
 from __future__ import annotations
 
@@ -23,7 +16,7 @@ from pathlib import Path
 
 from sddkit import relocation, serving
 from sddkit.files import locked, write_atomic
-from sddkit.paths import live_server, process_started, server_marker, sqlite_path
+from sddkit.paths import StoreURI, live_server, process_started, server_marker, sqlite_path
 from sddkit.serving import ServeError
 
 ADMIN = "admin"
@@ -36,6 +29,7 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
           insecure: bool = False, ready_timeout: float = 180.0) -> int:
     """Serve the store ``uri`` on ``host``:``port`` until Ctrl-C, SIGTERM or SIGHUP (exit code 0), printing the
     one line of environment workers need. Refuses an open interface without ``auth`` (unless ``insecure``)."""
+    uri = StoreURI(uri)  # parsed once: every step below reads its sqlite file from it
     if not (auth or insecure or is_loopback(host)):
         raise ServeError(f"--host {host} is not a loopback address: anyone on that network could read and "
                          f"write the store; add --auth (MLflow's basic auth), or {INSECURE_FLAG} to serve it "
@@ -89,8 +83,8 @@ def url_host(host: str) -> str:
 
 def allowed_hosts(host: str) -> str:
     """MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use."""
-    from mlflow.server.security_utils import get_default_allowed_hosts
-    return ",".join([*get_default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
+    from sddkit.store import default_allowed_hosts
+    return ",".join([*default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
 
 
 def workers_line(url: str, user: str | None, password: str | None) -> str:
@@ -123,13 +117,9 @@ def create_experiment(uri: str, root: Path, experiment: str) -> None:
     try:
         tracker = Tracker(uri, root)
         tracker.experiment_id(experiment)
-        for found in tracker.client.search_experiments():
-            for key in (k for k in found.tags if k.startswith("sddkit.lease.")):
-                holder = lease.read(tracker.client, found.experiment_id, key)
-                if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
-                    raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: "
-                                     f"let it finish, or stop it (rerun, it continues through the server), "
-                                     f"then start the server")
+        for holder in lease.local_holders(tracker):
+            raise ServeError(f"a trajectory is being trained straight into {uri}, by {holder.describe()}: let it "
+                             f"finish, or stop it (rerun, it continues through the server), then start the server")
     except TrackingError as exc:
         raise ServeError(str(exc)) from exc
 
@@ -163,19 +153,9 @@ def auth_env(uri: str, root: Path) -> dict[str, str]:
                        f"admin_username = {ADMIN}\n"
                        f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n").encode())
     if users.exists():
-        set_admin_password(ini, password)
+        from sddkit.store import set_admin_password
+        set_admin_password(ini, ADMIN, password)
     # The auth app's CSRF protection signs with this key; one server, so one key for its life is enough.
     secret = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
-
-
-def set_admin_password(ini: Path, password: str) -> None:
-    """MLflow takes the configured admin password only when it creates the user: on a later start, set it."""
-    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)  # read when mlflow.server.auth is imported
-    from mlflow.server.auth import auth_config
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-    users = SqlAlchemyStore()
-    users.init_db(auth_config.database_uri)
-    if users.has_user(ADMIN, use_primary=True):
-        users.update_user(ADMIN, password=password)

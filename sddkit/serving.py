@@ -90,7 +90,7 @@ def check_store_writable(uri: str, root: Path, command: str) -> None:
 
 
 def store_lock(db: Path) -> Path:
-    """The lock file every process takes before changing a sqlite store's layout (``tracking.open_store``)."""
+    """The lock file every process takes before changing a sqlite store's layout (``store.open_client``)."""
     return db.with_name(f".{db.name}.lock")
 
 

@@ -1,14 +1,7 @@
-"""What ``sddkit sweep`` does, and ``sddkit run --seeds`` through it: a grid of cells (grid point × retrain mode
-× seed), each an ordinary trajectory, run as one job on an executor (``executors``: local processes or Ray
-tasks), with one live view, then a table of every cell's landmarks averaged over seeds, and the sweep's
-figure.
-
-The sweep is a small DAG of rounds, not cells: a reinit cell takes its masks from its lottery twin (the same
-config in lottery mode) round by round, so it starts as soon as the twin runs, on its own worker, and trains its
-round k beside the twin's round k (waiting, its lease held, when it is ahead); a twin the grid lacks is added. Cells finished already (this
-config, this code) are reported, not rerun: a rerun of a sweep continues it. Every cell's parent run gets the
-tag ``sddkit.sweep`` (the sweep's id: its cells and the code); the sweep itself is a run of kind ``sweep``
-holding the grid, the landmarks table and the figure.
+"""``sddkit sweep`` (and ``sddkit run --seeds`` through it): a grid of cells (grid point × retrain mode × seed), each
+an ordinary trajectory, run as one job on an executor with one live view, then the landmarks table and figure. A
+reinit cell follows its lottery twin round by round (a twin the grid lacks is added); finished cells are reported,
+not rerun. Cells are tagged ``sddkit.sweep``; the sweep is a run of kind ``sweep`` holding its table and figure.
 """
 from __future__ import annotations
 
@@ -26,7 +19,8 @@ from sddkit.config import Config, ConfigError, SweepConfig, with_values
 from sddkit.files import write_atomic
 from sddkit.fingerprint import code_hash
 from sddkit.paths import sqlite_path, tracking_uri
-from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, lottery_twin, log_files, param_text
+from sddkit.tracking import Tracker, TrackingError, TrajectoryRun, literal, param_text
+from sddkit.twin import lottery_twin
 
 console = Console(stderr=True)
 SWEEP = "sweep"  # the sweep run's sddkit.kind
@@ -95,7 +89,7 @@ def with_twins(cells: dict[str, Cell]) -> list[Cell]:
             if twin.key not in cells:
                 twin.added = True
                 cells[twin.key] = twin
-    return order(list(cells.values()))
+    return sorted(cells.values(), key=lambda c: c.needs is not None)  # twins first: they gate the reinit cells
 
 
 def add(cells: dict[str, Cell], cell: Cell) -> None:
@@ -103,11 +97,6 @@ def add(cells: dict[str, Cell], cell: Cell) -> None:
         raise ConfigError(f"sweep: cells {cells[cell.key].label} and {cell.label} are the same trajectory (the grid "
                           f"varies a key that does not change results, e.g. tracking.* or train.threads); drop it")
     cells[cell.key] = cell
-
-
-def order(cells: list[Cell]) -> list[Cell]:
-    """Twins first (they gate the reinit cells), then as the grid lists them."""
-    return sorted(cells, key=lambda c: c.needs is not None)
 
 
 def sweep_id(cells: list[Cell], code: str) -> str:
@@ -121,12 +110,9 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
               results_dir: Path | None = None, by_seed: bool = False, cells: list[Cell] | None = None,
               kind: str = SWEEP, params: dict[str, str] | None = None, prepared: Path | None = None,
               run_files: Path | None = None) -> Sweep:
-    """Run every cell not finished yet on the executor ``settings`` names; the view shows each cell's state.
-    With ``results_dir`` each cell's files go to its folder there: ``cells/<label>``, or ``seed-N``
-    (``by_seed``, for replicates). ``cells`` (from ``with_twins``) replaces the grid of ``settings``: a
-    reproduction's cells, which are no grid; its own run is of ``kind`` with ``params``. ``prepared``: the
-    `sddkit prepare` folder every cell trains on; ``run_files``: each cell writes only
-    ``<run_files>/<name>/run.json`` (DVC's trajectories stage)."""
+    """Run every cell not finished yet on the executor ``settings`` names. ``results_dir``: each cell's files in
+    ``cells/<label>`` (``seed-N`` with ``by_seed``); ``cells`` replaces the grid (a reproduction's, run as
+    ``kind`` with ``params``); ``run_files``: each cell writes only ``<run_files>/<name>/run.json`` (DVC)."""
     cells = expand(base, settings) if cells is None else cells
     check_run_files(cells, run_files)
     if settings.executor == "ray":
@@ -158,23 +144,21 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         if executor is not None:
             drive(executor, todo, tasks, outcomes, failures, view, tracker, sid)
     except BaseException:
-        tracker.client.set_terminated(sweep_run, "KILLED")
+        tracker.set_status(sweep_run, "KILLED")
         raise
     finally:
         view.close()
     for cell in cells:
         if cell.key in stored:  # reported here, not by a worker: tag it, and write its files
-            tracker.client.set_tag(outcomes[cell.key].run_id, "sddkit.sweep", sid)
+            tracker.set_tag(outcomes[cell.key].run_id, "sddkit.sweep", sid)
+            run = TrajectoryRun(tracker, outcomes[cell.key].run_id) if results_dir or run_files else None
             if results_dir is not None:
-                folder = tasks_folder(results_dir, cell, by_seed)
-                runner.write_results(folder, TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg,
-                                     outcomes[cell.key].rows)
+                runner.write_results(tasks_folder(results_dir, cell, by_seed), run, cell.cfg, outcomes[cell.key].rows)
             if run_files is not None:
-                target = run_file(run_files, cell)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(target, runner.run_pointer(TrajectoryRun(tracker, outcomes[cell.key].run_id), cell.cfg))
+                run_file(run_files, cell).parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(run_file(run_files, cell), runner.run_pointer(run, cell.cfg))
     if failures:
-        tracker.client.set_terminated(sweep_run, "FAILED")
+        tracker.set_status(sweep_run, "FAILED")
         detail = "; ".join(f"{label}: {why}" for label, why in failures.items())
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
@@ -182,8 +166,7 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
 
 
 def print_header(kind: str, sid: str, cells: int, stored: int, executor, logs: Path) -> None:
-    """What runs where, and where the cells' own output goes: two lines, never wrapped (a wrapped path left
-    the first line ending in a stray separator)."""
+    """What runs where, and where the cells' own output goes: two lines, never wrapped."""
     where = f" on {executor.describe()}" if executor else ""
     console.print(f"{kind} {sid}: {cells} cells ({stored} finished already){where}", highlight=False, soft_wrap=True)
     console.print(f"  cell logs: {logs}/", highlight=False, soft_wrap=True)
@@ -208,10 +191,8 @@ def tasks_folder(results_dir: Path, cell: Cell, by_seed: bool) -> Path:
 
 def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dict, view, tracker: Tracker,
           sid: str) -> None:
-    """Submit each cell once what it needs is under way: a reinit follows its twin round by round, so it is
-    submitted once the twin trains (it holds a worker then: the reinit never takes the worker its twin waits
-    for, and a twin that fails before its first round skips it); collect outcomes and events until all have
-    ended."""
+    """Submit each cell once what it needs is under way (a reinit once its twin trains: it never takes the
+    worker its twin waits for); collect outcomes and events until all have ended."""
     waiting = {c.key: c for c in todo}
     running: dict = {}  # handle -> cell
     training: set[str] = set()  # the cells that have begun a round
@@ -240,7 +221,7 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
                     show(event)
                 if isinstance(outcome, executors.Outcome):
                     outcomes[cell.key] = outcome
-                    tracker.client.set_tag(outcome.run_id, "sddkit.sweep", sid)
+                    tracker.set_tag(outcome.run_id, "sddkit.sweep", sid)
                     view.done(cell.key, outcome.rows)
                 else:
                     failures[cell.label] = one_line(outcome)
@@ -256,8 +237,7 @@ def drive(executor, todo: list[Cell], tasks: dict, outcomes: dict, failures: dic
 
 
 def close_cancelled(tracker: Tracker, cancelled: list) -> None:
-    """After ``executor.cancel`` no cancelled cell has a live owner: a run one left RUNNING (killed before it
-    could mark it, its grace spent) is marked KILLED and its lease released, as Ctrl-C of `sddkit run` would."""
+    """After ``executor.cancel``: a run a cancelled cell left RUNNING is marked KILLED and its lease released."""
     from sddkit import lease
     for task in cancelled:
         try:
@@ -265,9 +245,8 @@ def close_cancelled(tracker: Tracker, cancelled: list) -> None:
             if run is None or run.info.status != "RUNNING":
                 continue
             TrajectoryRun(tracker, run.info.run_id).close_interrupted_rounds()
-            tracker.client.set_terminated(run.info.run_id, "KILLED")
-            key = lease.key_for(lease.identity(task.cfg.identity_hash(), task.code))
-            tracker.client.delete_experiment_tag(run.info.experiment_id, key)
+            tracker.set_status(run.info.run_id, "KILLED")
+            lease.drop(tracker, run.info.experiment_id, task.cfg.identity_hash(), task.code)
         except Exception:  # noqa: BLE001 - best effort on the way out; a rerun takes a stale lease over anyway
             continue
 
@@ -295,7 +274,7 @@ def finished_cells(tracker: Tracker, cells: list[Cell], code: str) -> dict[str, 
 
 def cell_config(cfg: Config, uri: str, settings: SweepConfig, parallel: bool) -> Config:
     """A cell's config as its worker runs it: the sweep's store (not part of the identity) and its threads."""
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=uri))
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=str(uri)))  # plain: YAML writes it
     return executors.threads_for(cfg, settings.cpus_per_trajectory, parallel)
 
 
@@ -327,27 +306,22 @@ def is_local_store(uri: str) -> bool:
 def open_sweep_run(tracker: Tracker, base: Config, settings: SweepConfig, sid: str, cells: list[Cell],
                    kind: str = SWEEP, params: dict[str, str] | None = None) -> str:
     """The run of ``kind`` for this sweep id (reopened on a rerun), with the grid (or ``params``) as params."""
-    from sddkit.tracking import literal
     exp = tracker.experiment_id(base.tracking.experiment)
-    query = f"tags.`sddkit.kind` = {literal(kind)} and tags.`sddkit.sweep` = {literal(sid)}"
-    found = tracker.client.search_runs([exp], query, max_results=1)
-    if found:
-        tracker.client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+    found = tracker.newest([exp], f"tags.`sddkit.kind` = {literal(kind)} and tags.`sddkit.sweep` = {literal(sid)}")
+    if found is not None:
+        tracker.set_status(found.info.run_id, "RUNNING")
+        return found.info.run_id
     tags = {"sddkit.kind": kind, "sddkit.sweep": sid, "sddkit.code_hash": code_hash()}
-    run = tracker.client.create_run(exp, tags=tags, run_name=f"{kind}·{sid[:8]}")
     params = params or {"sweep.grid": json.dumps(settings.grid),
                         "sweep.modes": " ".join(settings.modes or [base.retrain.mode]),
                         "sweep.seeds": " ".join(map(str, settings.seeds or [base.seed])), "sweep.cells": str(len(cells)),
                         "sweep.executor": settings.executor}
-    for key, value in params.items():
-        tracker.client.log_param(run.info.run_id, key, value[:6000])
-    return run.info.run_id
+    return tracker.create_run(exp, tags, f"{kind}·{sid[:8]}", {k: v[:6000] for k, v in params.items()})
 
 
 def close_sweep_run(sweep: Sweep, files: dict[str, bytes]) -> None:
-    log_files(sweep.tracker.client, sweep.run_id, files)
-    sweep.tracker.client.set_terminated(sweep.run_id, "FINISHED")
+    sweep.tracker.log_files(sweep.run_id, files)
+    sweep.tracker.set_status(sweep.run_id, "FINISHED")
 
 
 # ---------------------------------------------------------------- the landmarks table and the figure
@@ -389,13 +363,9 @@ def landmark_formats() -> dict:
             "minimum_sparsity": pct, "peak_sparsity": pct, "dip": acc, "rise": acc, "drop": acc}
 
 
-def landmarks_csv(rows: list[dict], columns: dict[str, str]) -> bytes:
-    return results.render_table(rows, columns, "csv").encode()
-
-
 def sweep_figure(sweep: Sweep, grid_keys: list[str], experiment: str) -> bytes | None:
-    """The paper's figure for the sweep's cells: one panel per value of the first grid key, each trajectory
-    name (lottery, reinit, ...) a mean ± std curve over seeds. None, with a note, where it cannot be drawn."""
+    """One panel per value of the first grid key, a mean ± std curve per trajectory name; None, with a note,
+    where it cannot be drawn."""
     from sddkit import compare
     names = list(dict.fromkeys(c.cfg.name for c in sweep.cells))
     where = [f"sddkit.sweep={sweep.sweep_id}"]
@@ -412,11 +382,12 @@ def sweep_figure(sweep: Sweep, grid_keys: list[str], experiment: str) -> bytes |
 def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path | None,
            table_format: str = "table", draw: bool = True) -> None:
     """The closing table, the sweep run's files, the results folder and where to look. ``draw``: False leaves
-    the figure and the replicate groups' files to ``sddkit compare`` (DVC's compare stage draws them)."""
+    the figure and the replicate groups' files to ``sddkit compare``."""
     grid_keys = list(settings.grid)
     rows = landmark_rows(sweep)
     columns = landmark_columns(grid_keys)
-    files = {"landmarks.csv": landmarks_csv(rows, columns), "landmarks.json": landmarks_json(rows)}
+    files = {"landmarks.csv": results.render_table(rows, columns, "csv").encode(),
+             "landmarks.json": landmarks_json(rows)}
     figure = sweep_figure(sweep, grid_keys, base.tracking.experiment) if draw else None
     if figure is not None:
         files["sweep.png"] = figure
@@ -465,8 +436,8 @@ def log_groups(sweep: Sweep) -> None:
         stored = {f"{ARTIFACT_DIR}/{name}": content for name, content in files.items()}
         for cell in cells:
             run_id = sweep.outcomes[cell.key].run_id
-            log_files(sweep.tracker.client, run_id, stored)
-            sweep.tracker.client.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
+            sweep.tracker.log_files(run_id, stored)
+            sweep.tracker.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
 
 
 def group_files(cfg: Config, replicates: list[list[dict]], seeds: list[int]) -> dict[str, bytes]:
@@ -489,8 +460,7 @@ def mean_csv(rows: list[dict]) -> str:
 
 def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
                    results_dir: Path | None = None, table_format: str = "table") -> Sweep:
-    """``sddkit run --seeds``: a sweep of one grid point and mode over ``seeds`` on local processes, then the
-    group's mean ± std table (``table_format``) and curve."""
+    """``sddkit run --seeds``: one grid point and mode over ``seeds``, then the mean ± std table and curve."""
     if len(set(seeds)) != len(seeds):
         raise SweepFailed(f"--seeds {' '.join(map(str, seeds))}: each seed once, please")
     settings = SweepConfig(seeds=list(seeds), jobs=jobs, executor="local")
@@ -506,7 +476,7 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{sweep.outcomes[cells[0].key].run_id}/{ARTIFACT_DIR}/"
     console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)", highlight=False)
     runs = [sweep.outcomes[c.key].run_id for c in cells]
-    names = ", ".join(sweep.tracker.client.get_run(r).info.run_name for r in runs)
+    names = ", ".join(sweep.tracker.run(r).info.run_name for r in runs)
     runner.print_lines(runner.where_lines(sweep.tracker, cfg, f"runs {names} ({', '.join(runs)})", cfg.name),
                        to_stderr=table_format != "table")
     return sweep

@@ -21,7 +21,7 @@ State = dict[str, torch.Tensor]
 
 
 class Store(Protocol):
-    """Where a trajectory's rounds are kept; ``tracking.TrajectoryRun`` is the real one.
+    """Where a trajectory's rounds are kept; ``runs.TrajectoryRun`` is the real one.
 
     Nothing that can be re-derived from (seed, round) is stored: the init (only its digest, to check that a
     rebuilt one is the same), a rewind state at step 0 (the init), any round's start weights."""
@@ -43,7 +43,7 @@ class Store(Protocol):
 
 
 class MaskSource(Protocol):
-    """Where a mode whose masks are "external" (reinit) takes them; ``tracking.LotteryMasks`` is the real one."""
+    """Where a mode whose masks are "external" (reinit) takes them; ``twin.LotteryMasks`` is the real one."""
 
     def masks(self, round_index: int) -> pruning.Masks: ...
     def wait_for(self, round_index: int, waiting: Callable[[str], None]) -> bool: ...

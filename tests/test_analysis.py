@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from sddkit import analysis, analyze, cli, config, landscape, redense, runner
-from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, read_torch, round_row, \
-    select_trajectories
+from sddkit.selection import select
+from sddkit.tracking import TRAJECTORY, Tracker, TrackingError, read_mask, round_row
 from tests.conftest import TINY
 
 # The quick preset's curves as measured on 2026-11-25 (docs/quick-preset/ then): a fixed copy, so that
@@ -342,7 +342,7 @@ def test_analyze_logs_redense_interpolation_and_landscape_under_the_round_runs(s
         assert {f.path for f in client.list_artifacts(walk.info.run_id)} == {"landscape.png"}
 
         # Re-dense trains every weight: pruned weights of the round leave 0.
-        mask, dense = read_mask(tracker, round_run.info.run_id), read_torch(tracker, red.info.run_id, "weights.pt")
+        mask, dense = read_mask(tracker, round_run.info.run_id), tracker.read_torch(red.info.run_id, "weights.pt")
         assert any(dense[n][~m].abs().sum() > 0 for n, m in mask.items())
 
         # Interpolation endpoints are the two models' own metrics.
@@ -384,12 +384,12 @@ def test_analyze_leaves_out_failed_and_unfinished_trajectories_of_the_same_name(
     for name, status in (("lottery", "FAILED"), ("lottery", "RUNNING"), ("broken", "FAILED")):
         run = client.create_run(experiment, run_name=name, tags={"sddkit.kind": TRAJECTORY, "sddkit.name": name})
         client.set_terminated(run.info.run_id, status)
-    assert [r.info.run_id for r in select_trajectories(tracker, "lottery", "sddkit")] == [parent_id]
+    assert [r.info.run_id for r in select(tracker, "lottery", "sddkit")] == [parent_id]
     # Planning reaches the finished trajectory (and stops at its missing round) instead of the newer failed one.
     with pytest.raises(TrackingError, match="has no finished round 9; finished rounds: 0, 1, 2"):
         analyze.analyze(tracker, project, "lottery", "sddkit", analyze.Settings(rounds=(9,)))
     with pytest.raises(TrackingError, match=r"no trajectory named 'broken' has finished \(1 found: FAILED\)"):
-        select_trajectories(tracker, "broken", "sddkit")
+        select(tracker, "broken", "sddkit")
 
 
 def test_a_damaged_noisy_labels_artifact_is_named(tmp_path):

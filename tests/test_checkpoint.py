@@ -14,7 +14,8 @@ from torch import nn
 import sddkit
 from sddkit import checkpoint, runner, tracking
 from sddkit.config import load_config
-from sddkit.tracking import ROUND, Tracker, TrackingError, log_files, pack_mask, read_mask, read_weights
+from sddkit.checkpoint import pack_mask
+from sddkit.tracking import ROUND, Tracker, TrackingError, read_mask, read_weights
 from test_resume import round_runs
 
 
@@ -153,8 +154,8 @@ def test_bytes_needed_bounds_the_trajectory_and_shrinks_with_the_prunable_names(
     stored = sum(f.stat().st_size for f in artifact_path(client, store.run_id, "").parent.parent.rglob("*")
                  if f.is_file())  # the experiment's folder: parent and round runs, all artifacts
     state, masks = handed[0]
-    dense = tracking.bytes_needed(state, len(rounds))
-    sparse = tracking.bytes_needed(state, len(rounds), list(masks), cfg.prune.rate)
+    dense = checkpoint.bytes_needed(state, len(rounds))
+    sparse = checkpoint.bytes_needed(state, len(rounds), list(masks), cfg.prune.rate)
     assert stored <= sparse < dense
 
 
@@ -192,7 +193,7 @@ def test_a_round_stored_dense_before_sparse_checkpoints_still_loads(project, tmp
         "mlflow.parentRunId": parent, "sddkit.kind": ROUND, "sddkit.round": "1"}).info.run_id
     buffer = io.BytesIO()
     torch.save(weights, buffer)
-    log_files(tracker.client, child, {"mask.npz": pack_mask(masks), "weights.pt": buffer.getvalue()})
+    tracker.log_files(child, {"mask.npz": pack_mask(masks), "weights.pt": buffer.getvalue()})
 
     for loaded in (read_weights(tracker, child), sddkit.load_weights(child, uri)):
         assert list(loaded) == list(weights)

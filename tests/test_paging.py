@@ -8,14 +8,16 @@ import json
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 import sddkit
 from sddkit import tracking
 from sddkit.cli import main
 from sddkit.config import load_config
 from sddkit.fingerprint import code_hash
-from sddkit.tracking import Tracker, lottery_twin_run, trajectory_tags
+from sddkit.fingerprint import trajectory_tags
+from sddkit.tracking import Tracker
+from sddkit.twin import lottery_twin_run
 from tests.conftest import enter_project
 
 COUNT, PAGE = 25, 10

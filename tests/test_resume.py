@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 import sddkit
-from sddkit import runner, trajectory
+from sddkit import runner, trajectory, twin
 from conftest import StopAfter
 from sddkit.config import load_config
 
@@ -261,9 +261,8 @@ def test_a_reinit_beside_a_stopped_twin_waits_then_stops_in_one_line_and_both_re
     """The twin stops after round 1 (its round-2 mask never comes): without --wait the reinit says which round
     it lacks; with it, it trains rounds 0 and 1, waits, then stops in one line. Once the twin is resumed and
     finished, the reinit's rerun continues it, to exactly the numbers of the sequential order."""
-    from sddkit import tracking
     from sddkit.tracking import TrackingError
-    monkeypatch.setattr(tracking, "TWIN_GRACE_S", 1.0)
+    monkeypatch.setattr(twin, "TWIN_GRACE_S", 1.0)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     base = {**TINY_RESUME, "tracking.uri": uri}
     config = lambda mode, exp: load_config(overrides={**base, "retrain.mode": mode, "tracking.experiment": exp})  # noqa: E731

@@ -22,7 +22,7 @@ def trajectory(project, tmp_path, **overrides):
 
 
 def artifact(store, run_id, path):
-    return tracking.read_torch(store.tracker, run_id, path)
+    return store.tracker.read_torch(run_id, path)
 
 
 def init_of(cfg, project):

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from sddkit import runner, tracking
+from sddkit import runner, selection, tracking
 from sddkit.cli import main
 from sddkit.config import from_params, load_config
 from sddkit.fingerprint import code_hash
@@ -549,7 +549,7 @@ def test_the_trajectory_run_groups_its_one_value_metrics_apart_and_describes_its
     assert run.data.tags["mlflow.note.content"] == results.landmarks_line(rows, ph)
     # Named by what tells it apart; found by its tags, and by its name as given.
     assert run.info.run_name == "lottery·ε=0.4·s1" and run.data.tags["sddkit.name"] == "lottery"
-    assert [r.info.run_id for r in tracking.find_trajectories(Tracker(cfg.tracking.uri, project), "lottery",
+    assert [r.info.run_id for r in selection.by_name(Tracker(cfg.tracking.uri, project), "lottery",
                                                               cfg.tracking.experiment)] == [store.run_id]
     # The experiment opens on the UI's training runs, not its GenAI overview.
     assert client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
