@@ -9,11 +9,9 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sddkit import config, failures, lease, paths, selection
-from sddkit.fingerprint import code_hash, current_identity
+from sddkit import config, failures, lease, listing, paths, selection
 from sddkit.selection import trajectory_name
-from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, param_text, read_mask, read_weights, round_row, \
-    stored_summary
+from sddkit.tracking import PARENT_METRICS, Tracker, TrackingError, param_text, read_mask, read_weights, round_row
 
 if TYPE_CHECKING:  # `sddkit ls` lists without either: pandas for the frame, torch for masks and weights
     import pandas as pd
@@ -95,52 +93,17 @@ def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | Non
     return read_weights(open_store(tracking_uri or uri), run_id)
 
 
-LANDMARKS = ("dense", "minimum", "peak", "last")
-
-
 @one_line
 def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
     """Every trajectory of the experiment, finished or not, newest first (what `sddkit ls` shows), and the
     params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``
-    (``status``: ``interrupted`` where no live process trains a RUNNING run), ``rounds_done`` (finished rounds,
-    the dense one included) of ``rounds_total``, and for a finished one the landmark test accuracies
-    ``<landmark>_test_acc`` (dense, minimum, peak, last) from its summary metrics."""
+    (``interrupted`` where no live process trains a RUNNING run), ``rounds_done`` (finished rounds, the dense
+    one included) of ``rounds_total``, and a finished one's landmark test accuracies ``<landmark>_test_acc``."""
     tracker = open_store(tracking_uri)
     runs = tracker.trajectories(experiment_name(experiment))
-    differ = [k for k in differing_keys(runs) if k not in ("seed", "tracking.run_name")]
-    done = selection.finished_round_counts(tracker, runs)
-    rows = []
-    for run in runs:
-        params, summary = run.data.params, stored_summary(run)
-        rounds = params.get("prune.rounds")
-        rows.append({"name": trajectory_name(run), "run_name": run.info.run_name, "run_id": run.info.run_id,
-                     **{k: params.get(k) for k in differ},
-                     "seed": params.get("seed"), "status": status(tracker, run), "code": code_state(run),
-                     "rounds_done": done[run.info.run_id],
-                     "rounds_total": int(rounds) + 1 if rounds is not None else None,
-                     **{f"{n}_test_acc": summary.get(f"{n}_test_acc") for n in LANDMARKS}})
-    return rows, differ
-
-
-def code_state(run) -> str:
-    """Which code the run's numbers are from: ``this code``, ``adopted (verified)`` (``sddkit adopt``), or
-    ``other <fingerprint>`` (an older scheme's hash is marked ``old identity``: `sddkit adopt` keeps it)."""
-    tags = run.data.tags
-    code, adopted = tags.get("sddkit.code_hash", ""), tags.get("sddkit.adopted")
-    if current_identity(run) and code == code_hash():
-        return f"adopted ({adopted})" if adopted else "this code"
-    return f"other {code[:8] or '?'}" + ("" if current_identity(run) else " (old identity)")
-
-
-def status(tracker: Tracker, run) -> str:
-    """The run's MLflow status, except that a RUNNING run nobody trains (its owner was killed before it could
-    mark the run KILLED: kill -9, a lost node) reads ``interrupted``: no live process holds its lease."""
-    if run.info.status != "RUNNING":
-        return run.info.status
-    tags = run.data.tags
-    holder = lease.live_holder(tracker, run.info.experiment_id, tags.get("sddkit.config_hash"),
-                               tags.get("sddkit.code_hash"), run.info.run_id)
-    return "RUNNING" if holder is not None else "interrupted"
+    return listing.rows(runs, selection.finished_round_counts(tracker, runs), lambda run: lease.live_holder(
+        tracker, run.info.experiment_id, run.data.tags.get("sddkit.config_hash"), run.data.tags.get("sddkit.code_hash"),
+        run.info.run_id) is not None)
 
 
 # ---------------------------------------------------------------- the store
@@ -211,7 +174,7 @@ def config_values(run) -> dict:
 
 def differing_keys(runs: list, skip=()) -> list[str]:
     """The params (but ``skip``) whose values differ between ``runs`` and change results (``selection``)."""
-    return selection.differing_keys([r.data.params for r in runs], skip)
+    return listing.differing_keys([r.data.params for r in runs], skip)
 
 
 def trajectory_labels(runs: list) -> dict[str, str]:

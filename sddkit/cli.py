@@ -455,20 +455,25 @@ def ls_command(experiment, table_format) -> None:
     """List the trajectories in the store, newest first: name, the params that differ between them, seed,
     status, rounds done (dense round included) of the total, and a finished one's landmark test accuracies."""
     root, cfg = store()
-    from sddkit import api
+    from sddkit import listing
     from sddkit.paths import sqlite_path, tracking_uri
-    from sddkit.tracking import TrackingError
     experiment = experiment or cfg.tracking.experiment
     db = sqlite_path(tracking_uri(cfg.tracking.uri, root))
-    with one_line(TrackingError):  # a store not created yet holds no trajectories (and reading must not create it)
-        rows, differ = ([], []) if db is not None and not db.exists() else api.list_trajectories(experiment=experiment)
+    # A store not created yet holds no trajectories (and reading must not create it); a local one is read by SQL.
+    found = ([], []) if db is not None and not db.exists() else listing.from_sqlite(db, experiment) if db else None
+    if found is None:  # a tracking server, or a schema SQL cannot vouch for
+        from sddkit import api
+        from sddkit.tracking import TrackingError
+        with one_line(TrackingError):
+            found = api.list_trajectories(experiment=experiment)
+    rows, differ = found
     if not rows and table_format == "table":
         console.print(f"no trajectories in experiment {experiment!r} yet: `sddkit run` (or `dvc repro`) makes them")
         return
     columns = {"name": "name", "run_id": "run", **{k: k for k in differ}, "seed": "seed", "status": "status",
                "code": "code", "rounds_done": "rounds done", "rounds_total": "of",
-               **{f"{n}_test_acc": f"{n} test %" for n in api.LANDMARKS}}
-    formats = {"run_id": lambda v: v[:8], **{f"{n}_test_acc": (lambda v: f"{v:.1f}") for n in api.LANDMARKS}}
+               **{f"{n}_test_acc": f"{n} test %" for n in listing.LANDMARKS}}
+    formats = {"run_id": lambda v: v[:8], **{f"{n}_test_acc": (lambda v: f"{v:.1f}") for n in listing.LANDMARKS}}
     table(rows, columns, table_format, f"trajectories in experiment {experiment}", formats)
 
 

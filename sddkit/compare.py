@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from sddkit import analysis, config, readoffs, results, selection
+from sddkit import analysis, config, listing, readoffs, results, selection
 from sddkit.fingerprint import current_identity
 from sddkit.results import RUN_FILE, phase_cell, phase_tag, round_cell
 from sddkit.selection import as_yaml, check_filters, run_from_folder, stored_value, trajectory_name
@@ -149,7 +149,7 @@ def legend_labels(curves: list[Curve], limit: int = 3, ignored: frozenset[str] =
 
 
 def differing_keys(params: list[dict[str, str]]) -> list[str]:
-    return selection.differing_keys(params, skip=("seed",))
+    return listing.differing_keys(params, skip=("seed",))
 
 
 # ---------------------------------------------------------------- curves

@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Callable
-
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING, Callable
 
 from sddkit import failures
 from sddkit.lifeline import started_at
+
+if TYPE_CHECKING:  # MLflow where a lease is taken or read through it: `sddkit ls` on sqlite never does
+    from mlflow import MlflowClient
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
@@ -82,22 +83,33 @@ def key_for(identity: str) -> str:
 
 
 def read(client: MlflowClient, experiment_id: str, key: str) -> Holder | None:
-    text = client.get_experiment(experiment_id).tags.get(key)
-    if not text:
-        return None
+    return parse(client.get_experiment(experiment_id).tags.get(key))
+
+
+def parse(text: str | None) -> Holder | None:
     try:
-        return Holder(**json.loads(text))
+        return Holder(**json.loads(text)) if text else None
     except (ValueError, TypeError):
         return None  # a damaged record guards nothing
+
+
+def live(holder: Holder | None, run_id: str | None = None) -> Holder | None:
+    """``holder`` if it is alive (and on ``run_id``, or a run not set yet, where given), else None."""
+    if holder is None or holder.is_stale() or (run_id is not None and holder.run_id not in ("", run_id)):
+        return None
+    return holder
 
 
 def live_holder(tracker, experiment_id: str, config_hash: str | None, code_hash: str | None,
                 run_id: str | None = None) -> Holder | None:
     """The live holder of that identity's lease (on ``run_id``, or a run not set yet, where given), else None."""
-    holder = read(tracker.client, experiment_id, key_for(identity(config_hash, code_hash)))
-    if holder is None or holder.is_stale() or (run_id is not None and holder.run_id not in ("", run_id)):
-        return None
-    return holder
+    return live(read(tracker.client, experiment_id, key_for(identity(config_hash, code_hash))), run_id)
+
+
+def holder_in(experiment_tags: dict[str, str], run) -> Holder | None:
+    """The live holder of trajectory ``run``'s lease, read from its experiment's tags."""
+    key = key_for(identity(run.data.tags.get("sddkit.config_hash"), run.data.tags.get("sddkit.code_hash")))
+    return live(parse(experiment_tags.get(key)), run.info.run_id)
 
 
 def drop(tracker, experiment_id: str, config_hash: str, code_hash: str) -> None:
@@ -122,6 +134,7 @@ class Lease:
     def __init__(self, uri: str, experiment_id: str, identity: str,
                  on_wait: Callable[[Holder], None] | None = None):
         self.uri, self.experiment_id, self.key = uri, experiment_id, key_for(identity)
+        from mlflow import MlflowClient
         self.client = MlflowClient(tracking_uri=uri)
         now = time.time()
         self.record = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
@@ -166,6 +179,7 @@ class Lease:
         self._write()
 
     def _beat(self) -> None:
+        from mlflow import MlflowClient
         client = MlflowClient(tracking_uri=self.uri)  # its own client: never share one across threads
         while not self._stop.wait(HEARTBEAT_S):
             try:

@@ -8,6 +8,7 @@ dead. Only sqlite3 and the standard library: ``sddkit ui`` calls it before it st
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import urllib.parse
@@ -77,6 +78,18 @@ def relocate(db: Path) -> int:
         print(f"{db}: the project was moved or copied; the artifact locations of {len(runs)} runs now point "
               f"into {home} instead of {olds}", file=sys.stderr)
     return served_back + count
+
+
+def in_place(db: Path) -> bool:
+    """Whether the store ``db`` has nothing to relocate (no run's artifacts under another mlruns/, no server
+    marker), read without writing: `sddkit ls` then reads it by SQL, else through MLflow, which relocates."""
+    if server_marker(db).exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
+            return has_locations(con, db) and not moved_runs(con, artifact_home(db))
+    except (sqlite3.Error, StoreElsewhere):
+        return False
 
 
 def has_locations(con: sqlite3.Connection, db: Path) -> bool:

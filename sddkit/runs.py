@@ -9,14 +9,12 @@ import zipfile
 from typing import TYPE_CHECKING
 
 from sddkit.store import TrackingError
+from sddkit.listing import PARENT_METRICS, ROUND
 
 if TYPE_CHECKING:  # torch (``checkpoint``) only where a file is packed or read: `sddkit ls` never does
     import torch
 
-TRAJECTORY, ROUND = "trajectory", "round"
 INIT_DIGEST = "sddkit.init_sha256"  # a trajectory's init is rebuilt from its seed, never stored: this checks it
-PARENT_METRICS = ("sparsity", "remaining", "test_acc", "test_loss", "train_acc_noisy", "train_acc_clean",
-                  "memorized", "learning_distance", "distance_from_start", "round_seconds")
 # A round's weights: sparse since ``checkpoint``'s format, dense before; one name, so both load alike.
 WEIGHTS = "weights.pt"
 ROUND_FILES = ("mask.npz", WEIGHTS)  # what a later round, load_round and reinit read of a round

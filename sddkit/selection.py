@@ -11,13 +11,9 @@ from pathlib import Path
 import yaml
 
 from sddkit import config
+from sddkit.listing import trajectory_name
 from sddkit.results import RUN_FILE
 from sddkit.tracking import ROUND, RUN_ID, SAFE_LITERAL, TRAJECTORY, Tracker, TrackingError, literal, param_text
-
-
-def trajectory_name(run) -> str:
-    """A trajectory run's name as given (``sddkit.name``; runs of older sddkit: their run name)."""
-    return run.data.tags.get("sddkit.name") or run.info.run_name
 
 
 def by_name(tracker: Tracker, selector: str, experiment: str) -> list:
@@ -135,19 +131,6 @@ def as_yaml(text: str):
 
 
 # ---------------------------------------------------------------- what differs, and what is done
-
-def differing_keys(params: list[dict[str, str]], skip=()) -> list[str]:
-    """The identity params (but ``skip``) whose value differs between ``params``, sorted; with the retrain mode
-    differing, the other retrain.* settings follow from it and are left out, and masks_from where no run is a
-    reinit (the only mode that reads it)."""
-    ignored = config.NOT_IDENTITY | set(skip)
-    keys = sorted(k for k in set().union(*params) if k not in ignored and len({p.get(k) for p in params}) > 1)
-    if "retrain.mode" in keys:
-        keys = [k for k in keys if k == "retrain.mode" or not k.startswith("retrain.")]
-    if not any(p.get("retrain.mode") == "reinit" for p in params):
-        keys = [k for k in keys if k != "retrain.masks_from"]
-    return keys
-
 
 def finished_round_counts(tracker: Tracker, runs: list) -> Counter:
     """Trajectory run ID -> its finished round runs, from one search of the experiment (not one per trajectory:

@@ -20,8 +20,8 @@ from sddkit.files import unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import code_hash, param_text, run_label, trajectory_tags
 from sddkit.paths import StoreURI, store_file_problem
 from sddkit.relocation import artifact_home
-from sddkit.runs import INIT_DIGEST, PARENT_METRICS, ROUND, TRAJECTORY, TrajectoryRun, damaged, read_mask, \
-    read_weights, round_row
+from sddkit.listing import PARENT_METRICS, ROUND, TRAJECTORY, stored_summary
+from sddkit.runs import INIT_DIGEST, TrajectoryRun, damaged, read_mask, read_weights, round_row
 from sddkit.store import STORE_ERRORS, TrackingError, open_client
 
 if TYPE_CHECKING:  # torch only where files are packed or read: `sddkit ls` and compare never do
@@ -342,21 +342,6 @@ def local_artifact_folder(artifact_uri: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
     return Path(artifact_uri) if parsed.scheme == "" else None
-
-
-def stored_summary(run) -> dict[str, float]:
-    """A finished trajectory's one-value metrics under their ``results.summary`` / ``analysis.phase_metrics``
-    names, read from ``summary/…`` and ``phase/…`` (or the unprefixed names of older sddkit's runs)."""
-    out = {}
-    for key, value in run.data.metrics.items():
-        if key.startswith("summary/"):
-            out[key.removeprefix("summary/")] = value
-        elif key.startswith("phase/"):
-            out[f"phase_{key.removeprefix('phase/')}"] = value
-    if out:
-        return out
-    curve = {*PARENT_METRICS, "noise_realised_rate"}
-    return {k: v for k, v in run.data.metrics.items() if k not in curve and "/" not in k}
 
 
 def load_mask(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
