@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny real configs and a real MLflow sqlite store in a temp folder."""
+"""Shared fixtures: tiny real configs and a real MLflow sqlite store in a temp folder; and how the suite is spread
+over two xdist workers (pyproject's addopts: -n 2 --dist loadgroup; docs/testing.md)."""
 from __future__ import annotations
 
 import os
@@ -98,3 +99,40 @@ def enter_project(root, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
+
+
+# The tests that take longest (docs/testing.md, --durations), started first so that neither worker is left with a
+# long one at the end (the groups below go first anyway). Only the order: a test missing here runs after these.
+SLOWEST_FIRST = (
+    "test_sweep.py::test_kill_9_of_one_local_worker", "test_pipeline.py::test_dvc_pipeline",
+    "test_sweep.py::test_sigkill_of_the_parent", "test_sweep.py::test_ctrl_c_drops_the_queued_seeds",
+    "test_server.py::test_a_run_whose_server_is_killed", "test_resume.py::test_reinit_beside_its_twin_both_killed",
+    "test_server.py::test_auth_refuses_anonymous_calls", "test_server.py::test_a_worker_elsewhere_logs",
+    "test_pipeline.py::test_the_noise_grid", "test_ui.py::test_ui_serves_the_trajectory",
+    "test_resume.py::test_sddkit_run_killed_mid_round", "test_server.py::test_kill_9_of_the_command",
+    "test_server.py::test_without_credentials", "test_pipeline.py::test_metrics_and_plots_diff",
+    "test_pipeline.py::test_dvc_exp_run", "test_sweep.py::test_a_sweep_ends_with_the_landmarks",
+    "test_sweep.py::test_a_reinit_cell_runs_beside", "test_sweep.py::test_a_sweep_rerun_reports",
+    "test_tracking.py::test_four_configs_started_at_once", "test_fingerprint.py::test_an_edit_of_a_training_module",
+    "test_gpu_check.py::test_the_gpu_check_runs_on_the_cpu", "test_sweep.py::test_seeds_run_in_parallel_workers",
+    "test_ui.py::test_the_server_dies_with_the_command", "test_lease.py::test_a_second_process_is_refused",
+    "test_runner.py::test_sddkit_run_piped_into_a_file", "test_tracking.py::test_a_full_disk_under_the_whole_project",
+    "test_adopt.py::test_a_run_whose_replay_differs", "test_tracking.py::test_a_store_call_to_a_server_that_is_gone",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """The slowest tests first. Tests that share a fixture made once per module (a trained store) run in one
+    worker, which makes it once; tests that start Ray run in one worker, one Ray cluster at a time."""
+    def rank(item):
+        test = item.nodeid.removeprefix("tests/")
+        return next((i for i, name in enumerate(SLOWEST_FIRST) if test.startswith(name)), len(SLOWEST_FIRST))
+    items.sort(key=rank)
+    for item in items:
+        shared = [d[-1].baseid for d in item._fixtureinfo.name2fixturedefs.values()
+                  if d and d[-1].scope in ("module", "class") and d[-1].baseid.endswith(".py")]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        elif item.nodeid.startswith("tests/test_executors.py::"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
