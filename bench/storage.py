@@ -61,7 +61,8 @@ def run(root: Path, rounds: int, sets: list[str]):
 def per_round(store) -> list[dict]:
     """Per finished round: density, stored bytes, the allowance and the dense bytes of the same weights."""
     from sddkit import checkpoint
-    from sddkit.tracking import read_mask, read_weights, torch_bytes
+    from sddkit.checkpoint import torch_bytes
+    from sddkit.tracking import read_mask, read_weights
     tracker, out = store.tracker, []
     for run in tracker.round_runs(store.run_id):
         run_id = run.info.run_id
