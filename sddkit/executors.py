@@ -139,8 +139,9 @@ def local_work(task: Task) -> Outcome:
         os._exit(INTERRUPTED)
 
 
-def worker_main(parent: int, conn, device: str | None) -> None:
-    """A local worker: run the calls the driver sends until it sends None."""
+def worker_main(parent: int, conn, device: str | None, warm: bool = False) -> None:
+    """A local worker: run the calls the driver sends until it sends None (``warm``: import a cell's modules
+    first, while the driver is still reading the store)."""
     global _events
     # One pipe per worker, not one shared queue: a worker killed mid-write damages its own pipe alone (a shared
     # queue's lock would die held, and the other workers' events with it).
@@ -150,15 +151,32 @@ def worker_main(parent: int, conn, device: str | None) -> None:
     lifeline.die_with_parent(parent)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # one GPU alone, before anything touches CUDA
+    if warm:
+        try:
+            warm_up()
+        except KeyboardInterrupt:  # cancelled before its first call: nothing of its own to mark
+            os._exit(INTERRUPTED)
     while True:
         try:
             call = conn.recv()
         except EOFError:  # the driver is gone
             return
+        except KeyboardInterrupt:  # cancelled while idle: nothing of its own to mark
+            os._exit(INTERRUPTED)
         if call is None:
             return
         call_id, fn, args = call
         conn.send(("outcome", call_id, outcome_of(fn, args)))
+
+
+def warm_up() -> None:
+    """Import what a cell needs: torch, the engine, MLflow's store, and what torch imports on the first
+    optimizer (~2 s; else paid inside the first trained round, which a reinit worker reaches one round late)."""
+    import importlib
+
+    import torch
+    importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # no random draw: no generator moves
 
 
 def outcome_of(fn, args):
@@ -199,8 +217,8 @@ class LocalExecutor:
     ``retries`` times at most (as Ray retries a task), taking the dead one's lease over at once."""
     name = "local"
 
-    def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False, retries: int = 0):
-        self.jobs, self.retries = jobs, retries
+    def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False, retries: int = 0, warm: bool = False):
+        self.jobs, self.retries, self.warm = jobs, retries, warm
         # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
         self.context = multiprocessing.get_context("spawn")
         self.devices = [str(i % gpus) if gpus else "" for i in range(jobs)] if gpus or hide_gpus else [None] * jobs
@@ -305,8 +323,8 @@ class LocalExecutor:
     def start_worker(self, slot: int) -> Worker:
         # Started from the driver's main thread: the parent-death signal follows that thread (lifeline).
         ours, theirs = self.context.Pipe()
-        process = self.context.Process(target=worker_main, args=(os.getpid(), theirs, self.devices[slot]),
-                                       daemon=True)
+        args = (os.getpid(), theirs, self.devices[slot], self.warm)
+        process = self.context.Process(target=worker_main, args=args, daemon=True)
         process.start()
         theirs.close()
         return Worker(process, ours)

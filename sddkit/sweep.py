@@ -119,15 +119,24 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         executors.import_ray()  # a missing extra stops the sweep before anything is written
         executors.check_address(settings.address)  # and so does a cluster address where nothing answers
     uri = tracking_uri(base.tracking.uri, root)
-    tracker = Tracker(uri, root)
-    tracker.check_writable()
-    # Before any task starts: workers creating the experiment at once would lose runs.
-    tracker.experiment_id(base.tracking.experiment)
-    code = code_hash()
+    # Local workers start first: they import torch and the engine while the store is read here.
+    executor = make_executor(settings, uri, len(cells)) if settings.executor == "local" else None
+    try:
+        tracker = Tracker(uri, root)
+        tracker.check_writable()
+        # Before any task starts: workers creating the experiment at once would lose runs.
+        tracker.experiment_id(base.tracking.experiment)
+        code = code_hash()
+        stored = {} if force else finished_cells(tracker, cells, code)
+    except BaseException:
+        if executor is not None:
+            executor.cancel([])
+        raise
     sid = sweep_id(cells, code)
-    stored = {} if force else finished_cells(tracker, cells, code)
     todo = [c for c in cells if c.key not in stored]
-    executor = make_executor(settings, uri, len(todo)) if todo else None
+    if executor is not None and not todo:
+        executor.cancel([])
+    executor = (executor or make_executor(settings, uri, len(todo))) if todo else None
     parallel = executor is not None and (executor.name == "ray" or executor.jobs > 1)
     logs = root / ".sddkit" / f"sweep-{sid}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -292,9 +301,9 @@ def make_executor(settings: SweepConfig, uri: str, cells: int):
     gpus = executors.gpu_count()
     if settings.gpus_per_trajectory == 0:  # asked to run on the CPU: the workers see no GPU
         return executors.LocalExecutor(executors.local_jobs(settings.jobs, 0, None, cells), 0, hide_gpus=gpus > 0,
-                                       retries=settings.max_retries)
+                                       retries=settings.max_retries, warm=True)
     jobs = executors.local_jobs(settings.jobs, gpus, settings.gpus_per_trajectory, cells)
-    return executors.LocalExecutor(jobs, gpus, retries=settings.max_retries)
+    return executors.LocalExecutor(jobs, gpus, retries=settings.max_retries, warm=True)
 
 
 def is_local_store(uri: str) -> bool:

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 
 from sddkit import lease
 from sddkit.config import Config
-from sddkit.tracking import INIT_DIGEST, RUN_ID, TRAJECTORY, Tracker, TrackingError, literal, param_text, read_mask
+from sddkit.tracking import (INIT_DIGEST, ROUND, RUN_ID, TRAJECTORY, Tracker, TrackingError, literal, param_text,
+                             read_mask)
 
 if TYPE_CHECKING:
     import torch
 
-# How often a reinit looks for its twin's next round, and how long a twin with no live owner (failed, killed) is
-# given to be resumed before the reinit stops.
-TWIN_POLL_S = 1.0
+# How often a reinit looks for its twin's next round (a look costs ~10 ms of CPU; each round it waits, it starts half a
+# poll late on average, and a reinit late is a pipeline late), and how long a twin with no live owner (failed,
+# killed) is given to be resumed before the reinit stops.
+TWIN_POLL_S = 0.25
 TWIN_GRACE_S = 90.0
 # The keys that decide which weights a mask covers, their shapes and how sparse each round is.
 MASK_KEYS = ("model.arch", "data.name", "data.downsample", "prune.rate", "prune.scope", "prune.criterion",
@@ -95,9 +97,10 @@ class LotteryMasks:
     def round_run(self, round_index: int):
         """The source's round run holding round ``round_index``'s mask: the finished one, else the one under way
         once it has stored its mask (round 0: finished only). None when there is none yet."""
-        runs = [r for r in self.tracker.round_runs(self.source.info.run_id, finished_only=False,
-                                                   experiment_id=self.source.info.experiment_id)
-                if int(r.data.tags["sddkit.round"]) == round_index and "sddkit.replaced" not in r.data.tags]
+        query = (f"tags.`mlflow.parentRunId` = {literal(self.source.info.run_id)} and tags.`sddkit.kind` = "
+                 f"{literal(ROUND)} and tags.`sddkit.round` = {literal(str(round_index))}")  # this round's alone
+        runs = [r for r in self.tracker.search([self.source.info.experiment_id], query)
+                if "sddkit.replaced" not in r.data.tags]
         finished = [r for r in runs if r.info.status == "FINISHED"]
         if finished or round_index == 0:
             return finished[-1] if finished else None
