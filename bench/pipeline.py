@@ -4,9 +4,9 @@ stage, as dvc.yaml had them), one after the other in one invocation, each in a f
 HEAD (commit first: uncommitted edits are not in a clone). Then where the time outside training goes.
 
 For each shape it prints the wall time of `dvc repro`, its ratio (target: pipelined ≤ 0.55× the old shape),
-and the time outside training: wall time minus the training on the critical path (old shape: the sum of both
-trajectories' round_seconds; pipelined: the lottery's rounds plus the reinit's last round, which cannot start
-before the lottery's last mask). The target is ≤ 5% of the wall time. Its parts, read from the MLflow store:
+and the time outside training: wall time minus the time in which at least one round trains (the union of every
+round's training interval of both trajectories: the old shape, their sum; pipelined, the lottery's rounds and
+whatever of the reinit's does not overlap them). The target is ≤ 5% of the wall time. Its parts, from the store:
 
 - before the first run: DVC, the prepare stage, the trajectory command's imports and data loading;
 - inside the runs: a run's life minus its rounds' (opening, closing files, waiting for a twin's round);
@@ -51,18 +51,25 @@ def clone(into: Path, sets: list[str]) -> Path:
 
 
 def old_shape(repo: Path) -> None:
-    """dvc.yaml as it was before the pipelined stage: `lottery`, then `reinit` (it depends on lottery's run.json)."""
+    """dvc.yaml as it was before the pipelined stage: `prepare`, `lottery`, then `reinit` (it depends on lottery's
+    run.json), each its own process."""
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     stages = pipeline["stages"]
     both = stages.pop("trajectories")
+    data = [o for o in both["outs"] if o.startswith("data/")]
+    prepare = {"cmd": "sddkit prepare --params params.yaml --out data/prepared",
+               "deps": ["sddkit/presets/${preset}.yaml", "sddkit/prepare.py", "sddkit/config.py", "sddkit/data.py",
+                        "sddkit/noise.py", "sddkit/sources.py"],
+               "params": ["preset", "seed", "data", "noise"], "outs": data}
     common = "sddkit run --params params.yaml --prepared data/prepared"
     lottery = {**both, "cmd": f"{common} --run-file results/lottery/run.json --set retrain.mode=lottery "
-                              f"--set tracking.run_name=lottery", "outs": ["results/lottery/run.json"]}
+                              f"--set tracking.run_name=lottery", "deps": [*data, *both["deps"]],
+               "outs": ["results/lottery/run.json"]}
     reinit = {**both, "cmd": f"{common} --run-file results/reinit/run.json --set retrain.mode=reinit "
                              f"--set retrain.masks_from=lottery --set tracking.run_name=reinit",
-              "deps": ["results/lottery/run.json", *both["deps"]], "outs": ["results/reinit/run.json"]}
+              "deps": ["results/lottery/run.json", *data, *both["deps"]], "outs": ["results/reinit/run.json"]}
     compare = stages.pop("compare")
-    pipeline["stages"] = {"prepare": stages["prepare"], "lottery": lottery, "reinit": reinit, "compare": compare}
+    pipeline["stages"] = {"prepare": prepare, "lottery": lottery, "reinit": reinit, "compare": compare}
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
@@ -79,8 +86,8 @@ def repro(repo: Path) -> tuple[float, float, float]:
     return began, ended, wall
 
 
-def breakdown(repo: Path, began: float, ended: float, wall: float, pipelined: bool) -> dict:
-    """The seconds of training on the critical path and the parts outside it, from the repo's store."""
+def breakdown(repo: Path, began: float, ended: float, wall: float) -> dict:
+    """The seconds in which a round trains and the parts outside them, from the repo's store."""
     from mlflow import MlflowClient
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     runs = {name: client.get_run(json.loads((repo / "results" / name / "run.json").read_text())["run_id"])
@@ -92,18 +99,28 @@ def breakdown(repo: Path, began: float, ended: float, wall: float, pipelined: bo
                               key=lambda r: int(r.data.tags["sddkit.round"]))
     seconds = {name: [r.data.metrics["round_seconds"] for r in rs] for name, rs in rounds.items()}
     copied = rounds["reinit"][0].data.metrics.get("copied_round_seconds")  # round 0 copied: not trained again
-    training = sum(seconds["lottery"]) + (seconds["reinit"][-1] if pipelined else sum(seconds["reinit"]))
+    # Training: the union of every round's training interval (it ends as its round run ends, but for the round's
+    # writes, ~0.1 s), both trajectories: time in which at least one core trains.
+    spans = sorted((r.info.end_time / 1000 - r.data.metrics["round_seconds"], r.info.end_time / 1000)
+                   for rs in rounds.values() for r in rs)
+    training, reach = 0.0, float("-inf")
+    for start, end in spans:
+        training += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
     life = lambda r: (r.info.end_time - r.info.start_time) / 1000  # noqa: E731
     starts = min(r.info.start_time for r in runs.values()) / 1000
     last_end = max(r.info.end_time for r in runs.values()) / 1000
     in_rounds = sum(life(r) - r.data.metrics["round_seconds"] for rs in rounds.values() for r in rs)
     return {"wall": wall, "training": training, "outside": wall - training,
             "before the first run (dvc, prepare, imports, data)": starts - began,
+            "before the first round trains": spans[0][0] - began,
             "after the last run (compare, dvc)": ended - last_end,
             "round runs beyond round_seconds (MLflow writes)": in_rounds,
             "reinit round 0 (copied from the lottery's)" if copied is not None else "reinit round 0 (trained)":
                 seconds["reinit"][0],
-            "sum of round_seconds, lottery / reinit": f"{sum(seconds['lottery']):.1f} / {sum(seconds['reinit']):.1f}"}
+            "sum of round_seconds, lottery / reinit": f"{sum(seconds['lottery']):.1f} / {sum(seconds['reinit']):.1f}",
+            "the reinit ended after the lottery by": (runs["reinit"].info.end_time - runs["lottery"].info.end_time)
+            / 1000}
 
 
 def main() -> None:
@@ -121,7 +138,7 @@ def main() -> None:
             if shape == "sequential":
                 old_shape(repo)
             began, ended, wall = repro(repo)
-            results[shape] = breakdown(repo, began, ended, wall, shape == "pipelined")
+            results[shape] = breakdown(repo, began, ended, wall)
             print(f"{shape}: dvc repro {wall:.1f} s", flush=True)
     finally:
         if not args.keep:
@@ -133,7 +150,7 @@ def main() -> None:
         ratio = parts["wall"] / base
         print(f"\n{shape:>10}: {parts['wall']:7.1f} s  ratio {ratio:.3f}"
               + ("  (target ≤ 0.55)" if shape == "pipelined" else ""))
-        print(f"{'':>12}training on the critical path {parts['training']:.1f} s; outside it {parts['outside']:.1f} s "
+        print(f"{'':>12}training (a round on a core) {parts['training']:.1f} s; outside it {parts['outside']:.1f} s "
               f"= {100 * parts['outside'] / parts['wall']:.1f}% of the wall time (target ≤ 5%)")
         for key, value in parts.items():
             if key not in ("wall", "training", "outside"):

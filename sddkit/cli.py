@@ -146,11 +146,13 @@ def run(preset, sets, params_path, force, results_dir, run_file, seeds, jobs, pr
 @click.option("--yes", is_flag=True, help="Run a grid of more than sweep.max_cells cells (refused without it).")
 @click.option("--prepared", "prepared_dir", default=None, type=click.Path(file_okay=False),
               help="Folder written by `sddkit prepare`: every cell trains on exactly its files.")
+@click.option("--prepare", "prepare_dir", default=None, type=click.Path(file_okay=False),
+              help="Write the data into this folder first (as `sddkit prepare --out`), then train on it (DVC).")
 @click.option("--run-files", "run_files", default=None, type=click.Path(file_okay=False),
               help="Write only DIR/<name>/run.json per cell, naming its run (DVC's trajectories stage).")
 @format_option("the closing table of landmarks")
 def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address, gpus, cpus, results_dir, yes,
-          prepared_dir, run_files, table_format) -> None:
+          prepared_dir, prepare_dir, run_files, table_format) -> None:
     """Run a grid of trajectories (grid point × mode × seed, each as `sddkit run`) as one job; a rerun
     continues it. Ends with the landmarks averaged over seeds, and the sweep's figure.
 
@@ -168,10 +170,13 @@ def sweep(preset, sets, params_path, grid, modes, seeds, executor, jobs, address
             chosen["grid"] = command_settings.parse_grid_options(grid)
         settings = command_settings.read_sweep_settings(params_file(params_path, root), chosen)
     check_sweep_size(settings, yes)
+    if prepared_dir and prepare_dir:
+        fail("--prepared trains on a folder made before, --prepare makes it: give one of them", code=2)
     from sddkit import sweep as sweeps
     with training(" the sweep (finished cells are kept)"):
         done = sweeps.run_sweep(cfg, settings, root, results_dir=optional_path(results_dir),
-                                prepared=optional_path(prepared_dir), run_files=optional_path(run_files))
+                                prepared=optional_path(prepared_dir), run_files=optional_path(run_files),
+                                prepare_into=optional_path(prepare_dir))
         sweeps.report(done, cfg, settings, optional_path(results_dir), table_format, draw=run_files is None)
 
 

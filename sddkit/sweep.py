@@ -109,10 +109,11 @@ def sweep_id(cells: list[Cell], code: str) -> str:
 def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = False,
               results_dir: Path | None = None, by_seed: bool = False, cells: list[Cell] | None = None,
               kind: str = SWEEP, params: dict[str, str] | None = None, prepared: Path | None = None,
-              run_files: Path | None = None) -> Sweep:
+              run_files: Path | None = None, prepare_into: Path | None = None) -> Sweep:
     """Run every cell not finished yet on the executor ``settings`` names. ``results_dir``: each cell's files in
     ``cells/<label>`` (``seed-N`` with ``by_seed``); ``cells`` replaces the grid (a reproduction's, run as
-    ``kind`` with ``params``); ``run_files``: each cell writes only ``<run_files>/<name>/run.json`` (DVC)."""
+    ``kind`` with ``params``); ``run_files``: each cell writes only ``<run_files>/<name>/run.json`` (DVC);
+    ``prepare_into``: ``sddkit prepare`` into this folder first (while the workers start), then ``prepared``."""
     cells = expand(base, settings) if cells is None else cells
     check_run_files(cells, run_files)
     if settings.executor == "ray":
@@ -128,6 +129,8 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         tracker.experiment_id(base.tracking.experiment)
         code = code_hash()
         stored = {} if force else finished_cells(tracker, cells, code)
+        if prepare_into is not None:
+            prepared = prepare_data(base, root, prepare_into)
     except BaseException:
         if executor is not None:
             executor.cancel([])
@@ -172,6 +175,14 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         raise SweepFailed(f"{len(failures)} of {len(cells)} cells did not finish ({detail}); rerun the same "
                           f"command to continue them (finished cells are reported, not redone)")
     return Sweep(sid, cells, outcomes, tracker, sweep_run)
+
+
+def prepare_data(cfg: Config, root: Path, folder: Path) -> Path:
+    """``sddkit prepare --out folder`` in the driver: DVC pins these files as the trajectories stage's outputs."""
+    from sddkit import prepare
+    for f in prepare.prepare(cfg, root, folder):
+        console.print(f"{f.md5}  {f.path}", highlight=False)
+    return folder
 
 
 def print_header(kind: str, sid: str, cells: int, stored: int, executor, logs: Path) -> None:

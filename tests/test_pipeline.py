@@ -21,7 +21,7 @@ from sddkit.tracking import Tracker
 MAIN = Path(__file__).resolve().parents[1]
 TINY_PARAMS = {"data": {"train_size": 500, "test_size": 200}, "train": {"epochs": 1, "batch_size": 100},
                "prune": {"rounds": 2}}
-STAGES = ("prepare", "trajectories", "compare")
+STAGES = ("trajectories", "compare")
 
 
 def test_params_yaml_overrides_nothing_of_its_preset():
@@ -167,10 +167,10 @@ def test_dvc_pipeline(repo):
     page = (repo / "plots" / "index.html").read_text()
     assert "lottery/trajectory.csv::test_acc" in page and "reinit/trajectory.csv::train_acc_noisy" in page
 
-    first_noise = lock_md5(lock(repo), "prepare", "data/prepared/noisy_labels.npy")
+    first_noise = lock_md5(lock(repo), "trajectories", "data/prepared/noisy_labels.npy")
     set_param(repo, ["noise", "seed"], 1)
     assert ran(run(["dvc", "repro"], repo, env)) == list(STAGES)
-    assert lock_md5(lock(repo), "prepare", "data/prepared/noisy_labels.npy") != first_noise
+    assert lock_md5(lock(repo), "trajectories", "data/prepared/noisy_labels.npy") != first_noise
     assert trajectory_run(repo, "lottery").data.params["noise.seed"] == "1"
 
 
@@ -188,7 +188,7 @@ def test_dvc_exp_run_in_a_temp_copy_logs_into_the_one_store(repo):
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     for r in runs:
         digests = {d.dataset.name: d.dataset.digest for d in client.get_run(r.info.run_id).inputs.dataset_inputs}
-        assert digests == {p: lock_md5(exp_lock, "prepare", p)
+        assert digests == {p: lock_md5(exp_lock, "trajectories", p)
                            for p in ("data/prepared/splits.npz", "data/prepared/noisy_labels.npy")}
     assert not (repo / "results").exists()  # the workspace is untouched by a --temp experiment
 
@@ -246,7 +246,7 @@ def check_results_and_pins(repo: Path) -> None:
     assert lottery.data.tags["sddkit.dvc_stage"] == "trajectories"
     digests = {d.dataset.name: d.dataset.digest for d in lottery.inputs.dataset_inputs}
     current = lock(repo)
-    assert digests == {p: lock_md5(current, "prepare", p)
+    assert digests == {p: lock_md5(current, "trajectories", p)
                        for p in ("data/prepared/splits.npz", "data/prepared/noisy_labels.npy")}
     # The pinned labels are the labels the trajectory trained on.
     _, pinned_labels = prepare.load(repo / "data" / "prepared")
