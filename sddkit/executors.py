@@ -1,9 +1,6 @@
-"""Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks on a Ray cluster.
-
-A cell is ``run_cell``: an ordinary ``runner.run_trajectory`` that reports its progress as ``cell_events``. It
-always waits for the trajectory's lease: a retry of a cell whose worker died elsewhere waits out the dead
-owner's heartbeat, then continues after its last finished round.
-"""
+"""Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks on a Ray cluster. A cell
+is ``run_cell``: ``runner.run_trajectory`` reporting ``cell_events``, always waiting for the trajectory's lease (a
+retry whose worker died elsewhere waits out the dead owner's heartbeat, then continues after its last round)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +14,7 @@ import socket
 import sys
 import time
 import types
+import unittest.mock
 from pathlib import Path
 
 import psutil
@@ -140,8 +138,7 @@ def local_work(task: Task) -> Outcome:
 
 
 def worker_main(parent: int, conn, device: str | None, warm: bool = False) -> None:
-    """A local worker: run the calls the driver sends until it sends None (``warm``: import a cell's modules
-    first, while the driver is still reading the store)."""
+    """A local worker: run the calls the driver sends until None (``warm``: first import what a cell needs)."""
     global _events
     # One pipe per worker, not one shared queue: a worker killed mid-write damages its own pipe alone (a shared
     # queue's lock would die held, and the other workers' events with it).
@@ -170,8 +167,8 @@ def worker_main(parent: int, conn, device: str | None, warm: bool = False) -> No
 
 
 def warm_up() -> None:
-    """Import what a cell needs: torch, the engine, MLflow's store, and what torch imports on the first
-    optimizer (~2 s; else paid inside the first trained round, which a reinit worker reaches one round late)."""
+    """torch, the engine, MLflow's store and what torch imports on a first optimizer (~2 s, else paid in the first
+    round: a reinit's starts one round late, and the lag stays to its end), while the driver reads the store."""
     import importlib
 
     import torch
@@ -219,16 +216,14 @@ class LocalExecutor:
 
     def __init__(self, jobs: int, gpus: int, hide_gpus: bool = False, retries: int = 0, warm: bool = False):
         self.jobs, self.retries, self.warm = jobs, retries, warm
-        # spawn: a fresh interpreter per worker (fork would copy torch's and sqlite's state).
-        self.context = multiprocessing.get_context("spawn")
+        self.context = multiprocessing.get_context("spawn")  # fresh interpreters: fork copies torch's, sqlite's state
         self.devices = [str(i % gpus) if gpus else "" for i in range(jobs)] if gpus or hide_gpus else [None] * jobs
-        self.workers: list[Worker | None] = [None] * jobs  # slot i keeps its device across replacements
         self.queue: list[Call] = []
         self.calls: dict[int, Call] = {}
         self.events: list[Event] = []
-        # All now: a cell submitted later (a reinit, once its twin trains) finds its interpreter started.
-        for slot in range(jobs):
-            self.workers[slot] = self.start_worker(slot)
+        # All now (slot i keeps its device across replacements): a cell submitted later (a reinit, once its twin
+        # trains) finds its interpreter started.
+        self.workers: list[Worker | None] = [self.start_worker(slot) for slot in range(jobs)]
 
     def describe(self) -> str:
         return f"{self.jobs} local worker process{'es' if self.jobs > 1 else ''}"
@@ -462,7 +457,7 @@ def start_ray(ray, address: str | None, env: dict):
             before = set(psutil.Process().children())
             # Inherited by the raylet, so the workers it prestarts serve the cells (a per-task runtime_env
             # would start two more, 1 s each).
-            with environment(env):
+            with unittest.mock.patch.dict(os.environ, env):  # for the block, then as it was
                 ray.init(**options)
             # What ray.init started (GCS, raylet, monitors; nothing else starts processes meanwhile) and
             # whatever they start end with this process.
@@ -497,19 +492,6 @@ def check_address(address: str | None) -> None:
         why = f"no answer in {RAY_CONNECT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise ExecutorError(f"{where}: no Ray cluster answers at {host}:{port} ({why}); start its head there "
                             f"(`ray start --head --port {port}`) or fix the address, or {drop}") from None
-
-
-@contextlib.contextmanager
-def environment(env: dict):
-    """``os.environ`` with ``env`` for the block (what processes started in it inherit), then as it was."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
 def threads_for(cfg: Config, cpus: float, parallel: bool) -> Config:

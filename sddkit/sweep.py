@@ -5,16 +5,14 @@ not rerun. Cells are tagged ``sddkit.sweep``; the sweep is a run of kind ``sweep
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 from pathlib import Path
 
 from rich.console import Console
 
-from sddkit import analysis, executors, plots, results, runner, sweep_view
+from sddkit import analysis, executors, replicates, results, runner, sweep_view
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
 from sddkit.files import write_atomic
 from sddkit.fingerprint import code_hash
@@ -24,7 +22,6 @@ from sddkit.twin import lottery_twin
 
 console = Console(stderr=True)
 SWEEP = "sweep"  # the sweep run's sddkit.kind
-ARTIFACT_DIR = "replicates"  # where each replicate's parent run keeps its group's mean ± std files
 POLL_S = 0.5
 
 
@@ -413,7 +410,7 @@ def report(sweep: Sweep, base: Config, settings: SweepConfig, results_dir: Path 
         files["sweep.png"] = figure
     close_sweep_run(sweep, files)
     if draw:
-        log_groups(sweep)
+        replicates.log_groups(sweep)
     if results_dir is not None:
         results.write_folder(results_dir, files)
     title = f"sweep {sweep.sweep_id}: landmarks (test accuracy %), averaged over seeds"
@@ -442,42 +439,6 @@ def landmarks_json(rows: list[dict]) -> bytes:
 
 # ---------------------------------------------------------------- replicates: mean ± std over seeds
 
-def groups_of(sweep: Sweep) -> list[list[Cell]]:
-    groups: dict[str, list[Cell]] = {}
-    for cell in sweep.cells:
-        groups.setdefault(cell.cfg.group_hash(), []).append(cell)
-    return list(groups.values())
-
-
-def log_groups(sweep: Sweep) -> None:
-    """Every replicate's parent run keeps its group's mean ± std files under ``replicates/``."""
-    for cells in groups_of(sweep):
-        files = group_files(cells[0].cfg, [sweep.outcomes[c.key].rows for c in cells], [c.cfg.seed for c in cells])
-        stored = {f"{ARTIFACT_DIR}/{name}": content for name, content in files.items()}
-        for cell in cells:
-            run_id = sweep.outcomes[cell.key].run_id
-            sweep.tracker.log_files(run_id, stored)
-            sweep.tracker.set_tag(run_id, "sddkit.replicate_seeds", " ".join(str(c.cfg.seed) for c in cells))
-
-
-def group_files(cfg: Config, replicates: list[list[dict]], seeds: list[int]) -> dict[str, bytes]:
-    """A group's files: mean ± std by round (CSV) and the mean ± std curve (PNG)."""
-    rows = results.mean_rows(replicates)
-    keys = results.STD_KEYS
-    series = {k: [r[k] for r in rows] for k in ("remaining", *keys, *(f"{k}_std" for k in keys))}
-    title = f"{cfg.name}: mean ± std over seeds {' '.join(map(str, seeds))} (group {cfg.group_hash()})"
-    return {"mean_std.csv": mean_csv(rows).encode(), "curve_mean_std.png": plots.curve_png({cfg.name: series}, title)}
-
-
-def mean_csv(rows: list[dict]) -> str:
-    columns = ("round", "sparsity", "remaining", *(c for k in results.STD_KEYS for c in (k, f"{k}_std")))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**r, "round": int(round(r["round"]))} for r in rows)
-    return out.getvalue()
-
-
 def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, force: bool = False,
                    results_dir: Path | None = None, table_format: str = "table") -> Sweep:
     """``sddkit run --seeds``: one grid point and mode over ``seeds``, then the mean ± std table and curve."""
@@ -486,28 +447,20 @@ def run_replicates(cfg: Config, root: Path, seeds: list[int], jobs: int = 1, for
     settings = SweepConfig(seeds=list(seeds), jobs=jobs, executor="local")
     sweep = run_sweep(cfg, settings, root, force, results_dir, by_seed=True)
     cells = [c for c in sweep.cells if not c.added]
-    replicates = [sweep.outcomes[c.key].rows for c in cells]
-    files = group_files(cfg, replicates, seeds)
-    log_groups(sweep)
+    runs_rows = [sweep.outcomes[c.key].rows for c in cells]
+    files = replicates.group_files(cfg, runs_rows, seeds)
+    replicates.log_groups(sweep)
     close_sweep_run(sweep, {})
     if results_dir is not None:
         results.write_folder(results_dir, files)
-    print_replicate_table(results.mean_rows(replicates), seeds, cfg, table_format)
-    where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{sweep.outcomes[cells[0].key].run_id}/{ARTIFACT_DIR}/"
-    console.print(f"mean ± std curve: {where} (also under {ARTIFACT_DIR}/ in each replicate's run)", highlight=False)
+    replicates.print_table(results.mean_rows(runs_rows), seeds, cfg, table_format)
+    where = results_dir / "curve_mean_std.png" if results_dir else f"runs:/{sweep.outcomes[cells[0].key].run_id}/{replicates.ARTIFACT_DIR}/"
+    console.print(f"mean ± std curve: {where} (also under {replicates.ARTIFACT_DIR}/ in each replicate's run)", highlight=False)
     runs = [sweep.outcomes[c.key].run_id for c in cells]
     names = ", ".join(sweep.tracker.run(r).info.run_name for r in runs)
     runner.print_lines(runner.where_lines(sweep.tracker, cfg, f"runs {names} ({', '.join(runs)})", cfg.name),
                        to_stderr=table_format != "table")
     return sweep
-
-
-def print_replicate_table(rows: list[dict], seeds: list[int], cfg: Config, table_format: str = "table") -> None:
-    title = f"mean ± std over seeds {' '.join(map(str, seeds))} (phases of the mean)"
-    ph = analysis.phases(rows, cfg.analysis.interpolation_threshold, cfg.analysis.light_tolerance)
-    std = results.STD_KEYS if len(seeds) > 1 else ()  # one seed has no spread: no std column rather than 0.0
-    results.print_table(results.closing_table(rows, ph, ("sparsity", "train_acc_noisy", "test_acc"), table_format,
-                                              title, std))
 
 
 # ---------------------------------------------------------------- the view
