@@ -8,7 +8,7 @@ and the time outside training: wall time minus the time in which at least one ro
 round's training interval of both trajectories: the old shape, their sum; pipelined, the lottery's rounds and
 whatever of the reinit's does not overlap them). The target is ≤ 5% of the wall time. Its parts, from the store:
 
-- before the first run: DVC, the prepare stage, the trajectory command's imports and data loading;
+- before the first run: DVC, preparing the data (a stage of its own in the old shape), imports, data loading;
 - inside the runs: a run's life minus its rounds' (opening, closing files, waiting for a twin's round);
 - per round: a round run's life minus its round_seconds (MLflow writes: metrics, mask, weights);
 - after the last run: the compare stage (it draws every file) and DVC's closing.
