@@ -69,8 +69,8 @@ class Panel:
 def compare(tracker: Tracker, selectors: list[str], experiment: str, where: list[str] = (),
             threshold: float | None = None, labels: list[str] | None = None) -> list[Curve]:
     """One curve per selector; ``threshold`` (None: each run's own) places the phases."""
-    curves = [build_curve(tracker, s, s, runs, threshold) for s, runs in select(tracker, selectors, experiment,
-                                                                              where, labels)]
+    selected = select(tracker, selectors, experiment, where, labels)
+    curves = [build_curve(tracker, s, s, runs, threshold) for s, runs in selected]
     name_curves([curves], labels)
     return curves
 
@@ -106,7 +106,8 @@ def write_trajectory_files(tracker: Tracker, selectors: list[str]) -> None:
 # ---------------------------------------------------------------- selection
 
 def select(tracker: Tracker, selectors: list[str], experiment: str, where, labels) -> Iterator[tuple[str, list]]:
-    """Each selector with its runs, one at a time (the arguments checked before the first)."""
+    """Each selector with its runs, the arguments checked before the first; lazily, so that ``compare`` prints a
+    selector's notes before the next selector is read (and fails)."""
     check_filters(where)
     if labels and len(labels) != len(selectors):
         raise TrackingError(f"--label: give one per --runs selector ({len(selectors)} selectors, "
