@@ -268,11 +268,11 @@ def small_dip(data: dict[str, list[Replicate]], curves: list | None = None, max_
 def each_curve(data: dict[str, list[Replicate]], curves: list | None, one) -> Verdict:
     """``one(name, reps)`` -> (verdict, numbers, values) for each curve (default: all), combined: any part that
     does not hold decides, else any that cannot be told."""
-    judged = {name: one(name, data[name]) for name in map(str, curves or list(data))}
-    verdicts = [v for v, _, _ in judged.values()]
+    judged = [(name, *one(name, data[name])) for name in map(str, curves or list(data))]
+    verdicts = [verdict for _, verdict, _, _ in judged]
     return Verdict(FAILS if FAILS in verdicts else UNCLEAR if UNCLEAR in verdicts else HOLDS,
-                   "; ".join(numbers for _, numbers, _ in judged.values()),
-                   {name: found for name, (_, _, found) in judged.items() if found})
+                   "; ".join(numbers for _, _, numbers, _ in judged),
+                   {name: found for name, _, _, found in judged if found})
 
 
 def dip_rise(dip: list[float], rise: list[float]) -> dict:
