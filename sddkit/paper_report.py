@@ -41,8 +41,11 @@ def counts(report: dict) -> dict[str, int]:
 
 def to_html(report: dict) -> str:
     e = html.escape
+    summary = "".join(f"<span style='background:{VERDICT_COLOURS[v]}'>{n} {e(v)}</span>"
+                      for v, n in counts(report).items())
     parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(report['title'])}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>{e(report['title'])}</h1>", html_summary(report),
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(report['title'])}</h1>",
+             f"<p class='summary'>{summary}</p>",
              html_table([{"label": k, "value": v} for k, v in report["meta"]], {"label": "", "value": ""}, "meta",
                         header=False),
              "<h2>The paper's statements</h2>", html_statements(report["statements"])]
@@ -68,12 +71,6 @@ def to_html(report: dict) -> str:
               html_table([{"key": k, "value": v} for k, v in report["config"]], {"key": "key", "value": "value"}),
               "</details></body></html>\n"]
     return "\n".join(parts)
-
-
-def html_summary(report: dict) -> str:
-    spans = "".join(f"<span style='background:{VERDICT_COLOURS[v]}'>{n} {html.escape(v)}</span>"
-                    for v, n in counts(report).items())
-    return f"<p class='summary'>{spans}</p>"
 
 
 def html_statements(statements: list[dict]) -> str:

@@ -15,8 +15,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa
 
 
 def curve_png(series: dict[str, dict[str, np.ndarray]], title: str = "") -> bytes:
-    """One colour per series; each holds ``remaining`` and ``test_acc``/``train_acc_noisy`` means and,
-    optionally, ``*_std`` arrays drawn as bands."""
+    """A trajectory's curve (run --results, sweep --seeds): one colour per series of ``remaining``, ``test_acc``,
+    ``train_acc_noisy`` and optional ``*_std`` bands."""
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, (name, s) in enumerate(series.items()):
         colour = f"C{i}"
@@ -60,34 +60,30 @@ class Series:
 
 
 def compare_figure(series: list[Series], title: str, fmt: str = "png") -> bytes:
-    """Accuracy against remaining weights (log axis, % ticks, dense on the left, sparsity on top): mean lines,
-    ± std bands, landmark markers, dotted lines at each minimum and peak, the paper's read-offs as hollow
-    diamonds; below, one strip a curve with its phases shaded."""
     return figure_bytes(draw_compare(series, title), fmt, tight_layout=False)  # the box still fits the legend
 
 
 def draw_compare(series: list[Series], title: str):
-    """The figure of ``compare_figure``, not yet saved."""
+    """Accuracy against remaining weights (log axis, % ticks, dense on the left, sparsity on top): mean lines,
+    ± std bands, landmark markers, dotted lines at each minimum and peak, the paper's read-offs as hollow
+    diamonds; below, one strip a curve with its phases shaded."""
     fig = plt.figure(figsize=(10, 5.2 + 0.28 * len(series)), dpi=130)
     grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.3 + 0.28 * len(series)], hspace=0.06)
     ax = fig.add_subplot(grid[0])
     draw_panel(ax, fig.add_subplot(grid[1], sharex=ax), series, [100 * r for s in series for r in s.remaining])
     ax.set_ylabel("accuracy (%)")
-    ax.legend(handles=legend_handles(ax.get_legend_handles_labels()[0], series), fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    legend(ax, ax.get_legend_handles_labels()[0], series)
     ax.set_title(title, fontsize=10)
     return fig
 
 
 def panels_figure(panels: list[tuple[str, list[Series | None]]], title: str, fmt: str = "png") -> bytes:
-    """``compare_figure`` once per ``(panel title, series)``, side by side (see ``draw_panels``)."""
     return figure_bytes(draw_panels(panels, title), fmt, tight_layout=False)
 
 
 def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
-    """Panels side by side sharing the accuracy axis and the remaining-weights range, each with its phase
-    strip below. Series ``i`` of every panel is one curve (colour ``C{i}``; None where a panel lacks it);
-    one legend, beside the last panel."""
+    """``draw_compare`` once per ``(panel title, series)``, side by side, sharing the axes. Series ``i`` of every
+    panel is one curve (colour ``C{i}``; None where a panel lacks it); one legend, beside the last panel."""
     slots = max(len(series) for _, series in panels)
     fig = plt.figure(figsize=(1.6 + 4.2 * len(panels), 5.2 + 0.28 * slots), dpi=130)
     grid = fig.add_gridspec(2, len(panels), height_ratios=[5.0, 0.3 + 0.28 * slots], hspace=0.06, wspace=0.05)
@@ -110,14 +106,12 @@ def draw_panels(panels: list[tuple[str, list[Series | None]]], title: str):
     fig.suptitle(title, fontsize=11, y=1.0, va="bottom")  # above the panels' titles, whatever their height
     curves = [Line2D([], [], color=f"C{i}", linewidth=1.4, marker="o", markersize=2.5, label=s.label)
               for i, s in enumerate(each) if s is not None]
-    ax.legend(handles=legend_handles(curves, [s for s in each if s is not None]), fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    legend(ax, curves, [s for s in each if s is not None])
     return fig
 
 
 def draw_panel(ax, strip, series: list[Series | None], percents: list[float], names: list[str] | None = None) -> None:
-    """The curves (series ``i`` in colour ``C{i}``) on ``ax`` and their phases on ``strip`` below it, both over
-    the remaining weights ``percents`` span; ``names``: the strip's rows (default: the series' labels)."""
+    """The curves on ``ax``, their phases on ``strip`` below it, over the remaining weights ``percents`` span."""
     for i, s in enumerate(series):
         if s is not None:
             draw_series(ax, s, f"C{i}")
@@ -149,13 +143,12 @@ def draw_series(ax, s: Series, colour: str) -> None:
                 markersize=7, markeredgewidth=1.3, zorder=6)
 
 
-def landmarks_of(s: Series) -> dict[str, int]:
-    """The landmarks the curve has (a short or never-fitting one lacks minimum and peak)."""
+def landmarks_of(s: Series) -> dict[str, int]:  # a short or never-fitting curve lacks minimum and peak
     return {name: i for name, i in s.landmarks.items() if i is not None}
 
 
-def legend_handles(curves: list, series: list[Series]) -> list:
-    """The ``curves``' handles, then what the line styles and markers mean."""
+def legend(ax, curves: list, series: list[Series]) -> None:
+    """Beside ``ax``: the ``curves``' handles, then what the line styles and markers mean."""
     handles = list(curves)
     grey = dict(color="0.35", linewidth=1.4)
     handles += [Line2D([], [], linestyle="-", label="test accuracy (mean" + (" ± std)" if any(
@@ -166,13 +159,12 @@ def legend_handles(curves: list, series: list[Series]) -> list:
                        label=name) for name, m in LANDMARK_MARKERS.items() if name in drawn]
     handles += [Line2D([], [], linestyle="none", marker="D", color=f"C{i}", markerfacecolor="none", markersize=6,
                        label=f"paper: {s.paper_label}") for i, s in enumerate(series) if s.paper]
-    return handles
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def draw_phase_strip(ax, series: list[Series | None], names: list[str] | None = None) -> None:
-    """One row a curve (the first on top; a None's row left empty), named as its curve (``names``, else the
-    series' labels): each phase a shaded span, edges halfway (on the log axis) between the rounds on either
-    side of a change. A curve that never fits the noisy labels has no phases: its row says so."""
+    """One row a curve (the first on top; a None's row left empty): each phase a shaded span, edges halfway (on
+    the log axis) between the rounds on either side of a change, or "no phases" where it never fits."""
     names = names or [s.label if s is not None else "" for s in series]
     for row, s in enumerate(series):
         if s is None:
@@ -207,7 +199,7 @@ def remaining_axis(ax, percents: list[float]) -> None:
 
 
 def sparsity_axis(ax, percents: list[float]) -> None:
-    """The same positions on top, labelled with the sparsity (100% − remaining), the paper's x axis."""
+    """The same positions on top, labelled with the sparsity (the paper's x axis)."""
     top = ax.secondary_xaxis("top")
     percent_ticks_on(top.xaxis, percents, lambda v: 100 - v)
     top.set_xlabel("sparsity", fontsize=8)
@@ -237,9 +229,8 @@ def percent_text(value: float) -> str:
 
 
 def metric_png(series: list[dict], metric: str, title: str) -> bytes:
-    """A per-round metric (learning distance, sharpness) against the remaining weights, mean ± std over seeds,
-    one colour per curve, with each curve's mean test accuracy on a second axis (dotted, grey scale) to read the
-    metric against. Each series: ``label``, ``remaining``, ``mean``, ``std``, ``test_acc``."""
+    """A per-round metric (learning distance, sharpness), mean ± std over seeds, with each curve's mean test
+    accuracy on a second axis (dotted). Each series: ``label``, ``remaining``, ``mean``, ``std``, ``test_acc``."""
     fig, ax = plt.subplots(figsize=(10, 4.2), dpi=130)
     acc_ax = ax.twinx()
     for i, s in enumerate(series):
@@ -260,8 +251,7 @@ def metric_png(series: list[dict], metric: str, title: str) -> bytes:
 
 def line_png(xs: list[float], rows: list[dict[str, float]], xlabel: str, title: str,
              marks: tuple[float, ...] = ()) -> bytes:
-    """Two panels against ``xs``: train/test loss and train/test accuracy; ``marks`` draws dotted
-    vertical lines (e.g. at ±radius, where sharpness is read)."""
+    """Train/test loss and accuracy against ``xs``; ``marks``: dotted vertical lines (±radius of sharpness)."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
         for key, label in ((f"train_{kind}_noisy", "train (noisy labels)"), (f"test_{kind}", "test")):

@@ -16,7 +16,7 @@ from sddkit import sweep as sweeps
 from sddkit.config import Config, ConfigError, SweepConfig, with_values
 from sddkit.fingerprint import code_hash, git_commit, package_versions
 from sddkit.studies import Replicate, Study
-from sddkit.tracking import Tracker, round_row
+from sddkit.tracking import Tracker
 
 console = Console(stderr=True)
 KIND = "reproduction"
@@ -29,13 +29,8 @@ TITLE = "sddkit reproduce — He et al., Sparse Double Descent (ICML 2022)"
 
 @dataclasses.dataclass
 class Plan:
-    studies: list[Study]
     cells: list[sweeps.Cell]
     members: dict[str, dict[str, list[str]]]  # study -> curve -> cell key of each seed
-
-    @property
-    def by_key(self) -> dict[str, sweeps.Cell]:
-        return {c.key: c for c in self.cells}
 
 
 def plan(base: Config, chosen: list[Study], seeds: list[int]) -> Plan:
@@ -54,7 +49,7 @@ def plan(base: Config, chosen: list[Study], seeds: list[int]) -> Plan:
                 point = {k: v for k, v in values.items() if k != "retrain.mode"}
                 cells.setdefault(cfg.identity_hash(), sweeps.Cell(cfg, point))
                 keys.append(cfg.identity_hash())
-    return Plan(chosen, sweeps.with_twins(cells), members)
+    return Plan(sweeps.with_twins(cells), members)
 
 
 def reproduce(base: Config, chosen: list[Study], settings: SweepConfig, root: Path, output: Path,
@@ -91,16 +86,16 @@ class Judged:
 
 def judge_study(tracker: Tracker, root: Path, study: Study, p: Plan, outcomes: dict) -> Judged:
     """Every curve's seeds read back from the store (with their sharpness in a landscape study), judged."""
-    runs, data = {}, {}
+    runs, data, cells = {}, {}, {c.key: c for c in p.cells}
     for curve, keys in p.members[study.name].items():
         runs[curve] = [tracker.run(outcomes[k].run_id) for k in keys]
-        data[curve] = [replicate(tracker, root, run, p.by_key[k].cfg, study.landscape)
+        data[curve] = [replicate(tracker, root, run, cells[k].cfg, study.landscape)
                        for run, k in zip(runs[curve], keys)]
     return Judged(data, runs, [studies.judge(check, data) for check in study.checks])
 
 
 def replicate(tracker: Tracker, root: Path, run, cfg: Config, landscape: bool) -> Replicate:
-    rows = [round_row(r) for r in tracker.round_runs(run.info.run_id)]
+    rows = compare.round_rows(tracker, run)
     if landscape:
         sharpness = analyze.sharpness_curve(tracker, root, run, LANDSCAPE)
         for row in rows:
@@ -111,21 +106,15 @@ def replicate(tracker: Tracker, root: Path, run, cfg: Config, landscape: bool) -
 
 # ---------------------------------------------------------------- figures and tables
 
-def mean_curve(reps: list[Replicate]) -> tuple[list[dict], analysis.Phases]:
-    rows = results.mean_rows([r.rows for r in reps])
-    if len(reps) == 1:  # one run has no spread: no band
-        rows = [{k: v for k, v in r.items() if not k.endswith("_std")} for r in rows]
-    return rows, analysis.phases(rows, reps[0].threshold, reps[0].tolerance)
-
-
 def study_images(study: Study, judged: Judged, base: Config) -> list[tuple[str, str, bytes]]:
     """The accuracy figure (the study's panels, the paper's read-offs) and the ``metric`` against sparsity."""
     order = list(study.curves)
     series = {}
     for curve in order:
-        rows, ph = mean_curve(judged.data[curve])
+        reps = judged.data[curve]
+        rows, ph = results.mean_curve([r.rows for r in reps], reps[0].threshold, reps[0].tolerance)
         paper = readoffs.matching(judged.runs[curve][0].data.params)
-        series[curve] = compare.plot_series(f"{curve} (n={len(judged.data[curve])})", rows, ph, paper)
+        series[curve] = compare.plot_series(f"{curve} (n={len(reps)})", rows, ph, paper)
     panels = [(" · ".join(panel), [series[c] if c in panel else None for c in order]) for panel in study.panels]
     seeds = " ".join(str(r.seed) for r in judged.data[order[0]])
     noise = f"{base.noise.kind} noise" if study.name != "clean" else "no label noise"

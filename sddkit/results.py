@@ -1,4 +1,4 @@
-"""A trajectory's closing summary, the mean ± std of replicates, and the small plain files DVC reads
+"""A trajectory's closing summary and tables, the mean ± std of replicates, and the small plain files DVC reads
 (summary.json, trajectory.csv)."""
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sddkit import analysis
 from sddkit.files import write_atomic
 
-if TYPE_CHECKING:  # torch comes with analysis: `sddkit presets` and `keys` render tables without it
-    from sddkit import analysis
-
+LANDMARKS = ("dense", "minimum", "peak", "last")
 RUN_FILE = "run.json"  # in --results: which MLflow run the folder's files came from
 CSV_COLUMNS = ("round", "sparsity", "remaining", "train_acc_noisy", "train_acc_clean", "memorized",
                "test_acc", "test_loss", "learning_distance", "distance_from_start", "round_seconds", "phase")
@@ -36,29 +35,24 @@ def table_csv(rows: list[dict], ph: analysis.Phases) -> str:
 def summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
     """Landmark accuracies and sparsities (flat keys: MLflow metrics and DVC metrics alike)."""
     out = {"rounds": len(rows) - 1, "seconds": sum(r.get("round_seconds", 0.0) for r in rows)}
-    for name in ("dense", "minimum", "peak", "last", "interpolation_threshold"):
+    for name in (*LANDMARKS, "interpolation_threshold"):
         index = getattr(ph, name)
-        if index is None:
-            continue
-        out[f"{name}_round"] = index
-        out[f"{name}_test_acc"] = rows[index]["test_acc"]
-        out[f"{name}_sparsity"] = rows[index]["sparsity"]
-    from sddkit import analysis
+        if index is not None:
+            out.update({f"{name}_round": index, f"{name}_test_acc": rows[index]["test_acc"],
+                        f"{name}_sparsity": rows[index]["sparsity"]})
     out.update(analysis.double_descent_margins(rows, ph))
     return out
 
 
 def parent_summary(rows: list[dict], ph: analysis.Phases) -> dict[str, float]:
     """The trajectory run's one-value metrics: ``summary/<summary key>`` and ``phase/<name>_first|last``, so
-    the MLflow UI charts them apart from the per-round curve (``tracking.stored_summary`` reads them back)."""
-    from sddkit import analysis
+    the MLflow UI charts them apart from the per-round curve (``listing.stored_summary`` reads them back)."""
     phases = {f"phase/{k.removeprefix('phase_')}": v for k, v in analysis.phase_metrics(ph).items()}
     return {**{f"summary/{k}": v for k, v in summary(rows, ph).items()}, **phases}
 
 
 def landmarks_line(rows: list[dict], ph: analysis.Phases) -> str:
     """The landmarks and the double-descent margins in one line (the closing line, the run's description)."""
-    from sddkit import analysis
     head = phase_tag(rows, ph)
     if ph.minimum is None:  # nan would say nothing: say what the landmarks and phases wait for
         return (f"{head}   no minimum, dip, rise, drop or phases: no round fits the noisy labels (train noisy ≥ "
@@ -68,18 +62,18 @@ def landmarks_line(rows: list[dict], ph: analysis.Phases) -> str:
         return (f"{head}   dip {dip:.1f} points; no peak, rise or drop yet: the minimum is the last round "
                 f"(more rounds, prune.rounds, show what follows it)")
     margins = analysis.double_descent_margins(rows, ph)
-    return (f"{head}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  "
-            f"drop {margins['drop']:.1f} points")
+    return f"{head}   dip {margins['dip']:.1f}  rise {margins['rise']:.1f}  drop {margins['drop']:.1f} points"
 
 
 def phase_tag(rows: list[dict], ph: analysis.Phases) -> str:
-    """The landmarks in one line: ``dense=<test acc>@<sparsity>% minimum=...``."""
-    parts = []
-    for name in ("dense", "minimum", "peak", "last"):
-        index = getattr(ph, name)
-        if index is not None:
-            parts.append(f"{name}={rows[index]['test_acc']:.1f}@{100 * rows[index]['sparsity']:.2f}%")
-    return " ".join(parts)
+    """``dense=<test acc>@<sparsity>% minimum=...``."""
+    found = [(name, rows[i]) for name, i in landmarks(ph).items()]
+    return " ".join(f"{name}={r['test_acc']:.1f}@{100 * r['sparsity']:.2f}%" for name, r in found)
+
+
+def landmarks(ph: analysis.Phases, at: int | None = None) -> dict[str, int]:
+    """The landmarks the curve has, by round (those at round ``at`` alone where given)."""
+    return {n: i for n in LANDMARKS if (i := getattr(ph, n)) is not None and at in (None, i)}
 
 
 # The per-round columns a table can show, with their headers; all are percentages.
@@ -98,7 +92,7 @@ def round_cell(rows: list[dict], i: int, key: str, std: bool = False) -> str:
 
 def phase_cell(ph: analysis.Phases, i: int) -> str:
     """Round ``i``'s phase, with the landmarks it is (``◀ minimum``)."""
-    marks = [n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i]
+    marks = list(landmarks(ph, i))
     return ph.label(i) + (f" ◀ {', '.join(marks)}" if marks else "")
 
 
@@ -124,10 +118,9 @@ def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", 
     shown = {k: (formats or {}).get(k) or (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)) for k in columns}
     cells = [["" if r.get(k) is None else shown[k](r[k]) for k in columns] for r in rows]
     if fmt == "md":
-        line = lambda texts: "| " + " | ".join(t.replace("|", "\\|").replace("\n", " ") for t in texts) + " |"  # noqa: E731
         head, foot = ([f"**{title}**", ""] if title else []), (["", f"*{caption}*"] if caption else [])
         rule = ["---:" if numeric(k) else "---" for k in columns]  # numbers right-aligned, as in the table
-        return "\n".join([*head, line(columns.values()), line(rule), *map(line, cells), *foot]) + "\n"
+        return "\n".join([*head, md_line(columns.values()), md_line(rule), *map(md_line, cells), *foot]) + "\n"
     if fmt != "table":
         from sddkit.config import TABLE_FORMATS
         raise ValueError(f"table format {fmt!r}: use one of {', '.join(TABLE_FORMATS)}")
@@ -139,13 +132,17 @@ def render_table(rows: list[dict], columns: dict[str, str], fmt: str = "table", 
     return table
 
 
+def md_line(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
 def closing_table(rows: list[dict], ph: analysis.Phases, keys: tuple[str, ...], fmt: str, title: str,
                   std: tuple[str, ...] = ()):
     """A trajectory's rounds (the ``keys`` of ROUND_COLUMNS, each of ``std`` followed by its ``<key>_std``, then
     the phase and landmarks) by ``render_table``: fractions and percentages as stored in csv/json, in % with
     fixed decimals in table/md."""
     records = [{**r, "round": i, "phase": ph.label(i),
-                "landmark": ", ".join(n for n in ("dense", "minimum", "peak", "last") if getattr(ph, n) == i)}
+                "landmark": ", ".join(landmarks(ph, i))}
                for i, r in enumerate(rows)]
     columns = {"round": "round"}
     for k in keys:
@@ -170,7 +167,6 @@ def print_table(rendered, console: Console | None = None) -> None:
 
 def trajectory_files(rows: list[dict], ph: analysis.Phases, name: str) -> dict[str, bytes]:
     from sddkit import plots  # matplotlib only where a curve is drawn: reporting a finished run draws none
-
     series = {name: {k: [r[k] for r in rows] for k in ("remaining", "test_acc", "train_acc_noisy")}}
     return {"trajectory.csv": table_csv(rows, ph).encode(), "curve.png": plots.curve_png(series, name),
             "summary.json": summary_json(rows, ph)}
@@ -187,7 +183,6 @@ def write_folder(folder: Path, files: dict[str, bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         write_atomic(folder / name, content)
-
 
 
 # ---------------------------------------------------------------- mean ± std of replicates
@@ -207,6 +202,15 @@ def mean_rows(replicates: list[list[dict]]) -> list[dict]:
         row.update({f"{k}_std": float(values[k].std(ddof=1)) if len(replicates) > 1 else 0.0 for k in STD_KEYS})
         out.append(row)
     return out
+
+
+def mean_curve(replicates: list[list[dict]], threshold: float,
+               tolerance: float) -> tuple[list[dict], analysis.Phases]:
+    """``mean_rows`` and their phases; one replicate has no spread: no band, a blank std (not 0.0)."""
+    rows = mean_rows(replicates)
+    if len(replicates) == 1:
+        rows = [{k: v for k, v in r.items() if not k.endswith("_std")} for r in rows]
+    return rows, analysis.phases(rows, threshold, tolerance)
 
 
 def render_rows(rows: list[dict], columns: list[str], fmt: str = "table", title: str = "", caption: str = "") -> str:

@@ -1,7 +1,6 @@
-"""The paper's figures as studies (``sddkit/studies/<name>.yaml``, one file a figure): curves (config values over
-the preset), their panels, and the paper's statements, each a *check* below parametrised in the file. A check
-judges the mean over seeds: holds, does not hold, or cannot tell (a landmark not reached, a metric not measured),
-with the numbers that decided it."""
+"""The paper's figures as studies (``sddkit/studies/<name>.yaml``): curves (config values over the preset), their
+panels, and the paper's statements, each a *check* below parametrised in the file. A check judges the mean over
+seeds: holds, does not hold, or cannot tell (a landmark not reached, a metric not measured)."""
 from __future__ import annotations
 
 import inspect
@@ -43,8 +42,7 @@ class Study:
 
 
 @dataclass
-class Replicate:
-    """One seed of a curve: its rows by round and their landmarks."""
+class Replicate:  # one seed of a curve
     seed: int
     rows: list[dict]
     phases: analysis.Phases
@@ -65,7 +63,7 @@ PAPER_ORDER = ("noise", "criteria", "retrain", "reinit", "distance", "landscape"
 
 
 def names() -> list[str]:
-    """The packaged studies: the paper's in its order, any others after them by name."""
+    """The packaged studies: the paper's in its order, then the others by name."""
     folder = resources.files("sddkit") / "studies"
     found = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")]
     return sorted(found, key=lambda n: (PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER), n))
@@ -88,7 +86,7 @@ def packaged(name: str) -> Study:
 
 
 def parse(name: str, text: str, source: str) -> Study:
-    """A study from its YAML text; a bad key or value raises ConfigError naming ``source`` and the key."""
+    """A bad key or value raises ConfigError naming ``source`` and the key."""
     try:
         tree = config.read_yaml(text)
     except yaml.YAMLError as exc:
@@ -124,7 +122,7 @@ def text_field(where: str, tree: dict, key: str) -> str:
 
 
 def read_curves(source: str, curves) -> dict[str, dict]:
-    """Curve name -> config values; every key a config key (its value is checked when the cells are built)."""
+    """Curve name -> config values (checked when the cells are built)."""
     if not isinstance(curves, dict) or not curves:
         raise ConfigError(f"{source}: curves: expected a mapping of curve names to config values, e.g. "
                           f"eps-0.4: {{noise.ratio: 0.4}}")
@@ -203,15 +201,6 @@ def spread(values: list[float], digits: int = 1) -> str:
     return text + (f" ± {std(values):.{digits}f}" if len(values) > 1 else "")
 
 
-def combine(verdicts: list[str]) -> str:
-    """Any part that does not hold decides; else any part that cannot be told; else it holds."""
-    return FAILS if FAILS in verdicts else UNCLEAR if UNCLEAR in verdicts else HOLDS
-
-
-def seeds_text(reps: list[Replicate]) -> str:
-    return "seed" + ("s " if len(reps) > 1 else " ") + ", ".join(str(r.seed) for r in reps)
-
-
 def landmark_round(rep: Replicate, landmark: str) -> int | None:
     """The round of ``landmark`` in ``rep``; None where it has none. An interpolation threshold at round 0 is
     none too: a dense net that never fit the noisy labels has no point where it starts to fail them."""
@@ -224,14 +213,15 @@ def landmark_rounds(reps: list[Replicate], landmark: str) -> list[int | None]:
 
 
 def absent(name: str, reps: list[Replicate], landmark: str) -> str:
-    """Why ``landmark`` is missing from some of ``reps``, in words."""
+    """Why ``landmark`` is missing from some of ``reps``."""
     lacking = [r for r in reps if landmark_round(r, landmark) is None]
     why = {"minimum": "no round fits the noisy labels (train accuracy ≥ the interpolation threshold)",
            "peak": "the minimum is the last round", "critical": "no round drops more than the light tolerance",
            "interpolation_threshold": "every round still fits the noisy labels: the grid ends before the "
                                       "interpolation threshold" if lacking and lacking[0].phases.interpolation_threshold
                                       is None else "the dense net does not fit the noisy labels"}.get(landmark, "")
-    return f"{name}: no {landmark} in {seeds_text(lacking)}" + (f" ({why})" if why else "")
+    seeds = "seed" + ("s " if len(lacking) > 1 else " ") + ", ".join(str(r.seed) for r in lacking)
+    return f"{name}: no {landmark} in {seeds}" + (f" ({why})" if why else "")
 
 
 def sparsity_at(reps: list[Replicate], rounds: float) -> float:
@@ -276,15 +266,13 @@ def small_dip(data: dict[str, list[Replicate]], curves: list | None = None, max_
 
 
 def each_curve(data: dict[str, list[Replicate]], curves: list | None, one) -> Verdict:
-    """``one(name, reps)`` -> (verdict, numbers, values) for each curve (default: all), combined."""
-    parts, verdicts, values = [], [], {}
-    for name in map(str, curves or list(data)):
-        verdict, numbers, found = one(name, data[name])
-        verdicts.append(verdict)
-        parts.append(numbers)
-        if found:
-            values[name] = found
-    return Verdict(combine(verdicts), "; ".join(parts), values)
+    """``one(name, reps)`` -> (verdict, numbers, values) for each curve (default: all), combined: any part that
+    does not hold decides, else any that cannot be told."""
+    judged = [(name, *one(name, data[name])) for name in map(str, curves or list(data))]
+    verdicts = [verdict for _, verdict, _, _ in judged]
+    return Verdict(FAILS if FAILS in verdicts else UNCLEAR if UNCLEAR in verdicts else HOLDS,
+                   "; ".join(numbers for _, _, numbers, _ in judged),
+                   {name: found for name, _, _, found in judged if found})
 
 
 def dip_rise(dip: list[float], rise: list[float]) -> dict:
@@ -327,10 +315,9 @@ def peak_near(data: dict[str, list[Replicate]], curve: str, metric: str, landmar
               max_rounds: float = 2.0) -> Verdict:
     """``metric`` is highest within ``max_rounds`` rounds of ``landmark`` (mean over seeds of the distance)."""
     reps = data[str(curve)]
-    if any(metric not in row for r in reps for row in r.rows):
-        return Verdict(UNCLEAR, f"{curve}: {metric} was not measured in every round")
-    if None in landmark_rounds(reps, landmark):
-        return Verdict(UNCLEAR, absent(str(curve), reps, landmark))
+    missing = unmeasured(str(curve), reps, metric, [landmark])
+    if missing:
+        return missing
     peaks = [max(range(len(r.rows)), key=lambda i, r=r: r.rows[i][metric]) for r in reps]
     marks = landmark_rounds(reps, landmark)
     gaps = [abs(p - m) for p, m in zip(peaks, marks)]
@@ -346,11 +333,9 @@ def trend(data: dict[str, list[Replicate]], curve: str, metric: str, start: str,
     (rise) or below (fall) where it started, and at least ``min_share`` of the round-to-round steps go that way
     (means over seeds)."""
     reps = data[str(curve)]
-    if any(metric not in row for r in reps for row in r.rows):
-        return Verdict(UNCLEAR, f"{curve}: {metric} was not measured in every round")
-    for landmark in (start, end):
-        if None in landmark_rounds(reps, landmark):
-            return Verdict(UNCLEAR, absent(str(curve), reps, landmark))
+    missing = unmeasured(str(curve), reps, metric, [start, end])
+    if missing:
+        return missing
     sign = 1 if direction == "rise" else -1
     shares, changes, spans = [], [], []
     for r in reps:
@@ -368,6 +353,16 @@ def trend(data: dict[str, list[Replicate]], curve: str, metric: str, start: str,
                f"{spread(changes, 3)}; {100 * mean(shares):.0f}% of the steps {direction}")
     return Verdict(HOLDS if holds else FAILS, numbers,
                    {"change": mean(changes), "change_std": std(changes), "share": mean(shares)})
+
+
+def unmeasured(curve: str, reps: list[Replicate], metric: str, landmarks: list[str]) -> Verdict | None:
+    """Cannot tell where ``metric`` was not measured in every round, or a seed lacks one of ``landmarks``."""
+    if any(metric not in row for r in reps for row in r.rows):
+        return Verdict(UNCLEAR, f"{curve}: {metric} was not measured in every round")
+    for landmark in landmarks:
+        if None in landmark_rounds(reps, landmark):
+            return Verdict(UNCLEAR, absent(curve, reps, landmark))
+    return None
 
 
 CHECKS = {f.__name__: f for f in (double_descent, small_dip, earlier_than, later_than, peak_near, trend)}
