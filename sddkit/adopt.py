@@ -51,7 +51,7 @@ def adopt(tracker: Tracker, run, root: Path, verify: bool = True) -> Adoption:
                             f"nothing but itself")
     compared, seconds = (replay_check(tracker, run, cfg, root) if verify else ([], 0.0))
     former = {k: tags.get(k, "none") for k in identity}
-    tracker.set_tags(run_id, {**identity, ADOPTED: "verified" if verify else "unverified",
+    tracker.log(run_id, tags={**identity, ADOPTED: "verified" if verify else "unverified",
                               **{f"{ADOPTED}.from_{k.rpartition('.')[2]}": v for k, v in former.items()},
                               f"{ADOPTED}.replay": (f"round 0 epoch 0: {len(compared)} metrics equal"
                                                     if verify else "not replayed (--no-verify)")})

@@ -12,8 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from sddkit import serving
-from sddkit.serving import ServeError, checked_port  # noqa: F401 - what the command and its callers catch and use
+from sddkit.serving import checked_port
 
+ServeError = serving.ServeError  # what the command catches
 HOST = serving.LOOPBACK
 console = Console(stderr=True)
 
@@ -47,7 +48,7 @@ ML_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 def trajectories_link(url: str, experiment: str) -> str:
     """The UI's runs table of ``experiment`` in the machine-learning view, filtered to trajectories (round runs
-    stay nested under theirs). The experiment's own page when the server does not know it (yet): ``url``."""
+    stay nested under theirs); ``url`` while the server does not know the experiment."""
     found = api(url, "experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": experiment}))
     if found is None:
         return url
@@ -61,7 +62,7 @@ def trajectories_link(url: str, experiment: str) -> str:
 
 
 def api(url: str, path: str, body: dict | None = None) -> dict | None:
-    """One call of the server's REST API (POST when ``body`` is given); None when it answers with an error."""
+    """One call of the server's REST API (POST when ``body`` is given); None on an error."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
                                      headers={"Content-Type": "application/json"})
