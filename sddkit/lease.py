@@ -5,6 +5,7 @@ waits ``SETTLE_S`` and reads it back; the last writer wins. A lease is stale, an
 older than ``STALE_AFTER_S`` or its owner ran on this host and is gone (``kill -9``: taken over at once)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,10 +46,10 @@ class Holder:
     run_id: str = ""
 
     def describe(self) -> str:
-        age = max(0.0, time.time() - self.heartbeat)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         run = f" on run {self.run_id}" if self.run_id else ""
-        return f"pid {self.pid} on host {self.host}{run} (since {started}, last heartbeat {age:.0f} s ago)"
+        return (f"pid {self.pid} on host {self.host}{run} (since {started}, last heartbeat "
+                f"{max(0.0, time.time() - self.heartbeat):.0f} s ago)")
 
     def is_stale(self) -> bool:
         if time.time() - self.heartbeat > STALE_AFTER_S:
@@ -201,12 +202,11 @@ class Lease:
         _live_tokens.discard(self.record.token)
         if not reach_store:
             return
-        try:
+        # An unreleased lease goes stale on its own: never mask the real error.
+        with contextlib.suppress(Exception):
             holder = read(self.client, self.experiment_id, self.key)
             if holder is not None and holder.token == self.record.token:
                 self.client.delete_experiment_tag(self.experiment_id, self.key)
-        except Exception:  # noqa: BLE001 - an unreleased lease goes stale on its own; never mask the real error
-            pass
 
     def __enter__(self) -> "Lease":
         return self

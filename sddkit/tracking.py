@@ -3,6 +3,7 @@ and code, the run and artifact operations the commands use). One parent run per 
 round (``runs``)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -75,13 +76,8 @@ class Tracker:
             return artifact_home(self.db)
         return self.root / "mlruns" if self.uri.startswith("file:") else None
 
-    @property
-    def local_folders(self) -> list[Path]:
-        """The sqlite file's folder and the artifact root; none for a server."""
-        return [f for f in (self.db.parent if self.db else None, self.artifact_home) if f is not None]
-
     def check_writable(self) -> None:
-        for folder in self.local_folders:
+        for folder in (f for f in (self.db.parent if self.db else None, self.artifact_home) if f is not None):
             problem = unwritable(folder)
             if problem:
                 raise TrackingError(f"cannot write into {folder} ({problem}): the store {self.uri} needs it "
@@ -92,12 +88,12 @@ class Tracker:
                                 f"mount, then rerun")
 
     def check_room(self, needed: int) -> None:
-        for folder in self.local_folders[-1:]:
-            free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
-            if free < needed:
-                raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
-                                    f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
-                                    f"(or point tracking.uri at a bigger disk), then rerun")
+        folder = self.artifact_home
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free if folder else needed
+        if free < needed:
+            raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
+                                f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
+                                f"(or point tracking.uri at a bigger disk), then rerun")
 
     @property
     def reserve_file(self) -> Path | None:
@@ -106,12 +102,9 @@ class Tracker:
     def keep_reserve(self) -> None:
         """Hold RESERVE_BYTES beside a local store's database: when the disk fills mid-run, ``free_reserve``
         leaves sqlite the room to mark the run FAILED and release its lease."""
-        if self.reserve_file is None or self.reserve_file.exists():
-            return
-        try:
-            write_atomic(self.reserve_file, bytes(RESERVE_BYTES))
-        except OSError:
-            pass  # no room even for that: check_room said so first; a run without it ends all the same
+        if self.reserve_file is not None and not self.reserve_file.exists():
+            with contextlib.suppress(OSError):  # no room even for that (check_room said so first)
+                write_atomic(self.reserve_file, bytes(RESERVE_BYTES))
 
     def free_reserve(self) -> None:
         if self.reserve_file is not None:
@@ -268,15 +261,6 @@ class Tracker:
         except Exception:  # noqa: BLE001 - the original error is what the user needs to see
             if not quietly:
                 raise
-
-    def epoch_values(self, round_run, epoch: int) -> dict[str, float]:
-        """The per-epoch metrics (``epoch/<key>``) a round run logged for ``epoch``."""
-        values = {}
-        for key in (k for k in round_run.data.metrics if k.startswith("epoch/")):
-            at = [m.value for m in self.metric_history(round_run.info.run_id, key) if m.step == epoch]
-            if at:
-                values[key.removeprefix("epoch/")] = at[-1]
-        return values
 
     def log_data_inputs(self, run_id: str, files) -> None:
         """Pinned data files (``prepare.DataFile``: path, md5, the md5 ``dvc.lock`` lists) as dataset inputs."""
