@@ -32,10 +32,7 @@ def schedule_note(cfg: Config) -> str | None:
 def read_sweep_settings(path: Path | None, overrides: dict | None = None) -> SweepConfig:
     """The ``sweep:`` section of a params file <- ``overrides`` (the command's options). Grid values are checked
     on each cell's config; a repeated seed or mode, or an address local processes ignore, is refused."""
-    tree = (read_tree(path).get(SWEEP_KEY) if path and path.is_file() else None) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{SWEEP_KEY}: expected a section of keys, got {tree!r}")
-    tree = {**tree, **{k: v for k, v in (overrides or {}).items() if v not in (None, (), [], {})}}
+    tree = {**section(path, SWEEP_KEY), **{k: v for k, v in (overrides or {}).items() if v not in (None, (), [], {})}}
     grid = tree.pop("grid", None) or {}
     settings = build(SweepConfig, tree, f"{SWEEP_KEY}.")
     settings.grid = check_grid(grid)
@@ -96,10 +93,14 @@ def parse_grid_options(texts) -> dict[str, list]:
 
 def read_compare_settings(path: Path | None) -> CompareConfig:
     """``sddkit_stages.compare`` of a params file (defaults where absent)."""
-    stages = (read_tree(path).get(STAGES_KEY) if path and path.is_file() else None) or {}
-    if not isinstance(stages, dict):
-        raise ConfigError(f"{STAGES_KEY}: expected a section of keys, got {stages!r}")
-    return build(CompareConfig, stages.get("compare") or {}, f"{STAGES_KEY}.compare.")
+    return build(CompareConfig, section(path, STAGES_KEY).get("compare") or {}, f"{STAGES_KEY}.compare.")
+
+
+def section(path: Path | None, key: str) -> dict:
+    tree = (read_tree(path).get(key) if path and path.is_file() else None) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{key}: expected a section of keys, got {tree!r}")
+    return tree
 
 
 KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "allowed": "allowed values",

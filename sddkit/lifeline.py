@@ -130,7 +130,9 @@ def follow_dvc() -> threading.Thread | None:
     for proc in lineage:
         with contextlib.suppress(psutil.Error):
             if proc.pid > 1 and is_dvc(proc.cmdline()):  # the nearest dvc
-                return None if proc.pid == parent else watch(proc.pid, lambda: os.kill(os.getpid(), signal.SIGTERM))
+                if proc.pid == parent:
+                    return None  # the parent-death signal covers it
+                return watch(proc.pid, lambda: os.kill(os.getpid(), signal.SIGTERM))
     return None
 
 

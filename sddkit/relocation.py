@@ -173,20 +173,19 @@ def check_copied(db: Path, home: Path, runs: list[tuple[str, Path, Path]]) -> No
 
 # ---------------------------------------------------------------- a store served by `sddkit server`
 
-def to_server(db: Path) -> int:
-    """Rewrite the locations of ``db`` under its mlruns/ to ``mlflow-artifacts:/…``; returns how many. Run it
-    under the store's lock, after ``relocate``."""
+def set_served(db: Path, served: bool) -> int:
+    """Rewrite the locations of ``db`` under its mlruns/ to ``mlflow-artifacts:/…`` for a server that starts, or
+    back (``served=False``, the marker removed) for one that stops; returns how many. Run it under the store's
+    lock, after ``relocate``."""
     if not db.is_file():
         return 0
     home = artifact_home(db)
     with sqlite3.connect(db, timeout=60) as con:
-        return rewrite(con, lambda location: served_location(location, home)) if has_locations(con, db) else 0
-
-
-def from_server(db: Path) -> int:
-    """``back_from_server``, for a server that stops (run it under the store's lock)."""
-    with sqlite3.connect(db, timeout=60) as con:
-        return back_from_server(con, db, artifact_home(db)) if has_locations(con, db) else 0
+        if not has_locations(con, db):
+            return 0
+        if not served:
+            return back_from_server(con, db, home)
+        return rewrite(con, lambda location: served_location(location, home))
 
 
 def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:

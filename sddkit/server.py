@@ -35,27 +35,24 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
                          f"without authentication")
     check_not_served(uri)
     port = serving.checked_port(port, host)
-    command = serving.mlflow_server(uri, root, host, port, "--serve-artifacts",
+    command = serving.mlflow_server(uri, root, host, port, "sddkit server", "--serve-artifacts",
                                     *(["--app-name", "basic-auth"] if auth else []))
-    serving.check_store_writable(uri, root, "sddkit server")
-    serving.follow_moved_project(uri, root)
     create_experiment(uri, root, experiment)  # before workers race to create it
     env = auth_env(uri, root) if auth else {}
+    reach = url_host(socket.gethostname() if host in WILDCARDS else host)  # a wildcard is reached by our name
     if not is_loopback(host) and "MLFLOW_SERVER_ALLOWED_HOSTS" not in os.environ:
         # MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use
         from sddkit.store import default_allowed_hosts
-        name = url_host(workers_host(host))
-        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join([*default_allowed_hosts(), name, f"{name}:*"])
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join([*default_allowed_hosts(), reach, f"{reach}:*"])
     local = f"http://{url_host(serving.LOOPBACK if host in WILDCARDS else host)}:{port}"
-    workers = f"http://{url_host(workers_host(host))}:{port}"
+    workers = f"http://{reach}:{port}"
 
     def ready(url: str) -> None:
         print(workers_line(workers, ADMIN if auth else None, env.get("MLFLOW_AUTH_ADMIN_PASSWORD")), flush=True)
         print(f"serving {uri}, artifacts proxied; this machine's commands on it go through {local} while it "
               f"runs{' (with the same credentials)' if auth else ''}; Ctrl-C stops it", file=sys.stderr)
 
-    db = sqlite_path(uri)
-    db = root / db if db is not None else None
+    db = root / uri.db if uri.db is not None else None
     if db is not None:
         claim(db, local)
     try:
@@ -63,7 +60,7 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
     finally:
         if db is not None:  # local again: ``file:`` locations, no marker (what a local open does after a kill -9)
             with locked(store_lock(db)):
-                relocation.from_server(db)
+                relocation.set_served(db, False)
 
 
 def is_loopback(host: str) -> bool:
@@ -73,11 +70,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: whatever it resolves to, it is not plainly this machine alone
-
-
-def workers_host(host: str) -> str:
-    """The address workers reach the server by: a wildcard bind is reached by this machine's name."""
-    return socket.gethostname() if host in WILDCARDS else host
 
 
 def url_host(host: str) -> str:
@@ -126,7 +118,7 @@ def claim(db: Path, local: str) -> None:
               "uri": local}
     with locked(store_lock(db)):
         write_atomic(server_marker(db), json.dumps(marker, indent=1).encode())
-        relocation.to_server(db)
+        relocation.set_served(db, True)
 
 
 def auth_env(uri: str, root: Path) -> dict[str, str]:

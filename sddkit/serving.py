@@ -55,47 +55,35 @@ def run(command: list[str], root: Path, url: str, on_ready: Callable[[str], None
             signal.signal(sig, handler)
 
 
-def mlflow_server(uri: str, root: Path, host: str, port: int, *extra: str) -> list[str]:
-    """One worker; artifacts land in mlruns/ beside the store."""
+def mlflow_server(uri: str, root: Path, host: str, port: int, command: str, *extra: str) -> list[str]:
+    """``mlflow server`` on ``uri``, one worker, artifacts in mlruns/ beside the store; said now, not after minutes
+    of retries, where a sqlite store is not a database (the server would make an empty one) or not writable (the
+    server writes even to browse: it checks the schema, sqlite keeps a journal). A moved project's store is
+    pointed at its own artifacts first (``relocation``), as every command that opens it does."""
     if not uri.startswith(SERVABLE):
         raise ServeError(f"the tracking store {uri} is not a database this command can serve; "
                          f"if it is a server already, use it directly (in a browser, or as MLFLOW_TRACKING_URI)")
-    db = sqlite_path(uri)
-    home = relocation.artifact_home(root / db) if db is not None else root / "mlruns"
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-            "--port", str(port), "--workers", "1", "--artifacts-destination", str(home), *extra]
-
-
-def check_store_writable(uri: str, root: Path, command: str) -> None:
-    """A sqlite store must be a database (else mlflow server makes an empty one) and writable even to be browsed
-    (the server checks its schema, sqlite keeps a journal): said now, not after minutes of retries."""
     problem = store_file_problem(uri)
     if problem:
         raise ServeError(problem)
     db = sqlite_path(uri)
-    if db is None:
-        return
-    db = root / db  # an absolute path stays as it is
-    where, problem = db.parent, unwritable(db.parent)
-    if problem is None and db.exists():
-        where, problem = db, unwritable_file(db)
-    if problem is not None:
-        raise ServeError(f"{where} is not writable ({problem}), and mlflow server must write there even to "
-                         f"browse {db.name}: make it writable, or copy the project to a writable folder and run "
-                         f"`{command}` there")
-
-
-def follow_moved_project(uri: str, root: Path) -> None:
-    """Point a moved project's store at its own artifacts (``relocation``), as every command that opens it does."""
-    db = sqlite_path(uri)
-    if db is None:
-        return
-    db = root / db
-    with locked(store_lock(db), required=False):
-        try:
-            relocation.relocate(db)
-        except (relocation.StoreElsewhere, sqlite3.Error) as exc:
-            raise ServeError(str(exc)) from exc
+    if db is not None:
+        db = root / db  # an absolute path stays as it is
+        where, problem = db.parent, unwritable(db.parent)
+        if problem is None and db.exists():
+            where, problem = db, unwritable_file(db)
+        if problem is not None:
+            raise ServeError(f"{where} is not writable ({problem}), and mlflow server must write there even to "
+                             f"browse {db.name}: make it writable, or copy the project to a writable folder and "
+                             f"run `{command}` there")
+        with locked(store_lock(db), required=False):
+            try:
+                relocation.relocate(db)
+            except (relocation.StoreElsewhere, sqlite3.Error) as exc:
+                raise ServeError(str(exc)) from exc
+    home = relocation.artifact_home(db) if db is not None else root / "mlruns"
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1", "--artifacts-destination", str(home), *extra]
 
 
 def wait_ready(server: subprocess.Popen, url: str, timeout: float) -> None:

@@ -149,7 +149,7 @@ class Tracker:
         return found[0] if found else None
 
     def trajectories(self, experiment: str, filter_string: str = "") -> list:
-        """Newest first."""
+        """The experiment's trajectory runs matching ``filter_string``, newest first."""
         exp = self.experiment_id(experiment, create=False)
         if exp is None:
             return []
@@ -203,9 +203,8 @@ class Tracker:
     def complete_identity(self, run, cfg: Config, code: str) -> None:
         """Log the config params and provenance tags ``run`` lacks. Values it holds are kept: MLflow never changes
         a logged param, and keys outside the identity (device, threads) may differ between its processes."""
-        have_params, have_tags = run.data.params, run.data.tags
-        params = {k: param_text(v) for k, v in cfg.flat().items() if k not in have_params}
-        tags = {k: v for k, v in trajectory_tags(cfg, self.root, code).items() if k not in have_tags}
+        params = {k: param_text(v) for k, v in cfg.flat().items() if k not in run.data.params}
+        tags = {k: v for k, v in trajectory_tags(cfg, self.root, code).items() if k not in run.data.tags}
         self.log(run.info.run_id, params=params, tags=tags)
 
     # ---- run operations
@@ -225,9 +224,8 @@ class Tracker:
         return run_id
 
     def log(self, run_id: str, metrics=(), params: dict | None = None, tags: dict[str, str] | None = None) -> None:
-        """``metrics``: ``(key, value, step)`` triples, or MLflow metrics (their timestamps replaced by now).
-        What fits MLflow's batch limits goes in one transaction (the first holds every tag of a call that has
-        up to 100)."""
+        """``metrics``: ``(key, value, step)`` triples, or MLflow metrics (their timestamps replaced by now). In
+        batches of MLflow's limits: what fits one is one transaction."""
         stamp = int(time.time() * 1000)
         metrics = [Metric(m.key, float(m.value), stamp, m.step) if isinstance(m, Metric) else
                    Metric(m[0], float(m[1]), stamp, m[2]) for m in metrics]

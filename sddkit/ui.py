@@ -23,8 +23,7 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
           open_browser: bool = False) -> int:
     """Run the server until Ctrl-C (0) or its own exit (its code); print (and open) ``trajectories_link``."""
     port = checked_port(port)
-    serving.check_store_writable(uri, root, "sddkit ui")
-    serving.follow_moved_project(uri, root)
+    command = serving.mlflow_server(uri, root, HOST, port, "sddkit ui")
 
     def show(url: str) -> None:
         link = trajectories_link(url, experiment)
@@ -34,7 +33,6 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
         if open_browser:
             webbrowser.open(link)
 
-    command = serving.mlflow_server(uri, root, HOST, port)
     return serving.run(command, root, f"http://{HOST}:{port}", show, ready_timeout=ready_timeout)
 
 
