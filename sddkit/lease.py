@@ -115,13 +115,9 @@ def drop(tracker, experiment_id: str, config_hash: str, code_hash: str) -> None:
 
 def local_holders(tracker) -> list[Holder]:
     """The live holders of the store's leases that run on this host."""
-    found = []
-    for experiment in tracker.client.search_experiments():
-        for key in (k for k in experiment.tags if k.startswith(PREFIX)):
-            holder = read(tracker.client, experiment.experiment_id, key)
-            if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
-                found.append(holder)
-    return found
+    found = [parse(value) for experiment in tracker.client.search_experiments()
+             for key, value in experiment.tags.items() if key.startswith(PREFIX)]
+    return [h for h in found if h is not None and h.host == socket.gethostname() and not h.is_stale()]
 
 
 class Lease:
