@@ -37,7 +37,7 @@ def resolve(tracker: Tracker, selector: str, experiment: str):
 
 
 def adopt(tracker: Tracker, run, root: Path, verify: bool = True) -> Adoption:
-    """Retag ``run`` with this code's identity of its config, after the replay (``verify``) matches."""
+    """Retag ``run`` with this code's identity of its config, once the replay (``verify``) matches."""
     cfg = config.from_params(run.data.params)
     identity = {"sddkit.config_hash": cfg.identity_hash(), "sddkit.code_hash": code_hash(),
                 "sddkit.group": cfg.group_hash(), IDENTITY_TAG: IDENTITY_VERSION}
@@ -51,7 +51,7 @@ def adopt(tracker: Tracker, run, root: Path, verify: bool = True) -> Adoption:
                             f"nothing but itself")
     compared, seconds = (replay_check(tracker, run, cfg, root) if verify else ([], 0.0))
     former = {k: tags.get(k, "none") for k in identity}
-    tracker.set_tags(run_id, {**identity, ADOPTED: "verified" if verify else "unverified",
+    tracker.log(run_id, tags={**identity, ADOPTED: "verified" if verify else "unverified",
                               **{f"{ADOPTED}.from_{k.rpartition('.')[2]}": v for k, v in former.items()},
                               f"{ADOPTED}.replay": (f"round 0 epoch 0: {len(compared)} metrics equal"
                                                     if verify else "not replayed (--no-verify)")})
@@ -59,15 +59,19 @@ def adopt(tracker: Tracker, run, root: Path, verify: bool = True) -> Adoption:
 
 
 def replay_check(tracker: Tracker, run, cfg: config.Config, root: Path) -> tuple[list[str], float]:
-    """Every per-epoch metric the run logged for round 0's first epoch, against this code's replay of it.
-    Returns the metrics compared and the replay's seconds; raises TrackingError naming what differs."""
+    """Every per-epoch metric the run logged for round 0's first epoch, against this code's replay of it:
+    (the metrics compared, the replay's seconds), or TrackingError naming what differs."""
     from sddkit import trajectory  # torch: only where a replay runs
 
     rounds = tracker.round_runs(run.info.run_id)
     if not rounds or rounds[0].data.tags.get("sddkit.round") != "0":
         raise TrackingError(f"adopt: run {run.info.run_id} has no finished round 0 to replay; adopt it with "
                             f"--no-verify, or rerun its config with this code")
-    stored = tracker.epoch_values(rounds[0], 0)
+    stored = {}
+    for key in (k for k in rounds[0].data.metrics if k.startswith("epoch/")):
+        at = [m.value for m in tracker.metric_history(rounds[0].info.run_id, key) if m.step == 0]
+        if at:
+            stored[key.removeprefix("epoch/")] = at[-1]
     started = time.perf_counter()
     replayed = trajectory.replay_first_epoch(cfg, root)
     seconds = time.perf_counter() - started

@@ -1,8 +1,7 @@
 """The Python API, for analysis in a notebook; it only reads. ``sddkit.load_trajectory("lottery", where={"noise.ratio":
 0.2})``: every seed of it as one long DataFrame, a row a round; ``load_round("lottery", 3, where={"seed": 0})``: its
 mask and weights. The store is the project's, or ``tracking_uri``; outside a project without one, every function
-fails with ``NoProjectError`` before anything is opened (MLflow would create an empty mlflow.db right there).
-"""
+fails with ``NoProjectError`` and creates nothing."""
 from __future__ import annotations
 
 import functools
@@ -28,7 +27,7 @@ class NoProjectError(TrackingError):
 
 
 def one_line(function):
-    """``function``, whose failing store raises a TrackingError of one line (``failures.explain``)."""
+    """``function``, whose failing store raises a one-line TrackingError (``failures.explain``)."""
     @functools.wraps(function)
     def call(*args, **kwargs):
         try:
@@ -56,11 +55,12 @@ def load_trajectory(selector: str, *, where: dict | list[str] | str | None = Non
     ``run_id`` (the round's run) and ``trajectory_run_id`` (the parent run)."""
     import pandas as pd
     tracker = open_store(tracking_uri)
-    runs = select(tracker, selector, where, experiment_name(experiment), f"load_trajectory({selector!r})")[::-1]
+    runs = select(tracker, selector, where, experiment, f"load_trajectory({selector!r})")[::-1]
     keys = [*IDENTITY_COLUMNS, *differing_keys(runs, skip=IDENTITY_COLUMNS)]
     labels = trajectory_labels(runs)
     rows = [row for run in runs for row in trajectory_rows(tracker, run, labels[run.info.run_id], keys)]
-    metrics = metric_columns(rows, exclude={*keys, "round"})
+    found = {k for row in rows for k in row} - {*keys, "round", "trajectory", "run_id", "trajectory_run_id"}
+    metrics = [k for k in PARENT_METRICS if k in found] + sorted(found - set(PARENT_METRICS))  # the curve's first
     return pd.DataFrame(rows, columns=["trajectory", "round", *metrics, *keys, "run_id", "trajectory_run_id"])
 
 
@@ -72,11 +72,15 @@ def load_round(selector: str, round: int, *, where: dict | list[str] | str | Non
     lists them (never a silent pick of one): narrow it with ``where`` or give a run ID."""
     call = f"load_round({selector!r}, {round})"
     tracker = open_store(tracking_uri)
-    runs = select(tracker, selector, where, experiment_name(experiment), call)
+    runs = select(tracker, selector, where, experiment, call)
     if len(runs) > 1:
         raise TrackingError(ambiguous(call, runs))
-    run_id = round_run_id(tracker, runs[0], round, call)
-    return read_mask(tracker, run_id), read_weights(tracker, run_id)
+    rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(runs[0].info.run_id)}
+    if round not in rounds:
+        have = f"finished rounds: {min(rounds)}–{max(rounds)}" if rounds else "no finished round"
+        raise TrackingError(f"{call}: trajectory {runs[0].info.run_name} ({runs[0].info.run_id}) has no finished "
+                            f"round {round} ({have})")
+    return read_mask(tracker, rounds[round]), read_weights(tracker, rounds[round])
 
 
 @one_line
@@ -94,7 +98,8 @@ def load_weights(run_id: str, tracking_uri: str | None = None, *, uri: str | Non
 
 
 @one_line
-def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
+def list_trajectories(*, experiment: str | None = None,
+                      tracking_uri: str | None = None) -> tuple[list[dict], list[str]]:
     """Every trajectory of the experiment, finished or not, newest first (what `sddkit ls` shows), and the
     params whose values differ between them. A row: ``name``, ``run_id``, those params, ``seed``, ``status``
     (``interrupted`` where no live process trains a RUNNING run), ``rounds_done`` (finished rounds, the dense
@@ -109,8 +114,8 @@ def list_trajectories(*, experiment: str | None = None, tracking_uri: str | None
 # ---------------------------------------------------------------- the store
 
 def open_store(tracking_uri: str | None) -> Tracker:
-    """The store to read: ``tracking_uri``, else the project's. Fails, creating nothing, outside a project
-    without a URI and where a local store does not exist yet (opening it would create an empty one)."""
+    """``tracking_uri``, else the project's store. Fails, creating nothing, outside a project without a URI and
+    where a local store does not exist yet (opening it would create an empty one)."""
     problem = paths.missing_project(tracking_uri)
     if problem:
         raise NoProjectError(f"{problem}; pass tracking_uri= or cd into the project")
@@ -129,7 +134,7 @@ def experiment_name(experiment: str | None) -> str:
 
 
 def project_config(root: Path) -> config.Config:
-    """The project's config (params.yaml, else the defaults): where its store is and its experiment's name."""
+    """params.yaml, else the defaults: where the store is and the experiment's name."""
     params = root / "params.yaml"
     try:
         return config.load_config(config.read_params_file(params) if params.is_file() else {})
@@ -137,27 +142,16 @@ def project_config(root: Path) -> config.Config:
         raise TrackingError(f"{params}: {exc}; fix it, or pass tracking_uri= and experiment=") from exc
 
 
-# ---------------------------------------------------------------- selection
-
-def select(tracker: Tracker, selector: str, where, experiment: str, call: str) -> list:
+def select(tracker: Tracker, selector: str, where, experiment: str | None, call: str) -> list:
     """The finished trajectories ``selector`` names where every ``where`` holds, newest first."""
-    return selection.select(tracker, selector, experiment, selection.where_list(where), heading=call,
-                            names_only=True)
-
-
-def round_run_id(tracker: Tracker, run, index: int, call: str) -> str:
-    rounds = {int(r.data.tags["sddkit.round"]): r.info.run_id for r in tracker.round_runs(run.info.run_id)}
-    if index not in rounds:
-        have = f"finished rounds: {min(rounds)}–{max(rounds)}" if rounds else "no finished round"
-        raise TrackingError(f"{call}: trajectory {run.info.run_name} ({run.info.run_id}) has no finished round "
-                            f"{index} ({have})")
-    return rounds[index]
+    return selection.select(tracker, selector, experiment_name(experiment), selection.where_list(where),
+                            heading=call, names_only=True)
 
 
 # ---------------------------------------------------------------- the frame
 
 def trajectory_rows(tracker: Tracker, run, label: str, keys: list[str]) -> list[dict]:
-    """One row per finished round: its metrics as the round run holds them (not the per-epoch ones)."""
+    """One row per finished round: the round run's metrics (not the per-epoch ones)."""
     values = config_values(run)
     shared = {"trajectory": label, "trajectory_run_id": run.info.run_id, **{k: values.get(k) for k in keys}}
     return [{**round_row(r), "run_id": r.info.run_id, **shared} for r in tracker.round_runs(run.info.run_id)]
@@ -173,13 +167,12 @@ def config_values(run) -> dict:
 
 
 def differing_keys(runs: list, skip=()) -> list[str]:
-    """The params (but ``skip``) whose values differ between ``runs`` and change results (``selection``)."""
+    """The params (but ``skip``) whose values differ between ``runs`` and change results."""
     return listing.differing_keys([r.data.params for r in runs], skip)
 
 
 def trajectory_labels(runs: list) -> dict[str, str]:
-    """Run ID -> the trajectory's name in the frame: its name (``sddkit.name``), with its seed where several share it
-    (with a short run ID where the seeds do not tell them apart either)."""
+    """Run ID -> the trajectory's name in the frame, with its seed where several share it (else a short run ID)."""
     by_name: dict[str, list] = {}
     for r in runs:
         by_name.setdefault(trajectory_name(r), []).append(r)
@@ -193,14 +186,8 @@ def trajectory_labels(runs: list) -> dict[str, str]:
     return labels
 
 
-def metric_columns(rows: list[dict], exclude: set[str]) -> list[str]:
-    """The metrics of ``rows``: the parent curve's first, in their usual order, then the others sorted."""
-    found = {k for row in rows for k in row} - exclude - {"trajectory", "run_id", "trajectory_run_id"}
-    return [k for k in PARENT_METRICS if k in found] + sorted(found - set(PARENT_METRICS))
-
-
 def ambiguous(call: str, runs: list) -> str:
-    """The error for a selector of ``load_round`` that names several trajectories: each, by what differs."""
+    """The error for a ``load_round`` selector naming several trajectories: each, by what differs."""
     differ = differing_keys(runs)[:3]
     if not differ:  # the same config run again (--force, or other code): only the run ID tells them apart
         ids = ", ".join(r.info.run_id for r in runs)

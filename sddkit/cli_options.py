@@ -1,5 +1,5 @@
-"""What the commands of ``sddkit.cli`` share: their options (some taking several values), option types, and
-the one-line failure. Only click, rich and the config: ``sddkit --help`` stays instant."""
+"""What the commands of ``sddkit.cli`` share: options (some taking several values), option types, the one-line
+failure. Only click, rich and the config: ``sddkit --help`` stays instant."""
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +23,7 @@ def fail(message: str, code: int = 1) -> None:
 
 def resolve_config(preset: str | None, sets: tuple[str, ...], params_path: str | None,
                    root: Path) -> config_mod.Config:
-    """params.yaml (the given path, else the project root's, if any) <- --preset <- --set; exit 2 if bad."""
+    """params.yaml (``--params``, else the project root's) <- --preset <- --set; exit 2 if bad."""
     path = params_file(params_path, root)
     with config_errors():
         if params_path and not path.is_file():
@@ -58,8 +58,8 @@ def optional_path(value: str | None) -> Path | None:
 
 
 class SpreadOptions(click.Command):
-    """Lets the options in ``spread`` take several values (``--seeds 0 1 2``), rewritten to click's repeated
-    form (``--seeds 0 --seeds 1 --seeds 2``) before parsing. Put arguments before them."""
+    """The options in ``spread`` take several values (``--seeds 0 1 2``), rewritten to click's repeated form
+    before parsing. Put arguments before them."""
     spread: tuple[str, ...] = ()
 
     def parse_args(self, ctx, args):
@@ -78,7 +78,7 @@ def spreading(*options: str) -> type[click.Command]:
 
 
 def options(*decorators):
-    """Several click options as one decorator, in the order given."""
+    """Several click options as one decorator."""
     def apply(f):
         for decorator in reversed(decorators):
             f = decorator(f)
@@ -97,7 +97,7 @@ def config_options(set_help: str = "Override one config key; repeatable.",
 
 
 def grid_options(seeds_help: str):
-    """The options sweep and reproduce share: seeds, executor and jobs."""
+    """What sweep and reproduce share."""
     return options(
         click.option("--seeds", multiple=True, type=click.IntRange(min=0), metavar="S [S ...]", help=seeds_help),
         click.option("--executor", type=click.Choice(config_mod.EXECUTORS), default=None,
@@ -119,7 +119,7 @@ params_option = click.option("--params", "params_path", default=None,
 
 
 class FiniteRange(click.FloatRange):
-    """A float range that also refuses nan and inf (click.FloatRange lets nan through every bound)."""
+    """click.FloatRange lets nan through every bound: this refuses nan and inf."""
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)

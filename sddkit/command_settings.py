@@ -1,9 +1,6 @@
-"""What the commands read beside a trajectory's config, checked as the config is (one line per error).
-
-The warning `sddkit run` prints for a schedule that never drops, a params file's ``sweep:`` section and the
-``--grid`` options (`sddkit sweep`), its ``sddkit_stages.compare`` (DVC's compare stage), and the table `sddkit keys`
-prints. Kept out of ``config``, which is in the engine's fingerprint: editing them re-keys no run.
-"""
+"""What the commands read beside a trajectory's config, checked as the config is (one line per error): the warning
+for a schedule that never drops, the ``sweep:`` section and ``--grid`` options, ``sddkit_stages.compare``, and the
+table of `sddkit keys`. Kept out of ``config``, which is in the engine's fingerprint: editing them re-keys no run."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +18,8 @@ from sddkit.config import (STAGES_KEY, SWEEP_KEY, CompareConfig, Config, ConfigE
 
 
 def schedule_note(cfg: Config) -> str | None:
-    """The warning for multistep milestones a round never reaches. Not an error: such a config still trains (the
-    lr stays put), and examples like ``dvc exp run -S +train.epochs=30`` rely on that."""
+    """Multistep milestones a round never reaches: a warning, not an error (the lr stays put, and examples like
+    ``dvc exp run -S +train.epochs=30`` rely on that)."""
     t = cfg.train
     late = [m for m in t.milestones if m >= t.epochs]
     if t.schedule != "multistep" or not late or not t.epochs:
@@ -33,13 +30,9 @@ def schedule_note(cfg: Config) -> str | None:
 
 
 def read_sweep_settings(path: Path | None, overrides: dict | None = None) -> SweepConfig:
-    """The ``sweep:`` section of a params file <- ``overrides`` (the command's options, by key). Grid values are
-    checked later, on the config of each cell; a repeated seed or mode, or an address local processes ignore,
-    would be silently dropped, so they are refused."""
-    tree = (read_tree(path).get(SWEEP_KEY) if path and path.is_file() else None) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{SWEEP_KEY}: expected a section of keys, got {tree!r}")
-    tree = {**tree, **{k: v for k, v in (overrides or {}).items() if v not in (None, (), [], {})}}
+    """The ``sweep:`` section of a params file <- ``overrides`` (the command's options). Grid values are checked
+    on each cell's config; a repeated seed or mode, or an address local processes ignore, is refused."""
+    tree = {**section(path, SWEEP_KEY), **{k: v for k, v in (overrides or {}).items() if v not in (None, (), [], {})}}
     grid = tree.pop("grid", None) or {}
     settings = build(SweepConfig, tree, f"{SWEEP_KEY}.")
     settings.grid = check_grid(grid)
@@ -55,7 +48,7 @@ def read_sweep_settings(path: Path | None, overrides: dict | None = None) -> Swe
 
 
 def count_cells(settings: SweepConfig) -> tuple[int, int]:
-    """(cells, grid points) of a sweep from its settings alone (a reinit cell's added twin not counted)."""
+    """(cells, grid points) of a sweep (a reinit cell's added twin not counted)."""
     points = math.prod(len(values) for values in settings.grid.values())
     return points * max(1, len(settings.modes)) * max(1, len(settings.seeds)), points
 
@@ -82,8 +75,8 @@ def check_grid(grid: Any) -> dict[str, list]:
 
 
 def parse_grid_options(texts) -> dict[str, list]:
-    """Every ``--grid KEY=V1,V2`` as one grid (values read as one YAML flow list, so ``[80,120],[40]`` is two
-    lists); a key given twice keeps the values of both, in order (a repeated value is refused by check_grid)."""
+    """Every ``--grid KEY=V1,V2`` as one grid (values read as a YAML flow list: ``[80,120],[40]`` is two lists);
+    a key given twice keeps the values of both, in order."""
     grid: dict[str, list] = {}
     for text in texts:
         key, sep, raw = text.partition("=")
@@ -99,11 +92,15 @@ def parse_grid_options(texts) -> dict[str, list]:
 
 
 def read_compare_settings(path: Path | None) -> CompareConfig:
-    """``sddkit_stages.compare`` of a params file; defaults where the file or the key is absent."""
-    stages = (read_tree(path).get(STAGES_KEY) if path and path.is_file() else None) or {}
-    if not isinstance(stages, dict):
-        raise ConfigError(f"{STAGES_KEY}: expected a section of keys, got {stages!r}")
-    return build(CompareConfig, stages.get("compare") or {}, f"{STAGES_KEY}.compare.")
+    """``sddkit_stages.compare`` of a params file (defaults where absent)."""
+    return build(CompareConfig, section(path, STAGES_KEY).get("compare") or {}, f"{STAGES_KEY}.compare.")
+
+
+def section(path: Path | None, key: str) -> dict:
+    tree = (read_tree(path).get(key) if path and path.is_file() else None) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{key}: expected a section of keys, got {tree!r}")
+    return tree
 
 
 KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "allowed": "allowed values",
@@ -111,8 +108,8 @@ KEY_COLUMNS = {"key": "key", "type": "type", "default": "default", "allowed": "a
 
 
 def describe_keys() -> list[dict[str, str]]:
-    """Every key's row (KEY_COLUMNS) as text, the sweep's last; the default is a config's without params.yaml (the
-    quick preset's); the meaning, and what a key takes where its type cannot say it, from keys.yaml."""
+    """Every key's row (KEY_COLUMNS), the sweep's last; defaults without params.yaml (the quick preset's); the
+    meaning, and what a key takes where its type cannot say it, from keys.yaml."""
     about = read_yaml((resources.files("sddkit") / "keys.yaml").read_text())
     defaults = {**load_config().flat(), **{f"{SWEEP_KEY}.{k}": v for k, v in dataclasses.asdict(SweepConfig()).items()}}
     rows = []

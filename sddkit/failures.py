@@ -1,6 +1,5 @@
 """A store that fails, in one line (a tracking server that does not answer or asks for credentials, a full
-disk): ``explain``, asked by the CLI, the runner and the API alike. Standard library only (CLI start-up).
-"""
+disk): ``explain``, asked by the CLI, the runner and the API alike. Standard library only (CLI start-up)."""
 from __future__ import annotations
 
 import errno
@@ -28,10 +27,6 @@ def note_store(uri: str) -> None:
     _last_store[:] = [uri]
 
 
-def last_store() -> str | None:
-    return _last_store[0] if _last_store else os.environ.get("MLFLOW_TRACKING_URI")
-
-
 def chain(exc: BaseException):
     """``exc`` and the exceptions it was raised from or while handling, outermost first."""
     seen = set()
@@ -51,27 +46,12 @@ def silent_server(exc: BaseException) -> tuple[str, str] | None:
     for e in chain(exc):
         found = SILENT.search(str(e))
         if found:
-            text = str(e)
-            why = ("connection refused" if "refused" in text.lower() else
-                   "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT" if "timed out" in text.lower() or
-                   "timeout" in text.lower() else "connection lost")
-            return server_of(found.group(1)), why
-    return None
-
-
-def server_of(url: str) -> str:
-    """``http://host:port`` of a request URL."""
-    found = re.match(r"[a-z+]+://[^/]+", url)
-    return found.group(0) if found else url
-
-
-def http_status(exc: BaseException) -> int | None:
-    """401 or 403 when a tracking server refused the request for want of credentials or rights."""
-    codes = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
-    for e in chain(exc):
-        code = codes.get(getattr(e, "error_code", None))
-        if code is not None:
-            return code
+            text = str(e).lower()
+            why = ("connection refused" if "refused" in text else
+                   "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT" if "timed out" in text or "timeout" in text else
+                   "connection lost")
+            server = re.match(r"[a-z+]+://[^/]+", found.group(1))  # http://host:port of the request's URL
+            return server.group(0) if server else found.group(1), why
     return None
 
 
@@ -92,17 +72,21 @@ def explain(exc: BaseException, uri: str | None = None, folder: Path | None = No
             needed: int | None = None) -> str | None:
     """The one line for a store failure, or None (anything else keeps its traceback). ``uri``: the store in use
     (else the last opened); ``folder``: a local store's, for sqlite's full disk; ``needed``: bytes still to write."""
-    uri = uri or last_store() or "the tracking store"
+    uri = uri or (_last_store[0] if _last_store else os.environ.get("MLFLOW_TRACKING_URI")) or "the tracking store"
     silent = silent_server(exc)
     if silent is not None:
         return (f"the tracking server at {silent[0]} is not answering ({silent[1]}); start it again (`sddkit "
                 f"server`) or check MLFLOW_TRACKING_URI")
-    status = http_status(exc)
+    codes = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}  # no credentials, or no rights
+    status = next((codes[e.error_code] for e in chain(exc) if getattr(e, "error_code", None) in codes), None)
     if status is not None:
         return refused(uri, status)
     where = full_disk(exc)
     if where is not None:
-        folder = where if isinstance(where, Path) else folder or sqlite_folder(uri)
+        if isinstance(where, Path):
+            folder = where
+        elif folder is None and uri.startswith("sqlite:///"):
+            folder = Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent
         return disk_full_line(folder, needed) if folder else f"the disk of the tracking store {uri} is full"
     return None
 
@@ -120,33 +104,12 @@ def refused(uri: str, status: int) -> str:
 
 
 def disk_full_line(where: Path, needed: int | None) -> str:
-    folder = existing(Path(where))
-    free = shutil.disk_usage(folder).free
-    more = f", about {mib(needed)} more needed to finish" if needed else ""
-    return (f"the disk of {folder} (mounted at {mount_point(folder)}) is full: {mib(free)} free{more}; free "
-            f"space (or point tracking.uri at a bigger disk)")
-
-
-def sqlite_folder(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent
-    return None
-
-
-def existing(path: Path) -> Path:
-    """``path``'s nearest existing folder (a failed write may have left no file)."""
-    path = path if path.is_dir() else path.parent
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def mount_point(path: Path) -> Path:
-    path = path.resolve()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    folder = Path(where) if Path(where).is_dir() else Path(where).parent
+    while not folder.exists() and folder != folder.parent:  # a failed write may have left no file
+        folder = folder.parent
+    mount = folder.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    more = f", about {needed / 2**20:.1f} MiB more needed to finish" if needed else ""
+    return (f"the disk of {folder} (mounted at {mount}) is full: {shutil.disk_usage(folder).free / 2**20:.1f} MiB "
+            f"free{more}; free space (or point tracking.uri at a bigger disk)")

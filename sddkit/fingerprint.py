@@ -1,7 +1,6 @@
 """The code half of a run's identity, and a run's provenance. The fingerprint hashes the docstring-free syntax trees
-of the engine's (``ENGINE``) import closure inside sddkit, found from its import statements: comments, docstrings
-and every module outside the closure (compare, plots, the CLI, the sweep, the store) are not part of it.
-"""
+of the engine's (``ENGINE``) import closure inside sddkit: comments, docstrings and every module outside the closure
+(compare, plots, the CLI, the sweep, the store) are not part of it."""
 from __future__ import annotations
 
 import ast
@@ -29,13 +28,13 @@ def package_folder() -> Path:
 
 @functools.cache
 def code_hash() -> str:
-    """The fingerprint of the package *as imported* (an edited editable install, or a copy on PYTHONPATH,
-    fingerprints its own code). Computed once per process: its modules are imported once."""
+    """The fingerprint of the package *as imported* (a copy on PYTHONPATH fingerprints its own code); once per
+    process, as its modules are imported once."""
     return source_hash(package_folder())
 
 
 def source_hash(folder: Path) -> str:
-    """sha256 over (relative path, docstring-free syntax tree) of the engine's modules in ``folder``; 16 hex."""
+    """sha256 over (relative path, docstring-free syntax tree) of the engine's modules; 16 hex."""
     digest = hashlib.sha256()
     for relative in engine_files(folder):
         digest.update(f"{relative}\0{syntax_dump((folder / relative).read_text())}\n".encode())
@@ -43,7 +42,7 @@ def source_hash(folder: Path) -> str:
 
 
 def engine_files(folder: Path | None = None) -> list[str]:
-    """The engine's import closure inside the package, as sorted paths relative to ``folder``."""
+    """The engine's import closure inside the package, sorted, relative to ``folder``."""
     folder = folder or package_folder()
     seen, todo = set(), [module_file(folder, name) for name in ENGINE]
     while todo:
@@ -57,16 +56,13 @@ def engine_files(folder: Path | None = None) -> list[str]:
 
 def module_file(folder: Path, dotted: str) -> Path | None:
     """``a.b`` -> folder/a/b.py or folder/a/b/__init__.py, or None where it is not a module of the package."""
-    base = folder.joinpath(*dotted.split(".")) if dotted else folder
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if dotted and candidate.is_file():
-            return candidate
-    return None
+    base = folder.joinpath(*dotted.split("."))
+    return next((c for c in (base.with_suffix(".py"), base / "__init__.py") if dotted and c.is_file()), None)
 
 
 def imported_files(folder: Path, path: Path) -> list[Path | None]:
-    """The package's modules ``path`` imports, anywhere in it (a lazy import inside a function counts too).
-    The package's own ``__init__`` is left out: it only re-exports the user API and runs no engine code."""
+    """The package's modules ``path`` imports, inside functions too. The package's ``__init__`` is left out: it
+    only re-exports the user API."""
     package = path.parent.relative_to(folder).parts  # where a relative import starts
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -97,7 +93,7 @@ def absolute(node: ast.ImportFrom, package: tuple[str, ...]) -> str | None:
 
 
 def syntax_dump(source: str) -> str:
-    """The module's syntax tree without docstrings, as text: comments and layout are not in a tree."""
+    """Comments and layout are not in a tree; docstrings are taken out."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -111,7 +107,7 @@ def syntax_dump(source: str) -> str:
 # ---------------------------------------------------------------- provenance
 
 def current_identity(run) -> bool:
-    """Whether the run's hashes were made the way this sddkit makes them (else it predates the scheme)."""
+    """Whether the run's hashes were made the way this sddkit makes them."""
     return run.data.tags.get(IDENTITY_TAG) == IDENTITY_VERSION
 
 
@@ -134,7 +130,9 @@ def trajectory_tags(cfg: Config, root: Path, code: str) -> dict[str, str]:
         "sddkit.git_commit": commit,
         "mlflow.source.git.commit": commit,
         "sddkit.versions": package_versions(),
-        **dvc_tags(),
+        # inside a DVC stage: the stage and, under `dvc exp run`, the experiment's name
+        **{tag: os.environ[env] for env, tag in (("DVC_STAGE", "sddkit.dvc_stage"),
+                                                 ("DVC_EXP_NAME", "sddkit.dvc_exp_name")) if os.environ.get(env)},
     }
 
 
@@ -144,16 +142,10 @@ def param_text(value) -> str:
 
 
 def run_label(cfg: Config) -> str:
-    """The parent run's name in the MLflow UI (only a label: runs are found by their tags): the trajectory's name
-    and the DVC experiment's (``lottery·bushy-lamb``), else noise and seed (``lottery·ε=0.4·s1``)."""
+    """The parent run's name in the MLflow UI (only a label: runs are found by their tags): ``lottery·bushy-lamb``
+    (the DVC experiment's name), else ``lottery·ε=0.4·s1``."""
     exp = os.environ.get("DVC_EXP_NAME")
     return f"{cfg.name}·{exp}" if exp else f"{cfg.name}·ε={param_text(cfg.noise.ratio)}·s{cfg.seed}"
-
-
-def dvc_tags() -> dict[str, str]:
-    """Inside a DVC stage: the stage and, under `dvc exp run`, the experiment's name."""
-    names = {"DVC_STAGE": "sddkit.dvc_stage", "DVC_EXP_NAME": "sddkit.dvc_exp_name"}
-    return {tag: os.environ[env] for env, tag in names.items() if os.environ.get(env)}
 
 
 def git_commit(root: Path) -> str:

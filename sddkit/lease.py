@@ -1,15 +1,11 @@
-"""One owner per trajectory: a lease with a heartbeat, kept in the tracking store, and the only module that reads
-or writes lease tags. The lease of a run identity (config + code hash) is the experiment tag
-``sddkit.lease.<config hash>.<code hash>`` (JSON: token, host, pid, run ID, start, last heartbeat): an experiment
-tag, because it must also guard the creation of the first run, and it works on a remote tracking server too.
-
-MLflow has no compare-and-swap: acquiring writes our record, waits ``SETTLE_S`` and reads it back; the last writer
-wins and every other one backs off (sound while no process takes longer than ``SETTLE_S`` between check and
-write). A lease is stale, and taken over, when its heartbeat is older than ``STALE_AFTER_S`` or its owner ran on
-this host and is gone (``kill -9``: the next run takes over at once).
-"""
+"""One owner per trajectory: a lease with a heartbeat, the experiment tag ``sddkit.lease.<config hash>.<code hash>``
+(JSON ``Holder``; an experiment tag: it guards the creation of the first run too, and works on a remote server).
+The only module that reads or writes lease tags. MLflow has no compare-and-swap: acquiring writes our record,
+waits ``SETTLE_S`` and reads it back; the last writer wins. A lease is stale, and taken over, when its heartbeat is
+older than ``STALE_AFTER_S`` or its owner ran on this host and is gone (``kill -9``: taken over at once)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
 from sddkit import failures
-from sddkit.lifeline import started_at
+from sddkit.paths import process_started
 
 if TYPE_CHECKING:  # MLflow where a lease is taken or read through it: `sddkit ls` on sqlite never does
     from mlflow import MlflowClient
@@ -37,7 +33,7 @@ class LeaseHeld(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """This process's lease was taken over (it looked dead to another process); stop writing."""
+    """Another process took this one's lease over (it looked dead to it); stop writing."""
 
 
 @dataclass
@@ -50,10 +46,10 @@ class Holder:
     run_id: str = ""
 
     def describe(self) -> str:
-        age = max(0.0, time.time() - self.heartbeat)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         run = f" on run {self.run_id}" if self.run_id else ""
-        return f"pid {self.pid} on host {self.host}{run} (since {started}, last heartbeat {age:.0f} s ago)"
+        return (f"pid {self.pid} on host {self.host}{run} (since {started}, last heartbeat "
+                f"{max(0.0, time.time() - self.heartbeat):.0f} s ago)")
 
     def is_stale(self) -> bool:
         if time.time() - self.heartbeat > STALE_AFTER_S:
@@ -66,12 +62,12 @@ class Holder:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs on this host (a zombie, killed but not yet reaped, counts as gone)."""
-    return started_at(pid) is not None
+    """On this host (a zombie, killed but not yet reaped, counts as gone)."""
+    return process_started(pid) is not None
 
 
 def identity(config_hash: str, code_hash: str) -> str:
-    """What one lease guards: a trajectory's config and the code that trains it (its run identity)."""
+    """What one lease guards: a trajectory's config and the code that trains it."""
     return f"{config_hash}.{code_hash}"
 
 
@@ -94,7 +90,7 @@ def parse(text: str | None) -> Holder | None:
 
 
 def live(holder: Holder | None, run_id: str | None = None) -> Holder | None:
-    """``holder`` if it is alive (and on ``run_id``, or a run not set yet, where given), else None."""
+    """``holder`` if it is alive (and on ``run_id``, or on no run yet, where given)."""
     if holder is None or holder.is_stale() or (run_id is not None and holder.run_id not in ("", run_id)):
         return None
     return holder
@@ -102,30 +98,26 @@ def live(holder: Holder | None, run_id: str | None = None) -> Holder | None:
 
 def live_holder(tracker, experiment_id: str, config_hash: str | None, code_hash: str | None,
                 run_id: str | None = None) -> Holder | None:
-    """The live holder of that identity's lease (on ``run_id``, or a run not set yet, where given), else None."""
+    """The live holder of that identity's lease (on ``run_id``, or on no run yet, where given)."""
     return live(read(tracker.client, experiment_id, key_for(identity(config_hash, code_hash))), run_id)
 
 
 def holder_in(experiment_tags: dict[str, str], run) -> Holder | None:
-    """The live holder of trajectory ``run``'s lease, read from its experiment's tags."""
+    """The live holder of trajectory ``run``'s lease, from its experiment's tags."""
     key = key_for(identity(run.data.tags.get("sddkit.config_hash"), run.data.tags.get("sddkit.code_hash")))
     return live(parse(experiment_tags.get(key)), run.info.run_id)
 
 
 def drop(tracker, experiment_id: str, config_hash: str, code_hash: str) -> None:
-    """Delete that identity's lease (its owner is known to be gone: a cancelled sweep cell)."""
+    """Delete that identity's lease (its owner is known to be gone)."""
     tracker.client.delete_experiment_tag(experiment_id, key_for(identity(config_hash, code_hash)))
 
 
 def local_holders(tracker) -> list[Holder]:
-    """The live holders of every lease in the store whose owner runs on this host."""
-    found = []
-    for experiment in tracker.client.search_experiments():
-        for key in (k for k in experiment.tags if k.startswith(PREFIX)):
-            holder = read(tracker.client, experiment.experiment_id, key)
-            if holder is not None and holder.host == socket.gethostname() and not holder.is_stale():
-                found.append(holder)
-    return found
+    """The live holders of the store's leases that run on this host."""
+    found = [parse(value) for experiment in tracker.client.search_experiments()
+             for key, value in experiment.tags.items() if key.startswith(PREFIX)]
+    return [h for h in found if h is not None and h.host == socket.gethostname() and not h.is_stale()]
 
 
 class Lease:
@@ -144,7 +136,7 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self, wait: bool = False) -> "Lease":
-        """Take the lease, or raise LeaseHeld naming the owner (``wait``: poll until it is free)."""
+        """Take the lease, or raise LeaseHeld (``wait``: poll until it is free)."""
         while True:
             holder = read(self.client, self.experiment_id, self.key)
             if holder is None or holder.token == self.record.token or holder.is_stale():
@@ -164,7 +156,7 @@ class Lease:
         return self
 
     def _claim(self) -> Holder | None:
-        """Write our record and read it back after SETTLE_S: None if ours stuck, else the winner."""
+        """None if our record is still there after SETTLE_S, else the winner's."""
         self._write()
         time.sleep(SETTLE_S)
         back = read(self.client, self.experiment_id, self.key)
@@ -192,27 +184,25 @@ class Lease:
                 continue
 
     def check(self) -> None:
-        """Raise LeaseLost if another process took the trajectory over: never write a round after that."""
+        """Never write a round once another process took the trajectory over."""
         if self.lost:
             raise LeaseLost(f"the lease on this trajectory ({self.key}) was taken over by another process "
                             f"(this one looked dead to it); stopping without writing")
 
     def release(self, reach_store: bool = True) -> None:
-        """Stop the heartbeat and delete the lease; ``reach_store=False`` (the tracking server stopped
-        answering): only stop, without a call that would wait on it again. The lease then names this process,
-        gone once it exits: the next run on this host takes it over at once, elsewhere after STALE_AFTER_S."""
+        """Stop the heartbeat and delete the lease; ``reach_store=False`` (the server stopped answering): only
+        stop. The lease then names this process, gone once it exits: it is taken over all the same."""
         self._stop.set()
         if self._thread is not None and reach_store:
             self._thread.join(timeout=HEARTBEAT_S + 5)
         _live_tokens.discard(self.record.token)
         if not reach_store:
             return
-        try:
+        # An unreleased lease goes stale on its own: never mask the real error.
+        with contextlib.suppress(Exception):
             holder = read(self.client, self.experiment_id, self.key)
             if holder is not None and holder.token == self.record.token:
                 self.client.delete_experiment_tag(self.experiment_id, self.key)
-        except Exception:  # noqa: BLE001 - an unreleased lease goes stale on its own; never mask the real error
-            pass
 
     def __enter__(self) -> "Lease":
         return self

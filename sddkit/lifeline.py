@@ -1,10 +1,7 @@
-"""Processes that end with what started them, and the one way sddkit stops processes (``stop``, on psutil).
-
-A child gets SIGTERM when its parent dies (Linux's parent-death signal), and SIGTERM stops it as Ctrl-C does,
-so a run is marked KILLED and its lease released. This file also runs as a plain script (it imports nothing of
-sddkit): ``python -P lifeline.py PARENT COMMAND…`` guards the process group of ``sddkit ui``'s mlflow server,
-``python -P lifeline.py --reap PARENT PID…`` ends a Ray that ``sddkit sweep`` started. Off Linux these do nothing.
-"""
+"""Processes that end with what started them (Linux's parent-death signal; SIGTERM stops a run as Ctrl-C does),
+and the one way sddkit stops processes (``stop``, on psutil). Also a plain script importing nothing of sddkit:
+``python -P lifeline.py PARENT COMMAND…`` guards the group of an mlflow server, ``… --reap PARENT PID…`` ends a
+Ray that ``sddkit sweep`` started. Off Linux these do nothing."""
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +26,7 @@ REAP_GRACE_S = 5.0
 
 
 def stop_like_ctrl_c(*signals: int) -> None:
-    """Let each of ``signals`` raise KeyboardInterrupt, as SIGINT does (main thread only: signals reach only it)."""
+    """Let ``signals`` raise KeyboardInterrupt, as SIGINT does (main thread only: signals reach only it)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in signals:
@@ -45,7 +42,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
-    """Have the kernel send ``sig`` to this process when ``parent`` (strictly: the thread that started us) ends."""
+    """The kernel sends ``sig`` to this process when ``parent`` (strictly: the thread that started us) ends."""
     if not LINUX:
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -65,17 +62,7 @@ def running(proc: psutil.Process) -> bool:
         return False
 
 
-def started_at(pid: int) -> float | None:
-    """When the live process ``pid`` started (None once ended): with the pid, it names one process."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.create_time() if running(proc) else None
-    except psutil.Error:
-        return None
-
-
 def handles(pids) -> list[psutil.Process]:
-    """psutil's handles of those of ``pids`` that exist."""
     found = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -85,10 +72,8 @@ def handles(pids) -> list[psutil.Process]:
 
 def stop(procs: list[psutil.Process], grace: float, term: bool = True) -> None:
     """SIGTERM to ``procs`` (``term=False``: sent already), SIGKILL to those still running after ``grace`` s.
-
-    A pid reused meanwhile is never signalled (psutil checks its start time). Not psutil.wait_procs: it reaps
-    our children behind the back of their subprocess and multiprocessing handles, and waits out zombies that no
-    one reaps; here a zombie counts as ended and its parent reaps it."""
+    A pid reused meanwhile is never signalled. Not psutil.wait_procs: it reaps our children behind the back of
+    their subprocess handles and waits out zombies no one reaps; here a zombie counts as ended."""
     if term:
         send(procs, signal.SIGTERM)
     left = still_running(procs, grace)
@@ -103,7 +88,6 @@ def send(procs: list[psutil.Process], sig: int) -> None:
 
 
 def still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Those of ``procs`` still running after waiting up to ``timeout`` s for them to end."""
     deadline = time.monotonic() + timeout
     while (procs := [p for p in procs if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -111,7 +95,6 @@ def still_running(procs: list[psutil.Process], timeout: float) -> list[psutil.Pr
 
 
 def group(pgid: int) -> list[psutil.Process]:
-    """The live members of process group ``pgid``."""
     members = []
     for proc in psutil.process_iter():
         with contextlib.suppress(OSError, psutil.Error):
@@ -121,7 +104,7 @@ def group(pgid: int) -> list[psutil.Process]:
 
 
 def stop_group(pgid: int, grace: float) -> None:
-    """SIGTERM to the whole group ``pgid`` at once, SIGKILL to its members (this process aside) after ``grace`` s."""
+    """SIGTERM to the group at once, SIGKILL to its members (this process aside) after ``grace`` s."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -139,23 +122,17 @@ def follow_dvc() -> threading.Thread | None:
         return None
     parent = os.getppid()
     die_with_parent(parent)
-    dvc = dvc_ancestor(parent)
-    if dvc is None or dvc == parent:
-        return None
-    return watch(dvc, lambda: os.kill(os.getpid(), signal.SIGTERM))
-
-
-def dvc_ancestor(pid: int) -> int | None:
-    """The nearest process running ``dvc`` among ``pid`` and its ancestors, or None."""
     try:
-        proc = psutil.Process(pid)
+        proc = psutil.Process(parent)
         lineage = [proc, *proc.parents()]
     except psutil.Error:
         return None
     for proc in lineage:
         with contextlib.suppress(psutil.Error):
-            if proc.pid > 1 and is_dvc(proc.cmdline()):
-                return proc.pid
+            if proc.pid > 1 and is_dvc(proc.cmdline()):  # the nearest dvc
+                if proc.pid == parent:
+                    return None  # the parent-death signal covers it
+                return watch(proc.pid, lambda: os.kill(os.getpid(), signal.SIGTERM))
     return None
 
 
@@ -204,7 +181,7 @@ def guard(parent: int, command: list[str]) -> int:
 
 def start_reaper(roots: set[int]) -> subprocess.Popen | None:
     """A reaper (``reap``) of ``roots`` (this process's children) and theirs, in a session of its own (a Ctrl-C
-    in the terminal is ours to handle, not its); None off Linux or with no roots."""
+    in the terminal is ours to handle, not its)."""
     if not LINUX or not roots:
         return None
     return subprocess.Popen([sys.executable, "-P", __file__, "--reap", str(os.getpid()), *map(str, sorted(roots))],
@@ -212,7 +189,7 @@ def start_reaper(roots: set[int]) -> subprocess.Popen | None:
 
 
 def stop_reaper(reaper: subprocess.Popen | None) -> None:
-    """End the reaper now; it ends what is left of its processes first (returns once it has)."""
+    """End the reaper now; it ends what is left of its processes first."""
     if reaper is not None and reaper.poll() is None:  # not reaped yet: its pid is still its own
         stop(handles([reaper.pid]), REAP_GRACE_S + 5)
         reaper.wait()
@@ -241,7 +218,7 @@ def reap(parent: int, roots: list[int], poll: float = REAP_POLL_S) -> int:
 
 
 def family(roots: list[psutil.Process]) -> dict[int, psutil.Process]:
-    """The live processes among ``roots`` and their descendants."""
+    """The live processes among ``roots`` and their descendants, by pid."""
     found = {}
     for root in filter(running, roots):
         with contextlib.suppress(psutil.Error):

@@ -16,8 +16,7 @@ def project_root() -> Path:
 
 
 def find_project_root() -> Path | None:
-    """``DVC_ROOT`` inside DVC stages, else the nearest folder above the working directory holding
-    params.yaml, dvc.yaml or .git, else None: commands that only read a store need a project to read."""
+    """``DVC_ROOT`` inside DVC stages, else the nearest folder up from here holding a ``ROOT_MARKERS``."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path.cwd().resolve()
@@ -28,8 +27,8 @@ def find_project_root() -> Path | None:
 
 
 def missing_project(uri: str | None = None) -> str | None:
-    """Why there is no store to read here (the caller adds the remedy), or None: inside a project, or with a
-    tracking URI given. Outside a project the default store would be a new, empty mlflow.db right there."""
+    """Why there is no store to read here (the caller adds the remedy): outside a project without a tracking
+    URI, the default store would be a new, empty mlflow.db right there."""
     if uri or os.environ.get("MLFLOW_TRACKING_URI") or find_project_root() is not None:
         return None
     markers = f"{', '.join(ROOT_MARKERS[:-1])} or {ROOT_MARKERS[-1]}"
@@ -51,8 +50,8 @@ class StoreURI(str):
 
 
 def tracking_uri(config_uri: str | None = None, root: Path | None = None) -> StoreURI:
-    """The store to use (``store_uri``); while ``sddkit server`` serves that store, the server's URI: this
-    machine's commands then write through the server, as its workers do (``live_server``)."""
+    """``store_uri``, or while ``sddkit server`` serves that store, the server's URI (this machine's commands
+    then write through it, as its workers do)."""
     uri = store_uri(config_uri, root)
     server = live_server(uri.db) if uri.db is not None else None
     return StoreURI(server["uri"]) if server else uri
@@ -69,12 +68,14 @@ def server_marker(db: Path) -> Path:
     return db.with_name(f".{db.name}.server.json")
 
 
-def live_server(db: Path) -> dict | None:
-    """What the marker of a live ``sddkit server`` on ``db`` says (pid, started, host, uri), or None.
+def store_lock(db: Path) -> Path:
+    """The lock every process takes before changing a sqlite store's layout or locations."""
+    return db.with_name(f".{db.name}.lock")
 
-    A marker whose process has ended (the server was killed -9) is ignored here; ``relocation`` turns the
-    store's locations back and removes it. One written on another machine (a store on a shared disk) cannot be
-    checked from here, and counts as live."""
+
+def live_server(db: Path) -> dict | None:
+    """What the marker of a live ``sddkit server`` on ``db`` says (pid, started, host, uri). A dead server's
+    is ignored (``relocation`` removes it); one written on another machine cannot be checked, and counts."""
     try:
         server = json.loads(server_marker(db).read_text())
         alive = server["host"] != socket.gethostname() or process_started(server["pid"]) == server["started"]
@@ -84,8 +85,7 @@ def live_server(db: Path) -> dict | None:
 
 
 def process_started(pid: int) -> float | None:
-    """When the live process ``pid`` started, or None (a zombie too): with the pid, it names one process, even
-    after the pid is reused. (lifeline.started_at's twin: lifeline, also a plain script, shares this layer.)"""
+    """When the live process ``pid`` started, or None (a zombie too): with the pid, it names one process."""
     import psutil  # here: the CLI imports this module at start-up
     try:
         proc = psutil.Process(pid)
@@ -98,13 +98,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///path`` URI, or None."""
     return StoreURI(uri).db
 
 
 def store_file_problem(uri: str) -> str | None:
-    """What is wrong with a sqlite store file that is not a database, or None. Checked before MLflow opens it:
-    it would put a new, empty store in its place and orphan every artifact the old one indexed."""
+    """What is wrong with a sqlite store file that is not a database. Checked before MLflow opens it: it would
+    put a new, empty store in its place and orphan every artifact the old one indexed."""
     db = sqlite_path(uri)
     if db is None or not (db.exists() or db.is_symlink()):
         return None

@@ -1,14 +1,13 @@
 """A project you can move: a sqlite store's artifact locations follow the store file.
 
 MLflow freezes absolute artifact locations into its private tables. Before the store is opened, every location
-under another ``…/mlruns`` is rewritten to this store's ``mlruns/`` (if that holds the runs' artifacts: a
-``cp -a`` or ``mv`` of the project), else the store is refused in one line. While ``sddkit server`` serves
-the store, its locations read ``mlflow-artifacts:/…`` (``to_server``), turned back once it stops or is found
-dead. Only sqlite3 and the standard library: ``sddkit ui`` calls it before it starts a server.
-"""
+under another ``…/mlruns`` is rewritten to this store's ``mlruns/`` (if that holds the runs' artifacts: a ``cp -a``
+or ``mv`` of the project), else the store is refused in one line. While ``sddkit server`` serves the store, its
+locations read ``mlflow-artifacts:/…``. Only sqlite3 and the standard library: ``sddkit ui`` uses it too."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sqlite3
 import sys
 import urllib.parse
@@ -19,8 +18,7 @@ from sddkit.paths import live_server, server_marker
 
 HOME = "mlruns"
 # (table, key column, location column): where MLflow keeps artifact locations of what sddkit stores.
-RUNS = ("runs", "run_uuid", "artifact_uri")
-LOCATIONS = (("experiments", "experiment_id", "artifact_location"), RUNS)
+LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"))
 SERVED = "mlflow-artifacts:/"  # a location the tracking server resolves against its --artifacts-destination
 # The MLflow releases whose schema these tables and columns were checked against (pyproject pins the same).
 MLFLOW_SUPPORTED = ">=3.17,<3.18"
@@ -32,7 +30,6 @@ class StoreElsewhere(RuntimeError):
 
 
 def artifact_home(db: Path) -> Path:
-    """Where the artifacts of the sqlite store ``db`` live: ``mlruns/`` beside it."""
     return db.resolve().parent / HOME
 
 
@@ -46,15 +43,30 @@ def local_path(location: str | None) -> Path | None:
     return Path(location) if parsed.scheme == "" and location.startswith("/") else None
 
 
-def moved_from(path: Path, home: Path) -> tuple[Path, Path] | None:
-    """(the other ``mlruns`` folder ``path`` lies in, ``path`` relative to it), or None when ``path`` is
-    under ``home`` already or in no folder named mlruns."""
-    parts = path.parts
-    if HOME not in parts:
+def moved_from(location: str | None, home: Path) -> tuple[Path, Path] | None:
+    """(the other ``mlruns`` folder ``location`` lies in, its path inside), or None when it lies under ``home``
+    already or in no folder named mlruns."""
+    path = local_path(location)
+    if path is None or HOME not in path.parts:
         return None
-    cut = len(parts) - parts[::-1].index(HOME)
-    old = Path(*parts[:cut])
-    return None if old == home else (old, Path(*parts[cut:]))
+    cut = len(path.parts) - path.parts[::-1].index(HOME)
+    old = Path(*path.parts[:cut])
+    return None if old == home else (old, Path(*path.parts[cut:]))
+
+
+def moved_location(location: str | None, home: Path) -> str | None:
+    """``location`` moved into ``home`` (in the same form) when it lies under another mlruns/, else None."""
+    moved = moved_from(location, home)
+    if moved is None:
+        return None
+    new = home / moved[1]
+    return new.as_uri() if location.startswith("file:") else str(new)
+
+
+def moved_runs(con: sqlite3.Connection, home: Path) -> list[tuple[str, Path, Path]]:
+    """(run ID, the other mlruns/ folder, the run's folder in ``home``) of each run located under another one."""
+    return [(run_id, moved[0], (home / moved[1]).parent) for run_id, location in
+            con.execute("select run_uuid, artifact_uri from runs") if (moved := moved_from(location, home))]
 
 
 def relocate(db: Path) -> int:
@@ -80,16 +92,31 @@ def relocate(db: Path) -> int:
     return served_back + count
 
 
+def read_moved_runs(db: Path) -> list | None:
+    """``moved_runs`` of ``db``, read without writing; None before MLflow has made its tables."""
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+        return moved_runs(con, artifact_home(db)) if has_locations(con, db) else None
+
+
 def in_place(db: Path) -> bool:
-    """Whether the store ``db`` has nothing to relocate (no run's artifacts under another mlruns/, no server
-    marker), read without writing: `sddkit ls` then reads it by SQL, else through MLflow, which relocates."""
+    """Whether ``db`` has nothing to relocate (no run's artifacts under another mlruns/, no server marker):
+    `sddkit ls` then reads it by SQL, else through MLflow, which relocates."""
     if server_marker(db).exists():
         return False
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
-            return has_locations(con, db) and not moved_runs(con, artifact_home(db))
+        return read_moved_runs(db) == []
     except (sqlite3.Error, StoreElsewhere):
         return False
+
+
+def readable_view(db: Path) -> Path | None:
+    """For a read-only copy of a moved project: the mlruns/ folder to read its artifacts from (each location
+    moved on the fly, ``moved_location``), or None. Checked as ``relocate`` checks."""
+    runs = read_moved_runs(db) if db.is_file() else None
+    if not runs:
+        return None
+    check_copied(db, artifact_home(db), runs)
+    return artifact_home(db)
 
 
 def has_locations(con: sqlite3.Connection, db: Path) -> bool:
@@ -117,34 +144,6 @@ def mlflow_version() -> str:
         return "none"
 
 
-def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:
-    """Turn the served locations of ``db`` back into ``file:`` ones in ``home``, remove the server's marker;
-    returns how many."""
-    count = rewrite(con, lambda location: local_location(location, home))
-    con.commit()  # before the marker goes: a crash in between leaves the marker, and the next open redoes it
-    try:
-        server_marker(db).unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only folder: sqlite refused the rewrite above already
-    return count
-
-
-def from_server(db: Path) -> int:
-    """``back_from_server`` on its own, for a server that stops (run it under the store's lock)."""
-    with sqlite3.connect(db, timeout=60) as con:
-        return back_from_server(con, db, artifact_home(db)) if has_locations(con, db) else 0
-
-
-def to_server(db: Path) -> int:
-    """Rewrite the locations of ``db`` under its mlruns/ to ``mlflow-artifacts:/…``, for a server serving that
-    folder; returns how many. Run it under the store's lock, after ``relocate``."""
-    if not db.is_file():
-        return 0
-    home = artifact_home(db)
-    with sqlite3.connect(db, timeout=60) as con:
-        return rewrite(con, lambda location: served_location(location, home)) if has_locations(con, db) else 0
-
-
 def rewrite(con: sqlite3.Connection, new_location) -> int:
     count = 0
     for table, key, column in LOCATIONS:
@@ -153,6 +152,50 @@ def rewrite(con: sqlite3.Connection, new_location) -> int:
         if rows:
             con.executemany(f"update {table} set {column} = ? where {key} = ?", rows)
         count += len(rows)
+    return count
+
+
+def check_copied(db: Path, home: Path, runs: list[tuple[str, Path, Path]]) -> None:
+    """StoreElsewhere when a moved run's folder is only in the other mlruns/, or none of them is in ``home`` (a
+    run that never stored a file has no folder anywhere: that alone is no reason to refuse)."""
+    present = [folder.is_dir() for _, _, folder in runs]
+    left_behind = [(value, old) for (value, old, folder), here in zip(runs, present)
+                   if not here and (old / folder.relative_to(home)).is_dir()]
+    if left_behind or (runs and not any(present)):
+        value, old = left_behind[0] if left_behind else runs[0][:2]
+        # ``cp -a old home`` onto an existing home would nest mlruns/mlruns
+        copy = (f"cp -a {shlex.quote(str(old))} {shlex.quote(str(home))}" if not home.exists() else
+                f"cp -an {shlex.quote(str(old) + '/.')} {shlex.quote(str(home) + '/')}")
+        raise StoreElsewhere(f"tracking store {db} keeps its artifacts in {old}, outside this project, and "
+                             f"{home} lacks them (run {value}): copy them with `{copy}`, then "
+                             f"rerun; or set tracking.uri to the store beside {old}")
+
+
+# ---------------------------------------------------------------- a store served by `sddkit server`
+
+def set_served(db: Path, served: bool) -> int:
+    """Rewrite the locations of ``db`` under its mlruns/ to ``mlflow-artifacts:/…`` for a server that starts, or
+    back (``served=False``, the marker removed) for one that stops; returns how many. Run it under the store's
+    lock, after ``relocate``."""
+    if not db.is_file():
+        return 0
+    home = artifact_home(db)
+    with sqlite3.connect(db, timeout=60) as con:
+        if not has_locations(con, db):
+            return 0
+        if not served:
+            return back_from_server(con, db, home)
+        return rewrite(con, lambda location: served_location(location, home))
+
+
+def back_from_server(con: sqlite3.Connection, db: Path, home: Path) -> int:
+    """Turn the served locations of ``db`` back into ``file:`` ones in ``home``, remove the server's marker."""
+    count = rewrite(con, lambda location: local_location(location, home))
+    con.commit()  # before the marker goes: a crash in between leaves the marker, and the next open redoes it
+    try:
+        server_marker(db).unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder: sqlite refused the rewrite above already
     return count
 
 
@@ -166,71 +209,8 @@ def served_location(location: str | None, home: Path) -> str | None:
 
 
 def local_location(location: str | None, home: Path) -> str | None:
-    """The ``file:`` URI in ``home`` of a served location (``mlflow-artifacts:/path``; one naming a host is
-    another server's), else None."""
+    """The ``file:`` URI in ``home`` of a served location (one naming a host is another server's), else None."""
     if not location or not location.startswith(SERVED) or location.startswith(SERVED + "/"):
         return None
     inside = urllib.parse.unquote(location[len(SERVED):])
     return (home / inside).as_uri() if inside else home.as_uri()
-
-
-def moved_runs(con: sqlite3.Connection, home: Path) -> list[tuple[str, Path, str]]:
-    """(run id, the other mlruns/ folder, new location) of each run whose location lies under another mlruns/."""
-    runs = []
-    _, key, column = RUNS
-    for run_id, location in con.execute(f"select {key}, {column} from runs"):
-        path = local_path(location)
-        moved = moved_from(path, home) if path is not None else None
-        if moved is not None:
-            runs.append((run_id, moved[0], moved_location(location, home)))
-    return runs
-
-
-def moved_location(location: str | None, home: Path) -> str | None:
-    """``location`` moved into ``home`` when it lies under another mlruns/ (in the same form), else None."""
-    path = local_path(location)
-    moved = moved_from(path, home) if path is not None else None
-    if moved is None:
-        return None
-    new = home / moved[1]
-    return new.as_uri() if location.startswith("file:") else str(new)
-
-
-def readable_view(db: Path) -> Path | None:
-    """For a read-only copy of a moved project: the mlruns/ folder to read its artifacts from (each location
-    moved on the fly, ``moved_location``), or None. Checked as ``relocate`` checks; opened read-only."""
-    if not db.is_file():
-        return None
-    home = artifact_home(db)
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        runs = moved_runs(con, home) if has_locations(con, db) else []
-    finally:
-        con.close()
-    if not runs:
-        return None
-    check_copied(db, home, runs)
-    return home
-
-
-def check_copied(db: Path, home: Path, runs: list[tuple[str, Path, str]]) -> None:
-    """StoreElsewhere when a moved run's folder is only in the other mlruns/, or none of them is in ``home`` (a
-    run that never stored a file has no folder anywhere: that alone is no reason to refuse)."""
-    runs = [(value, old, local_path(new).parent) for value, old, new in runs]
-    present = [folder.is_dir() for _, _, folder in runs]
-    left_behind = [(value, old) for (value, old, folder), here in zip(runs, present)
-                   if not here and (old / folder.relative_to(home)).is_dir()]
-    if left_behind or (runs and not any(present)):
-        value, old = left_behind[0] if left_behind else runs[0][:2]
-        raise StoreElsewhere(f"tracking store {db} keeps its artifacts in {old}, outside this project, and "
-                             f"{home} lacks them (run {value}): copy them with `{copy_command(old, home)}`, then "
-                             f"rerun; or set tracking.uri to the store beside {old}")
-
-
-def copy_command(old: Path, home: Path) -> str:
-    """The exact copy that fills ``home`` from ``old`` (``cp -a old home`` onto an existing home would nest
-    ``mlruns/mlruns``)."""
-    import shlex
-    if not home.exists():
-        return f"cp -a {shlex.quote(str(old))} {shlex.quote(str(home))}"
-    return f"cp -an {shlex.quote(str(old) + '/.')} {shlex.quote(str(home) + '/')}"

@@ -1,5 +1,5 @@
-"""A trajectory's runs in the store: ``TrajectoryRun`` (the engine's ``trajectory.Store``: a parent run and one
-nested run per round) and the reads of a round's files. Works through a ``tracking.Tracker``'s operations."""
+"""A trajectory's runs, through a ``tracking.Tracker``: ``TrajectoryRun`` (the engine's ``trajectory.Store``: a
+parent run and one nested run per round) and the reads of a round's files."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,8 @@ class TrajectoryRun:
         self.experiment_id, self.name = run.info.experiment_id, run.info.run_name
         self.code_hash = run.data.tags.get("sddkit.code_hash", "")
         self._rounds = tracker.round_runs(run_id, finished_only=False, experiment_id=self.experiment_id)
-        self.completed = [round_row(r) for r in contiguous([r for r in self._rounds if r.info.status == "FINISHED"])]
+        self._kept = contiguous([r for r in self._rounds if r.info.status == "FINISHED"])
+        self.completed = [round_row(r) for r in self._kept]
         self._started: tuple[int, str] | None = None  # (round, run ID) of the round run under way
         self._published: tuple[int, str] | None = None  # (round, run ID) whose mask publish_mask stored
 
@@ -40,21 +41,19 @@ class TrajectoryRun:
         return self.tracker.client
 
     def close_interrupted_rounds(self) -> None:
-        """Mark the rounds left RUNNING by a dead owner KILLED (they are redone, never counted)."""
+        """Rounds left RUNNING by a dead owner: KILLED (redone, never counted)."""
         for r in self._rounds:
             if r.info.status == "RUNNING":
                 self.tracker.set_status(r.info.run_id, "KILLED")
 
     def complete_parent_curve(self) -> None:
-        """Log the parent metrics of finished rounds that lack them (a kill between a round run turning FINISHED
-        and the parent's metrics being logged leaves a gap in the parent's curve)."""
+        """Fill the parent curve's gaps (a kill between a round run turning FINISHED and the parent's metrics)."""
         logged = {m.step for m in self.tracker.metric_history(self.run_id, "test_acc")}
         self.tracker.log_metrics(self.run_id, [(k, row[k], row["round"]) for row in self.completed
                                                if row["round"] not in logged for k in PARENT_METRICS if k in row])
 
     def redo_from(self, first: int) -> None:
-        """Retrain round ``first`` and every later one: their runs are marked KILLED and tagged
-        ``sddkit.replaced``; rounds 0…first−1 are kept."""
+        """Retrain round ``first`` on: their runs are marked KILLED and tagged ``sddkit.replaced``."""
         if first > len(self.completed):
             raise TrackingError(f"--redo-from {first}: run {self.run_id} has finished rounds 0–"
                                 f"{len(self.completed) - 1} only; rerun without --redo-from to continue it")
@@ -68,8 +67,7 @@ class TrajectoryRun:
     def check_rounds_kept(self, redo_from: int | None = None) -> None:
         """Before a resume: every finished round it keeps still has its files (the rounds to train build on
         them); else stop in one line offering the repair that keeps the rounds before the first lost one."""
-        kept = contiguous([r for r in self._rounds if r.info.status == "FINISHED"])
-        for run in kept[:redo_from]:
+        for run in self._kept[:redo_from]:
             lost = [name for name in ROUND_FILES if name not in self.tracker.artifact_paths(run.info.run_id)]
             if lost:
                 k = int(run.data.tags["sddkit.round"])
@@ -81,14 +79,14 @@ class TrajectoryRun:
                     f"instead start a new run and retrain every round)")
 
     def restore_labels(self, noisy: torch.Tensor) -> None:
-        """Put back a deleted noisy_labels.npy (derived from the config: said, not silent)."""
+        """Put back a deleted noisy_labels.npy (derived from the config; said, not silent)."""
         from sddkit import checkpoint
         if LABELS not in self.tracker.artifact_paths(self.run_id):
             self.note_rebuilt("labels", f"{LABELS} of run {self.run_id} is missing")
             self.tracker.log_files(self.run_id, {LABELS: checkpoint.npy_bytes(noisy.cpu().numpy())})
 
     def reopen(self) -> None:
-        """Mark a continued run RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
+        """A continued run is RUNNING again (it was KILLED, FAILED or, for --redo-from, FINISHED)."""
         self.tracker.set_status(self.run_id, "RUNNING")
         self.finished = False
         self.set_state(None)  # a wait the last owner was stopped in is over
@@ -96,6 +94,13 @@ class TrajectoryRun:
     def check_owner(self) -> None:
         if self.lease is not None:
             self.lease.check()
+
+    def round_run(self, round_index: int) -> str:
+        """The ID of round ``round_index``'s run under way (created now if it is not), once the lease is ours."""
+        self.check_owner()
+        if self._started is None or self._started[0] != round_index:
+            self.start_round(round_index)
+        return self._started[1]
 
     # ---- trajectory.Store
     def log_labels(self, noisy: torch.Tensor, realised_rate: float) -> None:
@@ -108,8 +113,8 @@ class TrajectoryRun:
         self.tracker.log_files(self.run_id, {f"state/{name}.pt": checkpoint.torch_bytes(state)})
 
     def load_state(self, name: str) -> dict | None:
-        """The stored state, or None when it is absent or damaged: the engine then re-derives it (every state is
-        derivable from the config), so a half-written file is never trained on."""
+        """None when absent or damaged: the engine then re-derives it from the config (a half-written file is
+        never trained on)."""
         path = f"state/{name}.pt"
         if path not in self.tracker.artifact_paths(self.run_id, "state"):
             if name != "init":  # the init is never stored (only runs of older sddkit kept it): not a loss
@@ -147,18 +152,16 @@ class TrajectoryRun:
         self.store_round(round_index, metrics, epoch_metrics, files, {})
 
     def publish_mask(self, round_index: int, masks: dict[str, torch.Tensor]) -> None:
-        """Store round ``round_index``'s mask in its run under way as soon as it is pruned: a reinit twin
-        (``twin.LotteryMasks``) trains its own round k beside this one from it."""
+        """Store the mask as soon as it is pruned: a reinit twin (``twin.LotteryMasks``) trains its own round k
+        beside this one from it."""
         from sddkit import checkpoint
-        self.check_owner()
-        if self._started is None or self._started[0] != round_index:
-            self.start_round(round_index)
-        self.tracker.log_files(self._started[1], {"mask.npz": checkpoint.pack_mask(masks)})
-        self._published = (round_index, self._started[1])
+        child = self.round_run(round_index)
+        self.tracker.log_files(child, {"mask.npz": checkpoint.pack_mask(masks)})
+        self._published = (round_index, child)
 
     def set_state(self, text: str | None) -> None:
-        """What the trajectory does when not training (``waiting for lottery round 3 …``): the parent's tag
-        ``sddkit.state``, shown in the MLflow UI; None removes it."""
+        """What the trajectory does when not training (``waiting for lottery round 3 …``), in the parent's tag
+        ``sddkit.state``; None removes it."""
         if text is not None:
             self.tracker.set_tag(self.run_id, "sddkit.state", text)
         else:
@@ -166,7 +169,7 @@ class TrajectoryRun:
 
     def adopt_round(self, round_index: int, source) -> dict:
         """Round ``round_index`` as a copy of ``source``, an identical round run of another trajectory (reinit's
-        round 0 is its twin's), tagged ``sddkit.copied_from``; ``copied_round_seconds`` is the training's time."""
+        round 0 is its twin's), tagged ``sddkit.copied_from``."""
         started = time.perf_counter()
         source_id = source.info.run_id
         epoch_metrics = [m for key in source.data.metrics if key.startswith("epoch/")
@@ -180,8 +183,7 @@ class TrajectoryRun:
         return metrics
 
     def start_round(self, round_index: int, sparsity_target: float | None = None) -> None:
-        """Create the round's nested run now, RUNNING, with the round's params and the parent's (to search rounds
-        by them). A round cut off midway stays RUNNING until ``close_interrupted_rounds``."""
+        """The round's nested run, RUNNING, with its params and the parent's (to search rounds by them)."""
         self.check_owner()
         tags = {"mlflow.parentRunId": self.run_id, "sddkit.kind": ROUND, "sddkit.round": str(round_index)}
         own = {"round": str(round_index)}
@@ -194,14 +196,10 @@ class TrajectoryRun:
     def store_round(self, round_index: int, metrics: dict, epoch_metrics: list, files: dict[str, bytes],
                     tags: dict[str, str]) -> None:
         """A round's metrics, history and files into its nested run; FINISHED only once all are stored."""
-        self.check_owner()
-        if self._started is None or self._started[0] != round_index:
-            self.start_round(round_index)
-        child = self._started[1]
+        child = self.round_run(round_index)
         # A failure here (a full disk, a server gone) leaves the round under way: the runner marks it and the
         # parent as the run ends (runner.ending), and a rerun redoes the round.
-        self.tracker.set_tags(child, tags)
-        self.tracker.log_metrics(child, epoch_metrics + [(k, v, round_index) for k, v in metrics.items()])
+        self.tracker.log(child, epoch_metrics + [(k, v, round_index) for k, v in metrics.items()], tags=tags)
         self.tracker.log_files(child, files)
         self.tracker.set_status(child, "FINISHED")  # only now does the round count as done
         self._started = None
@@ -220,7 +218,7 @@ class TrajectoryRun:
 
     @property
     def round_under_way(self) -> int:
-        """The round being trained or stored (the next one when none is)."""
+        """The round being trained or stored (else the next one)."""
         return self._started[0] if self._started is not None else len(self.completed)
 
     def stop(self, status: str) -> None:
@@ -232,7 +230,7 @@ class TrajectoryRun:
 
 
 def contiguous(rounds: list) -> list:
-    """Finished round runs 0, 1, 2, … up to the first gap (sorted by round)."""
+    """Finished round runs 0, 1, 2, … up to the first gap."""
     done = []
     for expected, r in enumerate(rounds):
         if int(r.data.tags["sddkit.round"]) != expected:
@@ -242,7 +240,7 @@ def contiguous(rounds: list) -> list:
 
 
 def round_row(run) -> dict:
-    """A finished round run's metrics, as the trajectory engine produced them."""
+    """A finished round run's metrics, as the engine produced them."""
     row = {k: v for k, v in run.data.metrics.items() if not k.startswith("epoch/")}
     row["round"] = int(row.get("round", run.data.tags["sddkit.round"]))
     return row
@@ -251,7 +249,7 @@ def round_row(run) -> dict:
 # ---------------------------------------------------------------- a round's files
 
 def read_mask(tracker, run_id: str, content: bytes | None = None) -> dict[str, torch.Tensor]:
-    """A round run's mask (``content``: its bytes, already read)."""
+    """``content``: the mask's bytes, read already."""
     from sddkit import checkpoint
     content = tracker.read_bytes(run_id, "mask.npz") if content is None else content
     try:
@@ -261,7 +259,7 @@ def read_mask(tracker, run_id: str, content: bytes | None = None) -> dict[str, t
 
 
 def read_weights(tracker, run_id: str, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """A round run's final weights, dense on the CPU (exact zeros where pruned), from either file format."""
+    """Dense on the CPU (exact zeros where pruned), from either file format."""
     from sddkit import checkpoint
     stored = tracker.read_torch(run_id, WEIGHTS)
     if not checkpoint.is_sparse(stored):
@@ -274,8 +272,8 @@ def read_weights(tracker, run_id: str, masks: dict[str, torch.Tensor] | None = N
 
 
 def damaged(tracker, run_id: str, path: str, problem: str) -> TrackingError:
-    """The error for a missing or unreadable artifact, naming the run and the file, with the repair that keeps
-    the finished rounds (never a bare --force, which would retrain all of them)."""
+    """The error for a missing or unreadable artifact, with the repair that keeps the finished rounds (never a
+    bare --force, which would retrain all of them)."""
     run = tracker.find_run(run_id)
     if run is None:
         return TrackingError(f"run {run_id}: {path} is {problem}, and the run itself is not in {tracker.uri}")

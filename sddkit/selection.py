@@ -1,7 +1,6 @@
-"""Which stored trajectories a command means: one path for `ls`, compare, the API, analyze and adopt. A selector is
-a run ID, a name (run name or ``sddkit.name``), a ``--results`` folder (its run.json) or ``key=value``; the store
-is searched with MLflow filter strings (paged), and ``where`` conditions are matched in Python (values as YAML,
-0.4 == 0.40), so a quote in a selector can never change what is searched."""
+"""Which stored trajectories a command means, for `ls`, compare, the API, analyze and adopt: a run ID, a name (run
+name or ``sddkit.name``), a ``--results`` folder (its run.json) or ``key=value``. Names are searched with MLflow
+filter strings; ``where`` conditions are matched in Python (values as YAML, 0.4 == 0.40)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +16,7 @@ from sddkit.tracking import ROUND, RUN_ID, SAFE_LITERAL, TRAJECTORY, Tracker, Tr
 
 
 def by_name(tracker: Tracker, selector: str, experiment: str) -> list:
-    """Trajectories whose run ID, run name or ``sddkit.name`` tag is ``selector``, newest first."""
+    """Trajectories whose run ID, run name or ``sddkit.name`` is ``selector``, newest first."""
     if not SAFE_LITERAL.fullmatch(selector):  # it cannot be spliced into a filter: matched here instead
         return [r for r in tracker.trajectories(experiment)
                 if selector in (r.info.run_id, r.info.run_name, r.data.tags.get("sddkit.name"))]
@@ -30,9 +29,9 @@ def by_name(tracker: Tracker, selector: str, experiment: str) -> list:
 
 def select(tracker: Tracker, selector: str, experiment: str, where=(), heading: str = "", finished: bool = True,
            hint: str = "", names_only: bool = False) -> list:
-    """The trajectories ``selector`` names where every ``where`` holds (``key=value`` texts), newest first;
-    with ``finished``, only the finished ones; ``names_only``: a run ID or name only (the API). ``heading``
-    (``--runs x``) starts each error, ``hint`` ends the one for an unknown name."""
+    """The trajectories ``selector`` names where every ``where`` (``key=value``) holds, newest first;
+    ``names_only``: a run ID or name only (the API). ``heading`` (``--runs x``) starts each error, ``hint`` ends
+    the one for an unknown name."""
     prefix = f"{heading}: " if heading else ""
     check_filters(where)
     if not names_only and (Path(selector) / RUN_FILE).is_file():
@@ -54,7 +53,7 @@ def select(tracker: Tracker, selector: str, experiment: str, where=(), heading: 
 
 
 def unknown(tracker: Tracker, experiment: str, what: str, hint: str = "") -> TrackingError:
-    """The error for a selector that matched nothing: ``what``, then the names the experiment does hold."""
+    """``what``, then the names the experiment does hold."""
     names = sorted({trajectory_name(r) for r in tracker.trajectories(experiment)})
     if not names:
         return TrackingError(f"{what}; experiment {experiment!r} in {tracker.uri} holds no trajectories yet; "
@@ -64,7 +63,7 @@ def unknown(tracker: Tracker, experiment: str, what: str, hint: str = "") -> Tra
 
 
 def finished_only(runs: list, what: str) -> list:
-    """The finished ones of ``runs``, or an error saying how the others ended (``what``: ``no trajectory …``)."""
+    """The finished ones of ``runs``, or an error saying how the others ended."""
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if not finished:
         statuses = ", ".join(sorted({r.info.status for r in runs}))
@@ -101,7 +100,7 @@ def check_filters(where) -> None:
 
 
 def where_list(where: dict | list[str] | str | None) -> list[str]:
-    """``where`` (the API's dict, list or text) as ``key=value`` texts."""
+    """The API's dict, list or text as ``key=value`` texts."""
     if where is None:
         return []
     if isinstance(where, str):
@@ -112,14 +111,13 @@ def where_list(where: dict | list[str] | str | None) -> list[str]:
 
 
 def matches(run, assignment: str) -> bool:
-    """``key=value`` against the run's tags, then its params (values compared as YAML: 0.4 == 0.40)."""
+    """``key=value`` against the run's tags, then its params."""
     key, _, value = assignment.partition("=")
     stored = stored_value(run, key.strip())
     return stored is not None and (stored == value.strip() or as_yaml(stored) == as_yaml(value.strip()))
 
 
 def stored_value(run, key: str) -> str | None:
-    """The run's tag ``key``, else its param ``key`` (None where it has neither)."""
     return run.data.tags.get(key, run.data.params.get(key))
 
 
@@ -130,11 +128,9 @@ def as_yaml(text: str):
         return text
 
 
-# ---------------------------------------------------------------- what differs, and what is done
-
 def finished_round_counts(tracker: Tracker, runs: list) -> Counter:
-    """Trajectory run ID -> its finished round runs, from one search of the experiment (not one per trajectory:
-    each scans the experiment's runs), in pages of 200 of which only the count is kept."""
+    """Trajectory run ID -> its finished round runs, from one search of the experiment (not one per trajectory),
+    in pages of 200 of which only the count is kept."""
     experiments = sorted({r.info.experiment_id for r in runs})
     if not experiments:
         return Counter()

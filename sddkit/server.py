@@ -1,8 +1,7 @@
 """``sddkit server``: one tracking server on the project's store, for workers on other machines. It proxies
-artifacts, and while it serves the store's locations read ``mlflow-artifacts:/…`` (``relocation``) and a marker
-beside the store (``paths.live_server``) sends this machine's commands through it too. Anything but loopback
-needs basic auth (``--auth``) or a loudly named flag; ``serving`` runs the process (none outlives the command).
-"""
+artifacts; while it serves, the store's locations read ``mlflow-artifacts:/…`` (``relocation``) and a marker beside
+the store (``paths.live_server``) sends this machine's commands through it too. Anything but loopback needs basic
+auth (``--auth``) or a loudly named flag."""
 from __future__ import annotations
 
 import ipaddress
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from sddkit import relocation, serving
 from sddkit.files import locked, write_atomic
-from sddkit.paths import StoreURI, live_server, process_started, server_marker, sqlite_path
+from sddkit.paths import StoreURI, live_server, process_started, server_marker, sqlite_path, store_lock
 from sddkit.serving import ServeError
 
 ADMIN = "admin"
@@ -28,7 +27,7 @@ WILDCARDS = ("0.0.0.0", "::")
 def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, auth: bool = False,
           insecure: bool = False, ready_timeout: float = 180.0) -> int:
     """Serve the store ``uri`` on ``host``:``port`` until Ctrl-C, SIGTERM or SIGHUP (exit code 0), printing the
-    one line of environment workers need. Refuses an open interface without ``auth`` (unless ``insecure``)."""
+    one line of environment workers need."""
     uri = StoreURI(uri)  # parsed once: every step below reads its sqlite file from it
     if not (auth or insecure or is_loopback(host)):
         raise ServeError(f"--host {host} is not a loopback address: anyone on that network could read and "
@@ -36,31 +35,32 @@ def serve(uri: str, root: Path, host: str, port: int | None, experiment: str, au
                          f"without authentication")
     check_not_served(uri)
     port = serving.checked_port(port, host)
-    command = serving.mlflow_server(uri, root, host, port, "--serve-artifacts",
+    command = serving.mlflow_server(uri, root, host, port, "sddkit server", "--serve-artifacts",
                                     *(["--app-name", "basic-auth"] if auth else []))
-    serving.check_store_writable(uri, root, "sddkit server")
-    serving.follow_moved_project(uri, root)
     create_experiment(uri, root, experiment)  # before workers race to create it
     env = auth_env(uri, root) if auth else {}
+    reach = url_host(socket.gethostname() if host in WILDCARDS else host)  # a wildcard is reached by our name
     if not is_loopback(host) and "MLFLOW_SERVER_ALLOWED_HOSTS" not in os.environ:
-        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(workers_host(host))
+        # MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use
+        from sddkit.store import default_allowed_hosts
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join([*default_allowed_hosts(), reach, f"{reach}:*"])
     local = f"http://{url_host(serving.LOOPBACK if host in WILDCARDS else host)}:{port}"
-    workers = f"http://{url_host(workers_host(host))}:{port}"
+    workers = f"http://{reach}:{port}"
 
     def ready(url: str) -> None:
         print(workers_line(workers, ADMIN if auth else None, env.get("MLFLOW_AUTH_ADMIN_PASSWORD")), flush=True)
         print(f"serving {uri}, artifacts proxied; this machine's commands on it go through {local} while it "
               f"runs{' (with the same credentials)' if auth else ''}; Ctrl-C stops it", file=sys.stderr)
 
-    db = sqlite_path(uri)
-    db = root / db if db is not None else None
+    db = root / uri.db if uri.db is not None else None
     if db is not None:
         claim(db, local)
     try:
         return serving.run(command, root, local, ready, env, ready_timeout)
     finally:
-        if db is not None:
-            release(db)
+        if db is not None:  # local again: ``file:`` locations, no marker (what a local open does after a kill -9)
+            with locked(store_lock(db)):
+                relocation.set_served(db, False)
 
 
 def is_loopback(host: str) -> bool:
@@ -72,24 +72,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: whatever it resolves to, it is not plainly this machine alone
 
 
-def workers_host(host: str) -> str:
-    """The address workers reach the server by: a wildcard bind is reached by this machine's name."""
-    return socket.gethostname() if host in WILDCARDS else host
-
-
 def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def allowed_hosts(host: str) -> str:
-    """MLflow's default Host-header allowlist (loopback and private addresses), plus the name workers use."""
-    from sddkit.store import default_allowed_hosts
-    return ",".join([*default_allowed_hosts(), url_host(host), f"{url_host(host)}:*"])
-
-
 def workers_line(url: str, user: str | None, password: str | None) -> str:
-    """``workers: MLFLOW_TRACKING_URI=…`` (and the credentials, for --auth): what a worker's environment needs.
-    A password from SDDKIT_SERVER_PASSWORD is named, never printed; a generated one is shown this once."""
+    """What a worker's environment needs. A password from SDDKIT_SERVER_PASSWORD is named, never printed; a
+    generated one is shown this once."""
     line = f"workers: MLFLOW_TRACKING_URI={url}"
     if user is not None:
         shown = f'"${PASSWORD_ENV}"' if os.environ.get(PASSWORD_ENV) else shlex.quote(password or "")
@@ -109,9 +98,8 @@ def check_not_served(uri: str) -> None:
 
 
 def create_experiment(uri: str, root: Path, experiment: str) -> None:
-    """The experiment, created now with its local location (turned into a served one by ``claim``): workers
-    that start together would each try to create it. Refused while a trajectory trains on this machine
-    straight into the store: its next round would find a served location it cannot write."""
+    """Created now (workers that start together would each try to). Refused while a trajectory trains on this
+    machine straight into the store: its next round would find a served location it cannot write."""
     from sddkit import lease
     from sddkit.tracking import Tracker, TrackingError
     try:
@@ -125,23 +113,17 @@ def create_experiment(uri: str, root: Path, experiment: str) -> None:
 
 
 def claim(db: Path, local: str) -> None:
-    """Mark ``db`` as served (this process, at ``local``) and point its locations through the server."""
+    """Mark ``db`` as served (by this process, at ``local``) and point its locations through the server."""
     marker = {"pid": os.getpid(), "started": process_started(os.getpid()), "host": socket.gethostname(),
               "uri": local}
-    with locked(serving.store_lock(db)):
+    with locked(store_lock(db)):
         write_atomic(server_marker(db), json.dumps(marker, indent=1).encode())
-        relocation.to_server(db)
-
-
-def release(db: Path) -> None:
-    """The store is local again: ``file:`` locations, no marker (what a local open does after a kill -9)."""
-    with locked(serving.store_lock(db)):
-        relocation.from_server(db)
+        relocation.set_served(db, True)
 
 
 def auth_env(uri: str, root: Path) -> dict[str, str]:
-    """The basic-auth app's configuration: an ini beside the store naming its own user database there, and
-    the admin's password (SDDKIT_SERVER_PASSWORD, else a new one) in the server's environment only."""
+    """The basic-auth app's configuration: an ini beside the store naming its user database there, and the
+    admin's password (SDDKIT_SERVER_PASSWORD, else a new one) in the server's environment only."""
     db = sqlite_path(uri)
     folder = (root / db).parent if db is not None else root
     name = db.stem if db is not None else "mlflow"

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from sddkit import failures, relocation
 from sddkit.files import locked
-from sddkit.paths import sqlite_path
+from sddkit.paths import sqlite_path, store_lock
 
 # One bar per downloaded mask or weights file would bury the progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -32,14 +32,14 @@ class TrackingError(RuntimeError):
 
 
 def open_client(uri: str) -> MlflowClient:
-    """A client on ``uri``. Processes starting together on a fresh sqlite store would each create and migrate
-    its tables and all but one crash: the first creates it under a lock file, the others then find it ready."""
+    """Processes starting together on a fresh sqlite store would each create and migrate its tables, and all but
+    one crash: the first creates it under a lock file, the others then find it ready."""
     failures.note_store(uri)
     db = sqlite_path(uri)
     if db is None:
         return MlflowClient(tracking_uri=uri)
     # A read-only folder takes no lock file; nothing can be created or migrated there either.
-    with locked(db.with_name(f".{db.name}.lock"), required=False):
+    with locked(store_lock(db), required=False):
         home = moved_store(db)
         client = MlflowClient(tracking_uri=uri) if home is None else RelocatingClient(uri, home)
         client.search_experiments(max_results=1)
@@ -53,15 +53,13 @@ def moved_store(db: Path) -> Path | None:
     """Point a moved project's store at its own artifacts (``relocation``), or refuse it. A store that cannot be
     written is not rewritten: the mlruns/ folder its artifacts are read from is returned (else None)."""
     try:
-        relocation.relocate(db)
-        return None
-    except relocation.StoreElsewhere as exc:
-        raise TrackingError(str(exc)) from exc
-    except sqlite3.Error as exc:  # read-only, or locked for a minute
-        if not read_only(db, exc):
-            raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be "
-                                f"updated ({exc}); let the process holding it finish, then rerun") from exc
-    try:
+        try:
+            relocation.relocate(db)
+            return None
+        except sqlite3.Error as exc:  # read-only, or locked for a minute
+            if not read_only(db, exc):
+                raise TrackingError(f"tracking store {db} belongs to a moved or copied project and cannot be "
+                                    f"updated ({exc}); let the process holding it finish, then rerun") from exc
         home = relocation.readable_view(db)
     except relocation.StoreElsewhere as exc:
         raise TrackingError(str(exc)) from exc
@@ -77,8 +75,8 @@ def read_only(db: Path, exc: sqlite3.Error) -> bool:
 
 
 class RelocatingClient(MlflowClient):
-    """A client on a store that cannot be written: the artifact locations frozen into the original project's
-    mlruns/ are resolved into this one's (``home``) on every read. Writes fail in the store as usual."""
+    """A client on a store that cannot be written: locations frozen into the original project's mlruns/ are
+    resolved into this one's (``home``) on every read. Writes fail in the store as usual."""
 
     def __init__(self, tracking_uri: str, home: Path):
         super().__init__(tracking_uri=tracking_uri)

@@ -1,8 +1,7 @@
-"""`sddkit ls` on a local sqlite store without importing MLflow: its import alone costs as much as torch's.
-
-Read-only SQL on the tables MLflow's client reads for the same search. A store of another schema version than
-the pinned MLflow's (an older one MLflow would migrate first), or lacking a column, returns ``None``: the caller
-reads it through MLflow, so a schema change costs speed, never a wrong listing."""
+"""`sddkit ls` on a local sqlite store without importing MLflow (its import alone costs as much as torch's):
+read-only SQL on the tables MLflow's client reads. A store of another schema version than the pinned MLflow's, or
+lacking a column, returns ``None``: the caller reads it through MLflow (a schema change costs speed, never a
+wrong listing)."""
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +58,7 @@ class Listing:
 
 def read_listing(db: Path, experiment: str) -> Listing | None:
     """The trajectories of ``experiment`` in the sqlite store ``db``; ``None`` where this reader cannot vouch for
-    the schema (read it through MLflow)."""
+    the schema."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
             return read(con, experiment) if schema_known(con) else None

@@ -1,14 +1,13 @@
-"""The store's front door: ``Tracker``, the MLflow store of a project (experiments, paged searches, the run of a
-config and code, every run and artifact operation the commands use). Only the store layer (``store``, ``tracking``,
-``runs``, ``lease``) talks to MLflow; one parent run per trajectory, one nested run per round (``runs``)."""
+"""The store's front door: ``Tracker``, a project's MLflow store (experiments, paged searches, the run of a config
+and code, the run and artifact operations the commands use). One parent run per trajectory, one nested run per
+round (``runs``)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ from sddkit.config import Config
 from sddkit.files import unwritable, unwritable_file, write_atomic
 from sddkit.fingerprint import code_hash, param_text, run_label, trajectory_tags
 from sddkit.paths import StoreURI, store_file_problem
-from sddkit.relocation import artifact_home
+from sddkit.relocation import artifact_home, local_path
 from sddkit.listing import PARENT_METRICS, ROUND, TRAJECTORY, stored_summary
 from sddkit.runs import INIT_DIGEST, TrajectoryRun, damaged, read_mask, read_weights, round_row
 from sddkit.store import STORE_ERRORS, TrackingError, open_client
@@ -40,15 +39,11 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def literal(value: str) -> str:
-    """``value`` quoted for an MLflow filter string. The grammar has no escape for a quote, so a value with a
-    quote, backtick or backslash is refused rather than spliced in (it could rewrite the filter)."""
+    """``value`` quoted for an MLflow filter string. The grammar has no escape for a quote, so a value with one
+    is refused rather than spliced in (it could rewrite the filter)."""
     if not SAFE_LITERAL.fullmatch(value):
         raise TrackingError(f"{value!r}: quotes, backticks and backslashes cannot be searched for in MLflow")
     return f"'{value}'"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Tracker:
@@ -71,7 +66,7 @@ class Tracker:
 
     @property
     def exists(self) -> bool:
-        """False for a local sqlite store not created yet (it holds nothing: no need to create it to look)."""
+        """False for a local sqlite store not created yet (no need to create it to look)."""
         return self.db is None or self.db.exists()
 
     @property
@@ -81,14 +76,8 @@ class Tracker:
             return artifact_home(self.db)
         return self.root / "mlruns" if self.uri.startswith("file:") else None
 
-    @property
-    def local_folders(self) -> list[Path]:
-        """The folders a local store writes into (the sqlite file's and the artifact root); none for a server."""
-        return [f for f in (self.db.parent if self.db else None, self.artifact_home) if f is not None]
-
     def check_writable(self) -> None:
-        """Fail before anything is written when a local store's folders refuse a write (read-only, full)."""
-        for folder in self.local_folders:
+        for folder in (f for f in (self.db.parent if self.db else None, self.artifact_home) if f is not None):
             problem = unwritable(folder)
             if problem:
                 raise TrackingError(f"cannot write into {folder} ({problem}): the store {self.uri} needs it "
@@ -99,26 +88,23 @@ class Tracker:
                                 f"mount, then rerun")
 
     def check_room(self, needed: int) -> None:
-        for folder in self.local_folders[-1:]:
-            free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
-            if free < needed:
-                raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
-                                    f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
-                                    f"(or point tracking.uri at a bigger disk), then rerun")
+        folder = self.artifact_home
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free if folder else needed
+        if free < needed:
+            raise TrackingError(f"{folder} has {free / 2**20:.1f} MiB free, and this trajectory needs about "
+                                f"{needed / 2**20:.1f} MiB for its rounds' masks and weights; free space "
+                                f"(or point tracking.uri at a bigger disk), then rerun")
 
     @property
     def reserve_file(self) -> Path | None:
         return self.db.with_name(f".{self.db.name}.reserve") if self.db is not None else None
 
     def keep_reserve(self) -> None:
-        """Keep RESERVE_BYTES of a local store's disk in a file beside its database: when something else fills
-        the disk mid-run, ``free_reserve`` leaves sqlite the room to mark the run FAILED and release its lease."""
-        if self.reserve_file is None or self.reserve_file.exists():
-            return
-        try:
-            write_atomic(self.reserve_file, bytes(RESERVE_BYTES))
-        except OSError:
-            pass  # no room even for that: check_room said so first; a run without it ends all the same
+        """Hold RESERVE_BYTES beside a local store's database: when the disk fills mid-run, ``free_reserve``
+        leaves sqlite the room to mark the run FAILED and release its lease."""
+        if self.reserve_file is not None and not self.reserve_file.exists():
+            with contextlib.suppress(OSError):  # no room even for that (check_room said so first)
+                write_atomic(self.reserve_file, bytes(RESERVE_BYTES))
 
     def free_reserve(self) -> None:
         if self.reserve_file is not None:
@@ -147,8 +133,7 @@ class Tracker:
 
     def pages(self, experiment_ids: list[str], query: str, order_by: list[str] | None = None,
               size: int | None = None):
-        """``search``'s pages of at most ``size`` runs, one at a time: a reader that only counts them holds one
-        page in memory, not every run (a round run carries its trajectory's params)."""
+        """``search``'s pages of at most ``size`` runs: a reader that only counts them holds one page in memory."""
         token = None
         while True:
             page = self.client.search_runs(experiment_ids, query, order_by=order_by,
@@ -159,7 +144,6 @@ class Tracker:
                 return
 
     def newest(self, experiment_ids: list[str], query: str):
-        """The newest run matching ``query``, or None."""
         found = self.client.search_runs(experiment_ids, query, order_by=["attributes.start_time DESC"],
                                         max_results=1)
         return found[0] if found else None
@@ -198,8 +182,7 @@ class Tracker:
     def open_trajectory(self, cfg: Config, force: bool = False, existing=None, code: str | None = None,
                         lease=None, redo_from: int | None = None) -> TrajectoryRun:
         """The unfinished run of this config and code to continue, the finished one to report, or a new one.
-        ``existing``: what ``find_trajectory`` returned already; ``lease``: this process's ``lease.Lease``
-        (checked before every write of a round); ``redo_from``: retrain from that round on."""
+        ``existing``: ``find_trajectory``'s answer already; ``lease``: checked before every write of a round."""
         code = code or code_hash()
         existing = None if force else (existing or self.find_trajectory(cfg, code))
         if existing is None:
@@ -220,17 +203,16 @@ class Tracker:
     def complete_identity(self, run, cfg: Config, code: str) -> None:
         """Log the config params and provenance tags ``run`` lacks. Values it holds are kept: MLflow never changes
         a logged param, and keys outside the identity (device, threads) may differ between its processes."""
-        have_params, have_tags = run.data.params, run.data.tags
-        params = {k: param_text(v) for k, v in cfg.flat().items() if k not in have_params}
-        tags = {k: v for k, v in trajectory_tags(cfg, self.root, code).items() if k not in have_tags}
-        self.log_params(run.info.run_id, params, tags)
+        params = {k: param_text(v) for k, v in cfg.flat().items() if k not in run.data.params}
+        tags = {k: v for k, v in trajectory_tags(cfg, self.root, code).items() if k not in run.data.tags}
+        self.log(run.info.run_id, params=params, tags=tags)
 
     # ---- run operations
     def run(self, run_id: str):
         return self.client.get_run(run_id)
 
     def find_run(self, run_id: str):
-        """The run, or None where the store has none of that ID."""
+        """None where the store has no run of that ID."""
         try:
             return self.client.get_run(run_id)
         except MlflowException:
@@ -238,30 +220,27 @@ class Tracker:
 
     def create_run(self, experiment_id: str, tags: dict[str, str], name: str, params: dict | None = None) -> str:
         run_id = self.client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        self.log_params(run_id, params or {})
+        self.log(run_id, params=params)
         return run_id
 
-    def log_params(self, run_id: str, params: dict, tags: dict[str, str] | None = None) -> None:
-        params = [Param(k, str(v)) for k, v in params.items()]
+    def log(self, run_id: str, metrics=(), params: dict | None = None, tags: dict[str, str] | None = None) -> None:
+        """``metrics``: ``(key, value, step)`` triples, or MLflow metrics (their timestamps replaced by now). In
+        batches of MLflow's limits: what fits one is one transaction."""
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(m.key, float(m.value), stamp, m.step) if isinstance(m, Metric) else
+                   Metric(m[0], float(m[1]), stamp, m[2]) for m in metrics]
+        params = [Param(k, str(v)) for k, v in (params or {}).items()]
         tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for i in range(0, max(len(params), len(tags)), 100):  # MLflow takes at most 100 a batch
-            self.client.log_batch(run_id, params=params[i:i + 100], tags=tags[i:i + 100])
+        batches = max(-(-len(metrics) // 1000), -(-len(params) // 100), -(-len(tags) // 100))
+        for i in range(batches):  # MLflow takes at most 1000 metrics, 100 params and 100 tags a batch
+            self.client.log_batch(run_id, metrics=metrics[i * 1000:(i + 1) * 1000],
+                                  params=params[i * 100:(i + 1) * 100], tags=tags[i * 100:(i + 1) * 100])
 
     def log_metrics(self, run_id: str, values, tags: dict[str, str] | None = None) -> None:
-        """``values``: ``(key, value, step)`` triples, or MLflow metrics (their timestamps replaced by now);
-        ``tags`` go in the first batch, in one transaction with its metrics."""
-        stamp = now_ms()
-        metrics = [Metric(m.key, float(m.value), stamp, m.step) if isinstance(m, Metric) else
-                   Metric(m[0], float(m[1]), stamp, m[2]) for m in values]
-        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-        for i in range(0, len(metrics) or len(tags), 1000):  # MLflow takes at most 1000 metrics a batch
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+        self.log(run_id, values, tags=tags)
 
     def metric_history(self, run_id: str, key: str) -> list:
         return self.client.get_metric_history(run_id, key)
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
@@ -271,8 +250,7 @@ class Tracker:
             self.client.delete_tag(run_id, key)
 
     def set_status(self, run_id: str, status: str, quietly: bool = False) -> None:
-        """FINISHED, KILLED, FAILED, or RUNNING again. ``quietly``: best effort, on the way out of an error (a
-        store that cannot take the status must not hide the error)."""
+        """FINISHED, KILLED, FAILED, or RUNNING again. ``quietly``: best effort, on the way out of an error."""
         try:
             if status == "RUNNING":
                 self.client.update_run(run_id, status=status)
@@ -281,15 +259,6 @@ class Tracker:
         except Exception:  # noqa: BLE001 - the original error is what the user needs to see
             if not quietly:
                 raise
-
-    def epoch_values(self, round_run, epoch: int) -> dict[str, float]:
-        """The per-epoch metrics (``epoch/<key>``) a round run logged for ``epoch``, by key."""
-        values = {}
-        for key in (k for k in round_run.data.metrics if k.startswith("epoch/")):
-            at = [m.value for m in self.metric_history(round_run.info.run_id, key) if m.step == epoch]
-            if at:
-                values[key.removeprefix("epoch/")] = at[-1]
-        return values
 
     def log_data_inputs(self, run_id: str, files) -> None:
         """Pinned data files (``prepare.DataFile``: path, md5, the md5 ``dvc.lock`` lists) as dataset inputs."""
@@ -302,9 +271,9 @@ class Tracker:
         return {f.path for f in self.client.list_artifacts(run_id, folder)}
 
     def log_files(self, run_id: str, files: dict[str, bytes]) -> None:
-        """Store each ``{artifact path: content}`` (a path may name a folder: ``state/x.pt``). Into a local
-        artifact folder each file is written atomically: a kill never leaves half a file a resume would read."""
-        local = local_artifact_folder(self.run(run_id).info.artifact_uri)
+        """Store each ``{artifact path: content}``; into a local artifact folder atomically: a kill never leaves
+        half a file a resume would read."""
+        local = local_path(self.run(run_id).info.artifact_uri)
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():
                 target = (local or Path(tmp)) / name
@@ -336,27 +305,17 @@ class Tracker:
         return state
 
 
-def local_artifact_folder(artifact_uri: str) -> Path | None:
-    """The folder of a ``file:`` (or plain path) artifact URI; None for a server or cloud store."""
-    parsed = urllib.parse.urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    return Path(artifact_uri) if parsed.scheme == "" else None
-
-
+# A round run's mask and weights by ID, for tests (notebooks use ``sddkit.load_mask``, which checks more).
 def load_mask(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
-    """A round run's mask by ID (for tests; notebooks use ``sddkit.load_mask``, which checks more)."""
     return read_mask(project_tracker(uri), run_id)
 
 
 def load_weights(run_id: str, uri: str | None = None) -> dict[str, torch.Tensor]:
-    """A round run's weights by ID (for tests; notebooks use ``sddkit.load_weights``)."""
     return read_weights(project_tracker(uri), run_id)
 
 
 def project_tracker(uri: str | None = None) -> Tracker:
-    """The project's store (``uri`` first); outside a project without a URI, an error rather than a stray,
-    empty mlflow.db wherever this runs."""
+    """Outside a project without a URI: an error, not a stray empty mlflow.db wherever this runs."""
     from sddkit.paths import missing_project, project_root, tracking_uri
     if missing_project(uri):
         raise TrackingError(f"{missing_project(uri)}; pass uri= or cd into the project")

@@ -12,8 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from sddkit import serving
-from sddkit.serving import ServeError, checked_port  # noqa: F401 - what the command and its callers catch and use
+from sddkit.serving import checked_port
 
+ServeError = serving.ServeError  # what the command catches
 HOST = serving.LOOPBACK
 console = Console(stderr=True)
 
@@ -22,8 +23,7 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
           open_browser: bool = False) -> int:
     """Run the server until Ctrl-C (0) or its own exit (its code); print (and open) ``trajectories_link``."""
     port = checked_port(port)
-    serving.check_store_writable(uri, root, "sddkit ui")
-    serving.follow_moved_project(uri, root)
+    command = serving.mlflow_server(uri, root, HOST, port, "sddkit ui")
 
     def show(url: str) -> None:
         link = trajectories_link(url, experiment)
@@ -33,7 +33,6 @@ def serve(uri: str, root: Path, port: int | None = None, ready_timeout: float = 
         if open_browser:
             webbrowser.open(link)
 
-    command = serving.mlflow_server(uri, root, HOST, port)
     return serving.run(command, root, f"http://{HOST}:{port}", show, ready_timeout=ready_timeout)
 
 
@@ -47,7 +46,7 @@ ML_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 def trajectories_link(url: str, experiment: str) -> str:
     """The UI's runs table of ``experiment`` in the machine-learning view, filtered to trajectories (round runs
-    stay nested under theirs). The experiment's own page when the server does not know it (yet): ``url``."""
+    stay nested under theirs); ``url`` while the server does not know the experiment."""
     found = api(url, "experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": experiment}))
     if found is None:
         return url
@@ -61,7 +60,7 @@ def trajectories_link(url: str, experiment: str) -> str:
 
 
 def api(url: str, path: str, body: dict | None = None) -> dict | None:
-    """One call of the server's REST API (POST when ``body`` is given); None when it answers with an error."""
+    """One call of the server's REST API (POST when ``body`` is given); None on an error."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
                                      headers={"Content-Type": "application/json"})
