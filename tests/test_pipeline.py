@@ -105,10 +105,9 @@ def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
 
-@pytest.fixture
-def repo(tmp_path):
-    """A fresh git + DVC repo holding the project's pipeline files, on a tiny config."""
-    repo = tmp_path / "repo"
+def make_repo(folder: Path) -> tuple[Path, dict]:
+    """A fresh git + DVC repo in ``folder`` holding the project's pipeline files, on a tiny config."""
+    repo = folder / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(MAIN / name, repo / name)
@@ -120,12 +119,28 @@ def repo(tmp_path):
     params.update(TINY_PARAMS)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
+    env.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(folder / "dvc-site"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(repo),
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
         run(cmd, repo, env)
     return repo, env
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A repo after its first `dvc repro`, the results committed (the output of that repro too). Its git history
+    stays as it is: the tests that share it may change its workspace, never commit, so each sees that commit."""
+    repo, env = make_repo(tmp_path_factory.mktemp("reproduced"))
+    out = run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "results"], repo, env)
+    return repo, env, out
 
 
 def store(repo: Path) -> Tracker:
@@ -141,16 +156,13 @@ def trajectory_run(repo: Path, name: str):
         json.loads((repo / "results" / name / "run.json").read_text())["run_id"])
 
 
-def test_dvc_pipeline(repo):
-    repo, env = repo
-    out = run(["dvc", "repro"], repo, env)
+def test_dvc_pipeline(reproduced):
+    repo, env, out = reproduced  # a first `dvc repro`, its results committed
     assert ran(out) == list(STAGES)
     assert (repo / "mlflow.db").is_file() and (repo / "mlruns").is_dir()  # the store at the repo root
     check_results_and_pins(repo)
 
     assert ran(run(["dvc", "repro"], repo, env)) == []  # nothing changed, nothing runs
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "results"], repo, env)
 
     set_param(repo, ["sddkit_stages", "compare", "interpolation_threshold"], 50.0)
     diff = json.loads(run(["dvc", "params", "diff", "--json"], repo, env))
@@ -198,13 +210,10 @@ RESULT_FILES = {f"results/{name}/{file}" for name in ("lottery", "reinit")
                {"results/compare/compare.csv", "results/compare/compare.png"}
 
 
-def test_metrics_and_plots_diff_against_main_in_a_fresh_clone(repo, tmp_path):
+def test_metrics_and_plots_diff_against_main_in_a_fresh_clone(reproduced, tmp_path):
     """The metric and plot files are committed (cache: false): a fresh clone, without the DVC cache or the
     MLflow store, diffs its workspace against main, where both sides are read from git."""
-    repo, env = repo
-    run(["dvc", "repro"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "results"], repo, env)
+    repo, env, _ = reproduced  # `dvc repro`, then `git add -A` and commit
     committed = set(run(["git", "ls-files", "results"], repo, env).split())
     assert committed == RESULT_FILES  # run.json names a run in this machine's store: DVC-cached, not committed
     assert run(["git", "ls-files", "mlflow.db", "mlruns", "data"], repo, env).strip() == ""

