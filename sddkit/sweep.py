@@ -134,9 +134,11 @@ def run_sweep(base: Config, settings: SweepConfig, root: Path, force: bool = Fal
         raise
     sid = sweep_id(cells, code)
     todo = [c for c in cells if c.key not in stored]
-    if executor is not None and not todo:
+    if executor is not None and not todo:  # every cell finished already: nothing for the workers
         executor.cancel([])
-    executor = (executor or make_executor(settings, uri, len(todo))) if todo else None
+        executor = None
+    elif executor is None and todo:
+        executor = make_executor(settings, uri, len(todo))
     parallel = executor is not None and (executor.name == "ray" or executor.jobs > 1)
     logs = root / ".sddkit" / f"sweep-{sid}"
     logs.mkdir(parents=True, exist_ok=True)

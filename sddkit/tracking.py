@@ -156,9 +156,12 @@ class Tracker:
         query = f"tags.`sddkit.kind` = {literal(TRAJECTORY)}" + (f" and {filter_string}" if filter_string else "")
         return self.search([exp], query, order_by=["attributes.start_time DESC"])
 
-    def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None) -> list:
+    def round_runs(self, parent_id: str, finished_only: bool = True, experiment_id: str | None = None,
+                   round_index: int | None = None) -> list:
         exp = experiment_id or self.run(parent_id).info.experiment_id
         query = f"tags.`mlflow.parentRunId` = {literal(parent_id)} and tags.`sddkit.kind` = {literal(ROUND)}"
+        if round_index is not None:  # one round's runs: a look that stays cheap however many rounds there are
+            query += f" and tags.`sddkit.round` = {literal(str(round_index))}"
         runs = [r for r in self.search([exp], query) if r.info.status == "FINISHED" or not finished_only]
         return sorted(runs, key=lambda r: int(r.data.tags["sddkit.round"]))
 

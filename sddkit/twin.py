@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 from sddkit import lease
 from sddkit.config import Config
-from sddkit.tracking import (INIT_DIGEST, ROUND, RUN_ID, TRAJECTORY, Tracker, TrackingError, literal, param_text,
-                             read_mask)
+from sddkit.tracking import INIT_DIGEST, RUN_ID, TRAJECTORY, Tracker, TrackingError, literal, param_text, read_mask
 
 if TYPE_CHECKING:
     import torch
@@ -97,9 +96,9 @@ class LotteryMasks:
     def round_run(self, round_index: int):
         """The source's round run holding round ``round_index``'s mask: the finished one, else the one under way
         once it has stored its mask (round 0: finished only). None when there is none yet."""
-        query = (f"tags.`mlflow.parentRunId` = {literal(self.source.info.run_id)} and tags.`sddkit.kind` = "
-                 f"{literal(ROUND)} and tags.`sddkit.round` = {literal(str(round_index))}")  # this round's alone
-        runs = [r for r in self.tracker.search([self.source.info.experiment_id], query)
+        runs = [r for r in self.tracker.round_runs(self.source.info.run_id, finished_only=False,
+                                                   experiment_id=self.source.info.experiment_id,
+                                                   round_index=round_index)
                 if "sddkit.replaced" not in r.data.tags]
         finished = [r for r in runs if r.info.status == "FINISHED"]
         if finished or round_index == 0:
